@@ -1,0 +1,81 @@
+"""``python -m glm_core.convert SRC DST``: convert (and merge) any supported checkpoint layout to hub layout.
+
+Writes into a temporary directory beside DST and renames it at the end, so a failed conversion leaves nothing at DST.
+Exit status 2 with one line on stderr for any user error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from glm_core.errors import GLMError
+
+EXAMPLE = """example:
+  python -m glm_core.convert ./glm-large-blank ./glm-large-hub            # original layout (MP shards merged)
+  python -m glm_core.convert ./glm-10b ./glm-10b-sharded --max-shard-gb 5 --dtype fp16
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m glm_core.convert",
+        description="Convert a GLM checkpoint (hub .bin/safetensors, original THUDM layout with model-parallel "
+        "shards, or a preset) to hub layout (safetensors + config.json).",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("src", help="checkpoint directory, weight file or preset name")
+    parser.add_argument("dst", help="output directory (must not exist unless --overwrite)")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="dtype of the written weights")
+    parser.add_argument("--gelu", choices=["tanh", "erf"], default=None, help="GeLU variant recorded in config.json")
+    parser.add_argument("--max-shard-gb", type=float, default=None, help="shard the safetensors above this size")
+    parser.add_argument("--prefix", action="store_true", help="write keys with the HF 'glm.' prefix")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    return parser
+
+
+def convert(src: str, dst: str, *, dtype: str | None = None, gelu: str | None = None,
+            max_shard_gb: float | None = None, prefix: bool = False, overwrite: bool = False) -> Path:
+    from glm_core.checkpoint import _as_dtype, load_model, save_model
+
+    out = Path(dst)
+    if out.exists() and not overwrite:
+        raise GLMError(f"{out}: already exists; pass --overwrite to replace it")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise GLMError(f"{parent}: parent directory of the output does not exist")
+    model = load_model(src, dtype=None if dtype is None else _as_dtype(dtype), gelu=gelu)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    try:
+        max_bytes = None if max_shard_gb is None else int(max_shard_gb * 2**30)
+        save_model(model, tmp, max_shard_bytes=max_bytes, prefix="glm." if prefix else "")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out = convert(args.src, args.dst, dtype=args.dtype, gelu=args.gelu, max_shard_gb=args.max_shard_gb,
+                      prefix=args.prefix, overwrite=args.overwrite)
+    except GLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,452 @@
+"""GLM in PyTorch, read top to bottom like spec glm_reference §1.2-§1.4.
+
+Parameter names are exactly those of the original THUDM checkpoints (spec §4.2), so a state dict loads without
+renaming. Forward implements the step contract of DESIGN.md:
+
+    model(input_ids[B,S], position_ids[B,2,S], sep=..., past_key_values=...) -> GLMOutput(logits[B,S,V] fp32, past)
+
+with a K/V cache (per layer ``(key, value)``, each ``[B, H, P, D]``) instead of the original hidden-state mems; the
+two are numerically equivalent (spec §2.2) and :meth:`GLMModel.forward_mems` keeps the original form for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from glm_core.config import GLMConfig
+from glm_core.errors import InputError
+
+MASK_VALUE = -65504.0  # spec §1.3: masked scores are set to exactly -65504 (finite, fp16-safe), never -inf
+KERNEL_CHOICES = ("auto", "triton", "torch")
+
+PastKeyValues = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+SepLike = Union[int, Sequence[int], torch.Tensor, None]
+
+
+@dataclass
+class GLMOutput:
+    logits: torch.Tensor | None  # [B, S, V] float32
+    past_key_values: PastKeyValues | None  # per layer (key, value), each [B, H, P+S, D]
+    hidden_states: torch.Tensor | None = None  # [B, S, h] after the final LayerNorm
+    kernels_used: dict[str, str] = field(default_factory=dict)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    # spec §1.4: the original code's tanh approximation (the checkpoints were trained with it)
+    return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
+
+
+def gelu_erf(x: torch.Tensor) -> torch.Tensor:
+    # spec §1.4: exact erf GeLU, what the hub remote code computes (transformers' GELUActivation)
+    return F.gelu(x)
+
+
+def visibility_mask(sep: torch.Tensor, query_len: int, past_len: int) -> torch.Tensor:
+    """Boolean ``[B, 1, S, P+S]``: key ``j`` visible to query ``t`` iff ``j < P or j-P < sep or j-P <= t``.
+
+    spec §2.1 / DESIGN.md: ``sep`` is relative to the current chunk; memory columns are always visible.
+    """
+    device = sep.device
+    keys = torch.arange(past_len + query_len, device=device) - past_len  # [P+S], chunk-relative key index
+    queries = torch.arange(query_len, device=device)  # [S]
+    causal = keys[None, :] <= queries[:, None]  # [S, P+S]; includes every past column (keys < 0)
+    prefix = keys[None, None, :] < sep[:, None, None]  # [B, 1, P+S]
+    return (causal[None] | prefix)[:, None]  # [B, 1, S, P+S]
+
+
+class GLMAttention(nn.Module):
+    def __init__(self, config: GLMConfig) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.query_key_value = nn.Linear(h, 3 * h)  # rows Q | K | V (spec §1.3)
+        self.dense = nn.Linear(h, h)
+        self.attention_dropout = config.attention_dropout_prob
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, S, _ = x.shape
+        return x.view(B, S, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, S, D]
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, S, h], already input-LayerNormed
+        visible: torch.Tensor | None,  # bool [B|1, 1, S, P+S]; None = use the fused kernel with `sep`
+        sep: torch.Tensor,  # [B]
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        impl: str,
+        use_cache: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        q, k, v = self.query_key_value(x).chunk(3, dim=-1)  # each [B, S, h]
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # [B, H, S, D]
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # [B, H, P+S, D]
+            v = torch.cat([past[1], v], dim=2)
+        present = (k, v) if use_cache else None
+        p = self.attention_dropout if self.training else 0.0
+        if impl == "triton":
+            from glm_core.kernels.attention import glm_attention
+
+            ctx = glm_attention(q, k, v, sep, dropout_p=p, training=self.training, impl="triton")
+        else:
+            scores = torch.matmul(q, (k / math.sqrt(self.head_dim)).transpose(-1, -2))  # 1/sqrt(d) on K, [B,H,S,P+S]
+            scores = torch.where(visible, scores, torch.full((), MASK_VALUE, dtype=scores.dtype, device=scores.device))
+            probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+            probs = F.dropout(probs, p=p, training=self.training)
+            ctx = torch.matmul(probs, v)  # [B, H, S, D]
+        B, H, S, D = ctx.shape
+        ctx = ctx.transpose(1, 2).reshape(B, S, H * D)  # [B, S, h]
+        return self.dense(ctx), present
+
+
+class GLMMLP(nn.Module):
+    def __init__(self, config: GLMConfig) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.dense_h_to_4h = nn.Linear(h, 4 * h)
+        self.dense_4h_to_h = nn.Linear(4 * h, h)
+        self.gelu = config.gelu
+
+    def forward(self, x: torch.Tensor, impl: str) -> torch.Tensor:
+        if impl == "triton" and self.gelu == "tanh":
+            from glm_core.kernels import bias_gelu
+
+            hidden = bias_gelu(F.linear(x, self.dense_h_to_4h.weight), self.dense_h_to_4h.bias, impl="triton")
+        else:
+            hidden = self.dense_h_to_4h(x)  # [B, S, 4h]
+            hidden = gelu_tanh(hidden) if self.gelu == "tanh" else gelu_erf(hidden)
+        return self.dense_4h_to_h(hidden)
+
+
+class GLMLayer(nn.Module):
+    """Pre-LN block (spec §1.2): x' = x + Attn(LN_in(x)); y = x' + MLP(LN_post(x'))."""
+
+    def __init__(self, config: GLMConfig) -> None:
+        super().__init__()
+        h, eps = config.hidden_size, config.layernorm_epsilon
+        self.input_layernorm = nn.LayerNorm(h, eps=eps)
+        self.attention = GLMAttention(config)
+        self.post_attention_layernorm = nn.LayerNorm(h, eps=eps)
+        self.mlp = GLMMLP(config)
+        self.output_dropout = config.output_dropout_prob
+
+
+class GLMStack(nn.Module):
+    def __init__(self, config: GLMConfig) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.position_embeddings = nn.Embedding(config.num_position_rows, h)  # [P+1, h]
+        self.block_position_embeddings = nn.Embedding(config.num_position_rows, h)
+        self.layers = nn.ModuleList(GLMLayer(config) for _ in range(config.num_layers))
+        self.final_layernorm = nn.LayerNorm(h, eps=config.layernorm_epsilon)
+
+
+class GLMModel(nn.Module):
+    """The GLM language model: embeddings, ``L`` pre-LN layers, final LayerNorm, LM head tied to the embeddings."""
+
+    def __init__(self, config: GLMConfig, kernels: str = "torch", gradient_checkpointing: bool = False) -> None:
+        super().__init__()
+        if kernels not in KERNEL_CHOICES:
+            raise InputError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
+        self.config = config
+        self.kernels = kernels
+        self.gradient_checkpointing = gradient_checkpointing
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)  # [V, h], also the LM head
+        self.transformer = GLMStack(config)
+        self.kernels_used: dict[str, str] = {}
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------- init
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """spec §1.5: N(0, 0.02) for embeddings and input-side linears, N(0, 0.02/sqrt(2L)) for output linears."""
+        std = self.config.initializer_range
+        out_std = std / math.sqrt(2.0 * self.config.num_layers)
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                if "layernorm" in name:
+                    param.fill_(1.0 if name.endswith("weight") else 0.0)
+                elif name.endswith("bias"):
+                    param.zero_()
+                elif name.endswith("attention.dense.weight") or name.endswith("dense_4h_to_h.weight"):
+                    param.normal_(0.0, out_std, generator=generator)
+                else:
+                    param.normal_(0.0, std, generator=generator)
+
+    # -------------------------------------------------------------- kernels
+    def _impl(self, op: str, device: torch.device, dtype: torch.dtype) -> str:
+        if self.kernels == "torch":
+            return "torch"
+        from glm_core.kernels import resolve_impl
+
+        return resolve_impl(self.kernels, device, dtype, op)
+
+    def set_kernels(self, kernels: str) -> None:
+        if kernels not in KERNEL_CHOICES:
+            raise InputError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
+        self.kernels = kernels
+
+    # ------------------------------------------------------------ validation
+    def _check_inputs(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        sep: SepLike,
+        past_len: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if input_ids.dim() != 2:
+            raise InputError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        B, S = input_ids.shape
+        if S == 0:
+            raise InputError("input_ids must hold at least one token per row")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise InputError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        device = input_ids.device
+        V = self.config.vocab_size
+        if bool((input_ids < 0).any()) or bool((input_ids >= V).any()):
+            raise InputError(f"input_ids must lie in [0, {V}) (vocab_size), got values outside it")
+        if position_ids is None:
+            # HF default (spec §2.1): positions continue after the past, block positions 0
+            pos = torch.arange(past_len, past_len + S, device=device).expand(B, S)
+            position_ids = torch.stack([pos, torch.zeros_like(pos)], dim=1)
+        if tuple(position_ids.shape) != (B, 2, S):
+            raise InputError(f"position_ids must be [batch, 2, seq] = [{B}, 2, {S}], got {tuple(position_ids.shape)}")
+        rows = self.config.num_position_rows
+        if bool((position_ids < 0).any()) or bool((position_ids >= rows).any()):
+            raise InputError(
+                f"position ids must lie in [0, {rows - 1}] (max_sequence_length={self.config.max_sequence_length}); "
+                f"got max {int(position_ids.max())}: the sequence is longer than the position table"
+            )
+        sep_t = _as_sep(sep, B, device)
+        if bool((sep_t < 0).any()) or bool((sep_t > S).any()):
+            raise InputError(f"sep must lie in [0, {S}] (chunk-relative, spec §2.1), got {sep_t.tolist()}")
+        return position_ids.long(), sep_t
+
+    # --------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        sep: SepLike = None,
+        past_key_values: PastKeyValues | None = None,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = True,
+        return_logits: bool = True,
+    ) -> GLMOutput:
+        """One GLM step. ``sep=None`` means 0 (pure causal, the HF default of spec §2.1).
+
+        ``attention_mask``: optional explicit 0/1 matrix ``[B, 1, S, K]`` (K >= P+S; its last P+S columns are used,
+        spec §2.1 form 3) for layouts the ``sep`` rule cannot express, e.g. packed multiple choice (spec §2.4-4).
+        """
+        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        if past_key_values is not None and len(past_key_values) != self.config.num_layers:
+            raise InputError(f"past_key_values must hold {self.config.num_layers} layers, got {len(past_key_values)}")
+        position_ids, sep_t = self._check_inputs(input_ids, position_ids, sep, past_len)
+        B, S = input_ids.shape
+        param = self.word_embeddings.weight
+        device, dtype = param.device, param.dtype
+
+        impl_attn = self._impl("attention", device, dtype)
+        if impl_attn == "triton" and (attention_mask is not None or past_len > 0):
+            impl_attn = "torch"  # the fused kernel covers the training layout (sep rule, no cache)
+        impl_ln = self._impl("layernorm", device, dtype)
+        impl_mlp = self._impl("gelu", device, dtype)
+        self.kernels_used = {"attention": impl_attn, "layernorm": impl_ln, "bias_gelu": impl_mlp}
+
+        visible = None
+        if impl_attn == "torch":
+            if attention_mask is not None:
+                visible = _explicit_mask(attention_mask, B, S, past_len).to(device)
+            else:
+                visible = visibility_mask(sep_t, S, past_len)
+
+        # spec §1.2 step 1: word + position + block-position embeddings, then embedding dropout
+        x = (
+            self.word_embeddings(input_ids)
+            + self.transformer.position_embeddings(position_ids[:, 0])
+            + self.transformer.block_position_embeddings(position_ids[:, 1])
+        )  # [B, S, h]
+        x = F.dropout(x, p=self.config.embedding_dropout_prob, training=self.training)
+
+        presents: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for i, layer in enumerate(self.transformer.layers):
+            past = None if past_key_values is None else past_key_values[i]
+            if self.gradient_checkpointing and self.training:
+                x, present = checkpoint(
+                    self._layer_forward, layer, x, visible, sep_t, past, impl_attn, impl_ln, impl_mlp, use_cache,
+                    use_reentrant=False,
+                )
+            else:
+                x, present = self._layer_forward(layer, x, visible, sep_t, past, impl_attn, impl_ln, impl_mlp, use_cache)
+            if present is not None:
+                presents.append(present)
+
+        ln = self.transformer.final_layernorm
+        hidden = self._layernorm(x, ln, impl_ln)  # [B, S, h]
+        logits = self.lm_logits(hidden) if return_logits else None
+        return GLMOutput(
+            logits=logits,
+            past_key_values=tuple(presents) if use_cache else None,
+            hidden_states=hidden,
+            kernels_used=dict(self.kernels_used),
+        )
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """spec §1.2 step 3: logits = H · Eᵀ (tied, no bias), float32 at the boundary."""
+        return F.linear(hidden, self.word_embeddings.weight).float()
+
+    @staticmethod
+    def _layernorm(x: torch.Tensor, ln: nn.LayerNorm, impl: str) -> torch.Tensor:
+        if impl == "triton":
+            from glm_core.kernels import add_dropout_layernorm
+
+            return add_dropout_layernorm(x, None, ln.weight, ln.bias, eps=ln.eps, impl="triton")[0]
+        return ln(x)
+
+    def _layer_forward(
+        self,
+        layer: GLMLayer,
+        x: torch.Tensor,
+        visible: torch.Tensor | None,
+        sep: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        impl_attn: str,
+        impl_ln: str,
+        impl_mlp: str,
+        use_cache: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        p_out = layer.output_dropout if self.training else 0.0
+        attn_in = self._layernorm(x, layer.input_layernorm, impl_ln)
+        attn_out, present = layer.attention(attn_in, visible, sep, past, impl_attn, use_cache)
+        ln = layer.post_attention_layernorm
+        if impl_ln == "triton":
+            from glm_core.kernels import add_dropout_layernorm
+
+            # fused: x' = x + dropout(attn_out); mlp_in = LN_post(x')
+            mlp_in, x = add_dropout_layernorm(
+                attn_out, x, ln.weight, ln.bias, eps=ln.eps, dropout_p=p_out, training=self.training, impl="triton"
+            )
+        else:
+            x = x + F.dropout(attn_out, p=p_out, training=self.training)
+            mlp_in = ln(x)
+        mlp_out = layer.mlp(mlp_in, impl_mlp)
+        x = x + F.dropout(mlp_out, p=p_out, training=self.training)
+        return x, present
+
+    # ------------------------------------------------------------------ loss
+    def loss(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        sep: SepLike,
+        targets: torch.Tensor,
+        loss_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean token cross-entropy over Part-B rows (``loss_mask > 0``) only (spec §5).
+
+        Only the scored rows go through the tied LM head, so full logits are never built for Part A.
+        """
+        out = self.forward(input_ids, position_ids, sep=sep, use_cache=False, return_logits=False)
+        hidden = out.hidden_states.reshape(-1, self.config.hidden_size)  # [B*S, h]
+        impl = self._impl("lm_head_ce", hidden.device, hidden.dtype)
+        self.kernels_used["lm_head_ce"] = impl
+        flat_targets = targets.reshape(-1)
+        flat_mask = loss_mask.reshape(-1)
+        if impl == "triton":
+            from glm_core.kernels import partb_lm_head_ce
+
+            return partb_lm_head_ce(hidden, self.word_embeddings.weight, flat_targets, flat_mask, impl="triton")
+        rows = flat_mask > 0
+        if not bool(rows.any()):
+            raise InputError("loss_mask selects no token: nothing to train on (Part B is empty)")
+        logits = self.lm_logits(hidden[rows])  # [N_B, V] float32
+        return F.cross_entropy(logits, flat_targets[rows])
+
+    # ------------------------------------------------ original hidden-state mems
+    @torch.no_grad()
+    def forward_mems(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        sep: SepLike,
+        mems: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The original code's cache (spec §2.2): ``L+1`` hidden states ``[B, M, h]``, K/V recomputed every step.
+
+        Kept as an independent path for tests and for the K/V-cache benchmark; inference only.
+        """
+        mem_len = 0 if mems is None else mems[0].shape[1]
+        position_ids, sep_t = self._check_inputs(input_ids, position_ids, sep, mem_len)
+        B, S = input_ids.shape
+        visible = visibility_mask(sep_t, S, mem_len)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.transformer.position_embeddings(position_ids[:, 0])
+            + self.transformer.block_position_embeddings(position_ids[:, 1])
+        )
+        new_mems = [x if mems is None else torch.cat([mems[0], x], dim=1)]
+        for i, layer in enumerate(self.transformer.layers):
+            attn = layer.attention
+            a = layer.input_layernorm(x)
+            if mems is not None:
+                full = torch.cat([layer.input_layernorm(mems[i]), a], dim=1)  # LN_in applied to the memory too
+            else:
+                full = a
+            qkv = attn.query_key_value(full)  # recomputed over memory + current, [B, M+S, 3h]
+            q, k, v = qkv.chunk(3, dim=-1)
+            q = attn._split_heads(q[:, mem_len:])
+            k, v = attn._split_heads(k), attn._split_heads(v)
+            scores = torch.matmul(q, (k / math.sqrt(attn.head_dim)).transpose(-1, -2))
+            scores = torch.where(visible, scores, torch.full((), MASK_VALUE, dtype=scores.dtype))
+            ctx = torch.matmul(torch.softmax(scores.float(), -1).to(v.dtype), v)
+            ctx = ctx.transpose(1, 2).reshape(B, S, -1)
+            x = x + attn.dense(ctx)
+            x = x + layer.mlp(layer.post_attention_layernorm(x), "torch")
+            new_mems.append(x if mems is None else torch.cat([mems[i + 1], x], dim=1))
+        logits = self.lm_logits(self.transformer.final_layernorm(x))
+        return logits, new_mems
+
+
+def _as_sep(sep: SepLike, batch: int, device: torch.device) -> torch.Tensor:
+    """Normalise ``sep`` to int64 ``[B]``: a scalar is shared by the batch (spec §2.1 forms 1 and 2)."""
+    if sep is None:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    if isinstance(sep, torch.Tensor):
+        t = sep.to(device=device, dtype=torch.long)
+    else:
+        try:
+            t = torch.as_tensor(sep, dtype=torch.long, device=device)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"sep must be an int or a sequence of {batch} ints, got {sep!r}") from exc
+    if t.dim() == 0:
+        return t.expand(batch).clone()
+    t = t.reshape(-1)
+    if t.numel() != batch:
+        raise InputError(f"sep must hold one value per batch row ({batch}), got {t.numel()}")
+    return t
+
+
+def _explicit_mask(mask: torch.Tensor, batch: int, seq: int, past_len: int) -> torch.Tensor:
+    """An explicit 0/1 mask ``[B|1, 1, S, K]`` -> bool ``[B, 1, S, P+S]`` (last P+S columns, spec §2.1 form 3)."""
+    total = past_len + seq
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2] != seq or mask.shape[-1] < total:
+        raise InputError(f"attention_mask must be [batch, 1, {seq}, >= {total}], got {tuple(mask.shape)}")
+    if mask.shape[0] not in (1, batch):
+        raise InputError(f"attention_mask batch must be 1 or {batch}, got {mask.shape[0]}")
+    return mask[..., -total:] > 0.5
+
+
+def build_model(config: GLMConfig, seed: int | None = None, **kwargs: object) -> GLMModel:
+    """A randomly initialised model; with ``seed`` the weights are reproducible across machines."""
+    model = GLMModel(config, **kwargs)  # type: ignore[arg-type]
+    if seed is not None:
+        gen = torch.Generator().manual_seed(seed)
+        model.reset_parameters(generator=gen)
+    return model
