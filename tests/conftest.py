@@ -1,0 +1,27 @@
+"""Shared fixtures. Everything is made here: seeded tiny GLMs, no downloads."""
+
+from __future__ import annotations
+
+import os
+
+# Triton kernels run under the interpreter on CPU-only machines; the flag is read when kernels are decorated,
+# so it must be set before any kernel module is imported (spec fused_ops §3).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+TINY = dict(vocab_size=320, hidden_size=64, num_layers=2, num_attention_heads=4, max_sequence_length=64)
+
+
+@pytest.fixture
+def tiny_config():
+    from glm_core.config import GLMConfig
+
+    return GLMConfig(name="test-tiny", tokenizer_family="sentencepiece", **TINY)
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    from glm_core.model import build_model
+
+    return build_model(tiny_config, seed=1234).eval()
