@@ -93,6 +93,26 @@ TOKEN_STRINGS = {
 }
 
 
+# Strings of the remaining command tokens, per family, as the original code names them [GLM:data_utils/tokenization.py].
+# eos has no string of its own: it shares the id of pad (or, for BERT in the hf convention, of sep).
+_FAMILY_TOKEN_STRINGS = {
+    "bert": {"pad": "[PAD]", "cls": "[CLS]", "sep": "[SEP]", "unk": "[UNK]"},
+    "gpt2": {"pad": "<|endoftext|>", "cls": "[CLS]", "sep": "[SEP]", "unk": "[UNK]"},
+    "roberta": {"pad": "<|endoftext|>", "cls": "[CLS]", "sep": "[SEP]", "unk": "[UNK]"},
+    "sentencepiece": {"pad": "<|endoftext|>", "cls": "[CLS]", "sep": "[SEP]", "unk": "[UNK]"},
+}
+
+
+def token_strings_for(family: str) -> dict[str, str]:
+    """Role name -> command-token string for ``family`` (all roles of :class:`SpecialTokens` except eos).
+
+    These strings are split out of text before encoding (spec §3.2, "Whitespace around special tokens").
+    """
+    if family not in _FAMILY_TOKEN_STRINGS:
+        raise ConfigError(f"unknown tokenizer family {family!r}; expected bert, gpt2, roberta or sentencepiece")
+    return {**_FAMILY_TOKEN_STRINGS[family], **TOKEN_STRINGS}
+
+
 def special_tokens_for(family: str, convention: str = "original", *, model_name: str = "", num_pieces: int = 50000) -> SpecialTokens:
     if convention not in CONVENTIONS:
         raise ConfigError(f"token convention must be one of {CONVENTIONS}, got {convention!r}")

@@ -70,7 +70,7 @@ def test_past_matches_reference_with_mems(tiny_model):
     _, mems = _reference(tiny_model, ids[:, :6], pos[:, :, :6], sep_mask(np.array([4, 6]), 6, 0))
     ref, _ = _reference(tiny_model, ids[:, 6:], pos[:, :, 6:], sep_mask(np.array([0, 2]), 4, 6), mems=mems[:-1] + [mems[-1]])
     assert _rel(second.logits.numpy(), ref) <= MAX_REL
-    assert second.past_key_values[0][0].shape == (2, 4, 10, 16)
+    assert second.past_key_values[0][0].shape == (2, 2, 10, 64)
 
 
 def test_forward_mems_equals_kv_cache(tiny_model):

@@ -11,6 +11,7 @@ import importlib.util
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -30,3 +31,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("triton") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def poisoned_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``torch.empty``/``torch.empty_like`` return NaN-filled float tensors (spec §5.3: poison outputs).
+
+    A kernel that leaves an output element unwritten then fails its comparison instead of passing by luck with
+    whatever the allocator handed back.
+    """
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def _poison(t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        return t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: _poison(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: _poison(real_empty_like(*a, **k)))
