@@ -1,0 +1,46 @@
+"""Shared helpers for benchmark scripts: machine description, timing statistics, one process per engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from importlib import metadata
+from typing import Any
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("torch", "numpy", "onnx", "onnxruntime", "onnxscript", "triton"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "versions": versions}
+
+
+def summarize(samples: list[float], discard_first: bool = True) -> dict[str, float]:
+    """Median/min/max after discarding the first (warm-up) round."""
+    kept = samples[1:] if discard_first and len(samples) > 1 else samples
+    return {"median": statistics.median(kept), "min": min(kept), "max": max(kept), "rounds": len(kept)}
+
+
+def run_in_subprocess(module: str, args: list[str]) -> dict[str, Any]:
+    """Run ``python -m module args`` in a fresh process and parse the JSON it prints last."""
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(args)} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
