@@ -170,11 +170,18 @@ def _num_warps(block_n: int) -> int:
     return min(max(block_n // 256, 1), 16)
 
 
-def _backward_programs(rows: int, device: torch.device) -> int:
-    """Programs in the backward grid: each accumulates dW/dB partials over rows // programs rows."""
+def _rows_per_program(rows: int, device: torch.device) -> int:
+    """Rows each backward program walks (and sums dW/dB partials over); a power of two.
+
+    It is a constexpr loop bound: triton 3.6's interpreter with numpy >= 2.4 crashes on *any* runtime loop bound,
+    kernel int arguments included (spec §6 item 3 names loaded scalars; measured: int arguments too). Powers of
+    two keep the number of compiled variants small (<= log2(rows)).
+    """
     if device.type == "cuda":
-        return max(1, min(rows, 4 * torch.cuda.get_device_properties(device).multi_processor_count))
-    return max(1, min(rows, 8))  # interpreter: per-program cost dominates, keep the grid tiny
+        programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        programs = 8  # interpreter: per-program cost dominates, keep the grid tiny
+    return triton.next_power_of_2(triton.cdiv(rows, programs))
 
 
 def _round_bf16_in_interpreter(dtype: torch.dtype) -> bool:
@@ -222,8 +229,7 @@ class _AddDropoutLayerNorm(torch.autograd.Function):
         ds_out = None if ds_out is None else ds_out.reshape(rows, hidden).contiguous()
         dx = torch.empty((rows, hidden), dtype=ctx.x_dtype, device=device)
         dres = torch.empty((rows, hidden), dtype=ctx.residual_dtype, device=device) if ctx.has_residual else None
-        programs = _backward_programs(rows, device)
-        rows_per_program = triton.cdiv(rows, programs)
+        rows_per_program = _rows_per_program(rows, device)
         programs = triton.cdiv(rows, rows_per_program)
         dw_partial = torch.empty((programs, hidden), dtype=torch.float32, device=device)
         db_partial = torch.empty((programs, hidden), dtype=torch.float32, device=device)
@@ -231,7 +237,8 @@ class _AddDropoutLayerNorm(torch.autograd.Function):
         _ln_bwd_kernel[(programs,)](
             dy, ds_out if ds_out is not None else dy, s, weight, mean, rstd,
             dx, dres if dres is not None else dx, dw_partial, db_partial,
-            rows, hidden, rows_per_program, ctx.p, ctx.seed,
+            rows, hidden, ctx.p, ctx.seed,
+            ROWS_PER_PROGRAM=rows_per_program,
             HAS_DS_OUT=ds_out is not None, HAS_RESIDUAL=ctx.has_residual, HAS_DROPOUT=ctx.p > 0.0,
             ROUND_BF16_DX=_round_bf16_in_interpreter(dx.dtype),
             ROUND_BF16_DRES=dres is not None and _round_bf16_in_interpreter(dres.dtype),
@@ -246,7 +253,7 @@ class _AddDropoutLayerNorm(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Triton kernels (Triton 3.6 subset; no data-dependent loop bounds, spec §6 item 3)
+# Triton kernels (Triton 3.6 subset; only constexpr loop bounds, spec §6 item 3)
 
 if triton is not None:
 
@@ -309,7 +316,8 @@ if triton is not None:
     @triton.jit
     def _ln_bwd_kernel(
         DY, DS_OUT, S, W, MEAN, RSTD, DX, DRES, DW_PARTIAL, DB_PARTIAL,
-        rows, hidden, rows_per_program, p, seed,
+        rows, hidden, p, seed,
+        ROWS_PER_PROGRAM: tl.constexpr,
         HAS_DS_OUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
         ROUND_BF16_DX: tl.constexpr, ROUND_BF16_DRES: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
@@ -318,8 +326,8 @@ if triton is not None:
         w = tl.load(W + cols, mask=cols < hidden, other=0.0).to(tl.float32)
         dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
         db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for i in range(0, rows_per_program):  # bound is a kernel argument, never a loaded value (spec §6 item 3)
-            row = pid * rows_per_program + i
+        for i in range(0, ROWS_PER_PROGRAM):  # constexpr bound: see _rows_per_program
+            row = pid * ROWS_PER_PROGRAM + i
             n_valid = tl.where(row < rows, hidden, 0)  # rows past the end: everything masked off
             in_row = cols < n_valid
             offs = row * hidden + cols
