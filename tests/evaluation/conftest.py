@@ -1,0 +1,85 @@
+"""Fixtures for the evaluation tests: a tiny WordPiece tokenizer with knowable ids and a tiny random GLM.
+
+The vocabulary follows BERT's layout for the command tokens (``[PAD]`` 0, ``[UNK]`` 100, ``[CLS]`` 101, ``[SEP]``
+102, ``[MASK]`` 103; sop/eop at 30522/30523, spec §3.2), then the words below from id 104 on, one id per word, so a
+test can compute every expected id by hand: ``WORD_IDS["yes"] == 104 + WORDS.index("yes")``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+WORDS = (
+    "yes no maybe true false . , ? \" ' : - * ( ) the a is it was of to and in what does pronoun refer "
+    "question answer based on previous passage following because so or similar sense same meaning both sentences "
+    "have cat dog sat mat ran fast sun hot water wet city council feared violence demonstrators refused permit "
+    "they he she man woman bird flew sky rain fell my body cast shadow over grass rose grew sentence one two "
+    "red blue big small house tree car road went home bank river money summary about people news today said "
+    "@ highlight bob alice paris london visited capital france"
+).split()
+WORD_IDS = {w: 104 + i for i, w in enumerate(WORDS)}
+CLS, SEP, MASK, PAD, UNK = 101, 102, 103, 0, 100
+SOP, EOP = 30522, 30523
+EOS = 0  # spec §3.2 trap 1: the original BERT-model eos is [PAD]
+
+
+def write_vocab(directory: Path) -> Path:
+    lines = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(WORDS)
+    assert len(lines) == 104 + len(WORDS)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "vocab.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from glm_core.tokenizer import GLMTokenizer
+
+    d = tmp_path_factory.mktemp("tok")
+    write_vocab(d)
+    GLMTokenizer.from_pretrained(d, family="bert").save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir: Path):
+    from glm_core.tokenizer import GLMTokenizer
+
+    return GLMTokenizer.from_pretrained(tokenizer_dir)
+
+
+def make_model_dir(directory: Path, tokenizer_dir: Path, *, seed: int = 0, max_sequence_length: int = 128) -> Path:
+    """A tiny random GLM (2 layers, h=32) saved in hub layout with the tokenizer beside it."""
+    from glm_core.checkpoint import save_model
+    from glm_core.config import GLMConfig
+    from glm_core.model import build_model
+
+    config = GLMConfig(
+        vocab_size=30592,
+        hidden_size=32,
+        num_layers=2,
+        num_attention_heads=4,
+        max_sequence_length=max_sequence_length,
+        tokenizer_family="bert",
+        name="test-tiny",
+    )
+    model = build_model(config, seed=seed)
+    save_model(model, directory)
+    for f in tokenizer_dir.iterdir():
+        (directory / f.name).write_bytes(f.read_bytes())
+    return directory
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("model"), tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def torch_backend(model_dir: Path):
+    from evaluation.backends import load_backend
+
+    return load_backend("torch", model_dir)
