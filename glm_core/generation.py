@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from glm_core.errors import ConfigError, LayoutError
-from glm_core.layout import GLMInput
+from glm_core.layout import GLMInput, blank_token_position
 from glm_core.special_tokens import SpecialTokens
 
 Strategy = Literal["greedy", "sample", "beam"]
@@ -197,7 +197,7 @@ def _sample(logits: np.ndarray, rng: np.random.Generator) -> int:
 class _Plan:
     part_a: list[int]
     queue: list[int]  # mask positions still to start (fresh blanks: sop is fed first)
-    continued: tuple[int, int] | None  # (mask_pos, block of the last fed token) when Part B is already started
+    continued: tuple[int, int] | None  # (mask_pos, tokens fed into that blank = last block id) if Part B started
     forced: dict[int, list[int]]  # Part-B tokens (block >= 2) already in the prompt, per mask position
 
 
@@ -246,7 +246,7 @@ class _Sampler:
 
     plan: _Plan
     mask_pos: int = -1
-    block: int = 0  # block position of the last token fed into the current blank
+    fed: int = 0  # tokens fed into the current blank, sop included (= block position of the last one)
     generated: list[int] = field(default_factory=list)
     score: float = 0.0
     pending: tuple[int, int, int] | None = None  # (token, position, block) to feed next
@@ -261,9 +261,14 @@ class _Sampler:
         if not self.plan.queue:
             self.done, self.pending = True, None
             return
-        self.mask_pos = self.plan.queue.pop(0)
-        self.block, self.generated, self.score = 1, [], 0.0
-        self.pending, self.predict = (sop, self.mask_pos, 1), True  # spec §2.3a: sop at (mask_pos, 1)
+        self.mask_pos, self.fed = self.plan.queue.pop(0), 0
+        self.generated, self.score = [], 0.0
+        self.feed(sop, predict=True)  # spec §2.3a: sop at (mask_pos, 1)
+
+    def feed(self, token: int, predict: bool) -> None:
+        """Schedule ``token`` as the next token of the current blank, at ``(mask_pos, fed + 1)`` (spec §2.3a)."""
+        self.pending, self.predict = (token, *blank_token_position(self.mask_pos, self.fed)), predict
+        self.fed += 1
 
     def history(self) -> list[int]:
         return self.plan.forced.get(self.mask_pos, []) + self.generated
@@ -275,8 +280,7 @@ class _Sampler:
         self.stop_tokens.append(stop)
         if stop is None and self.plan.queue:
             # length limit: the last token is not in the cache yet; feed it so later blanks see it (spec §2.3a)
-            self.block += 1
-            self.pending, self.predict = (self.generated[-1], self.mask_pos, self.block), False
+            self.feed(self.generated[-1], predict=False)
         else:
             self.start_next_blank(sop)
 
@@ -317,8 +321,7 @@ def _choose(
     if len(state.generated) >= config.max_new_tokens:
         state.finish_blank(None, sop)
         return
-    state.block += 1
-    state.pending, state.predict = (token, state.mask_pos, state.block), True  # spec §2.3a: (mask_pos, k + 1)
+    state.feed(token, predict=True)
 
 
 def _decode_group(
@@ -339,7 +342,7 @@ def _decode_group(
         if state.plan.continued is None:
             state.start_next_blank(tokens.sop)
         else:
-            state.mask_pos, state.block = state.plan.continued
+            state.mask_pos, state.fed = state.plan.continued
             _choose(state, logits[b, -1], config, stop_ids, banned, rng, tokens.sop)
 
     batch = len(states)
@@ -402,14 +405,15 @@ def _beam_search_blank(
     past: Any,
     logits0: np.ndarray,
     mask_pos: int,
-    block0: int,
+    fed0: int,
     forced: list[int],
     config: GenerationConfig,
     stop_ids: list[int],
     banned: list[int],
 ) -> tuple[list[int], float, int | None]:
     """Beam search for one blank. ``past`` (batch 1) holds everything up to the last fed token, whose logits are
-    ``logits0 [V]`` and block position ``block0``. Returns (tokens, beam score, stop token or None)."""
+    ``logits0 [V]``; ``fed0`` tokens (sop included) are already in the blank. Returns (tokens, beam score, stop
+    token or None)."""
     n = config.num_beams
     vocab = logits0.shape[-1]
     hyps = _BeamHypotheses(n, config.length_penalty)
@@ -452,7 +456,7 @@ def _beam_search_blank(
         past = backend.reorder_past(past, index)
         ids = np.asarray([[tok] for _, tok, _ in next_beams], dtype=np.int64)  # [N, 1]
         pos = np.zeros((n, 2, 1), dtype=np.int64)
-        pos[:, 0, 0], pos[:, 1, 0] = mask_pos, block0 + t + 1  # spec §2.3b: (mask_pos, counter + 1)
+        pos[:, :, 0] = blank_token_position(mask_pos, fed0 + t)  # spec §2.3b: (mask_pos, counter + 1)
         step_logits, past = backend.step(ids, pos, np.zeros(n, dtype=np.int64), past)
         logits = np.asarray(step_logits[:, -1], dtype=np.float64)
     if not done:
@@ -462,10 +466,9 @@ def _beam_search_blank(
     return best, score, stop
 
 
-def _feed(backend: StepBackend, past: Any, ids: list[int], mask_pos: int, first_block: int) -> tuple[np.ndarray, Any]:
-    """Feed one blank's tokens as a causal chunk (``sep = 0``) at ``(mask_pos, first_block..)``; batch 1."""
-    k = len(ids)
-    pos = np.stack([np.full(k, mask_pos), np.arange(first_block, first_block + k)])[None]  # [1, 2, k]
+def _feed(backend: StepBackend, past: Any, ids: list[int], mask_pos: int, fed: int) -> tuple[np.ndarray, Any]:
+    """Feed tokens into a blank that already holds ``fed`` tokens, as one causal chunk (``sep = 0``); batch 1."""
+    pos = np.asarray([blank_token_position(mask_pos, fed + k) for k in range(len(ids))]).T[None]  # [1, 2, k]
     return backend.step(np.asarray([ids], dtype=np.int64), pos, np.zeros(1, dtype=np.int64), past)
 
 
@@ -480,15 +483,15 @@ def _beam_search(
     result = GenerationResult([], [], [], [], [])
     fills = {m: list(v) for m, v in plan.forced.items()}
     if plan.continued is not None:
-        mask_pos, block = plan.continued
+        mask_pos, fed = plan.continued
     else:
         mask_pos = plan.queue.pop(0)
-        logits, past = _feed(backend, past, [tokens.sop], mask_pos, 1)  # spec §2.3a: sop at (mask_pos, 1)
-        block = 1
+        logits, past = _feed(backend, past, [tokens.sop], mask_pos, 0)  # spec §2.3a: sop at (mask_pos, 1)
+        fed = 1
     while True:
         first = np.asarray(logits[0, -1], dtype=np.float64)  # [V]
         hyp, score, stop = _beam_search_blank(
-            backend, past, first, mask_pos, block, fills.get(mask_pos, []), config, stop_ids, banned
+            backend, past, first, mask_pos, fed, fills.get(mask_pos, []), config, stop_ids, banned
         )
         result.blanks.append(hyp)
         result.mask_positions.append(mask_pos)
@@ -500,9 +503,9 @@ def _beam_search(
         # Re-feed the winner as one causal chunk (exact, spec §2.2), then open the next blank with its sop.
         next_mask = plan.queue.pop(0)
         if hyp:
-            _, past = _feed(backend, past, hyp, mask_pos, block + 1)
-        mask_pos, block = next_mask, 1
-        logits, past = _feed(backend, past, [tokens.sop], mask_pos, 1)
+            _, past = _feed(backend, past, hyp, mask_pos, fed)
+        mask_pos, fed = next_mask, 1
+        logits, past = _feed(backend, past, [tokens.sop], mask_pos, 0)
     result.sequence = _filled_sequence(plan.part_a, fills)
     return result
 

@@ -498,8 +498,10 @@ def build_rolling_windows(
     window = seq_len - 1
     if window < 2:
         raise LayoutError(f"seq_len must be at least 3 for rolling windows, got {seq_len}")
-    if not 1 <= stride <= window:
-        raise LayoutError(f"stride must lie in [1, seq_len - 1 = {window}], got {stride}")
+    # unidirectional windows keep their first token in Part A, unscored, so it must have been scored before
+    max_stride = window - 1 if unidirectional else window
+    if not 1 <= stride <= max_stride:
+        raise LayoutError(f"stride must lie in [1, {max_stride}] for seq_len {seq_len}, got {stride}")
     n = len(doc)
     if n < 2:
         return []
