@@ -492,7 +492,9 @@ def build_rolling_windows(
     ``seq_len - 1 - stride`` tokens + ``[gMASK]`` (bidirectional context), the rest scored in Part B (no eos).
     ``unidirectional`` keeps Part A = ``[CLS] w0 [gMASK]`` for every window, the rest of the window causal in Part B.
     Every document token but ``t0`` is scored exactly once; ``scored_range`` gives each window's document range.
-    Summed NLL / (N - 1) is the token-level loss.
+    Summed NLL / (N - 1) is the token-level loss. A full window is ``seq_len + 1`` tokens long (``[CLS]``, ``[gMASK]``
+    and ``sop`` around ``seq_len - 2`` fed document tokens), as in the original; its largest position id is
+    ``seq_len - stride``.
     """
     doc = list(token_ids)
     window = seq_len - 1
