@@ -3,7 +3,7 @@
 Use them with ``lm_eval --include_path "$(python -m evaluation.lm_eval_tasks --path)" --tasks <name>``:
 
 - ``glm_demo``: multiple choice over ``{"text": "... [MASK] ...", "choices": [...], "label": int}`` records
-  (``acc``, ``acc_norm``); 26 bundled examples, ``--limit 20`` smoke tests;
+  (``acc``, ``acc_norm``) over ``evaluation/data/demo/val.jsonl``; ``--limit 20`` for smoke tests;
 - ``glm_demo_ppl``: rolling log-likelihood over a few bundled paragraphs (word/byte perplexity, bits per byte);
 - ``glm_summarization``: ``generate_until`` with ROUGE-1/2/Lsum from ``rouge-score`` (ROUGE is not an lm-eval
   built-in metric and its fallback needs the network, spec §3 "Metrics");

@@ -16,9 +16,8 @@ from glm_core.errors import DataError
 
 _HERE = Path(__file__).resolve().parent
 BUNDLED_DATA_DIR = _HERE / "data"
-# The demo task's data as produced next to glm-tiny's training data; the bundled copy stands in until it exists.
+# The demo cloze task about glm-tiny's corpus facts (evaluation/data/demo/README.md).
 DEMO_VAL_FILE = _HERE.parent / "data" / "demo" / "val.jsonl"
-BUNDLED_DEMO_FILE = BUNDLED_DATA_DIR / "demo_val.jsonl"
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -62,10 +61,8 @@ def local_jsonl(
 
 
 def demo_file(glm_demo_file: str | None = None) -> Path:
-    """The demo task's file: ``glm_demo_file`` if given, else ``evaluation/data/demo/val.jsonl``, else the bundled copy."""
-    if glm_demo_file:
-        return Path(glm_demo_file).expanduser()
-    return DEMO_VAL_FILE if DEMO_VAL_FILE.is_file() else BUNDLED_DEMO_FILE
+    """The demo task's file: ``glm_demo_file`` if given, else ``evaluation/data/demo/val.jsonl``."""
+    return Path(glm_demo_file).expanduser() if glm_demo_file else DEMO_VAL_FILE
 
 
 def demo_dataset(split: str = "validation", glm_demo_file: str | None = None, **_metadata: Any) -> Any:
