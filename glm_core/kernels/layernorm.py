@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from glm_core.errors import InputError
-from glm_core.kernels import interpreter_enabled, resolve_impl
+from glm_core.kernels import resolve_impl
+from glm_core.kernels.interpreter import round_bf16_in_interpreter
 
 try:
     import triton
@@ -34,6 +35,8 @@ try:
 except ImportError:  # the torch reference still works; resolve_impl refuses "triton"
     triton = None
     tl = None
+else:
+    from glm_core.kernels.interpreter import rne_bf16
 
 OP_NAME = "add_dropout_layernorm"
 MAX_FUSED_HIDDEN = 16384  # one row must fit in registers: BLOCK_N = next_power_of_2(hidden) <= this
@@ -184,11 +187,6 @@ def _rows_per_program(rows: int, device: torch.device) -> int:
     return triton.next_power_of_2(triton.cdiv(rows, programs))
 
 
-def _round_bf16_in_interpreter(dtype: torch.dtype) -> bool:
-    # the interpreter truncates fp32 -> bf16; the GPU rounds to nearest even. Emulate the GPU (see _rne_bf16).
-    return dtype == torch.bfloat16 and interpreter_enabled()
-
-
 class _AddDropoutLayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, residual, weight, bias, eps, p, seed):
@@ -207,7 +205,7 @@ class _AddDropoutLayerNorm(torch.autograd.Function):
             x2, r2 if r2 is not None else x2, weight, bias, y, s, mean, rstd,
             hidden, eps, p, seed,
             HAS_RESIDUAL=r2 is not None, HAS_DROPOUT=p > 0.0, STORE_S=store_s,
-            ROUND_BF16=_round_bf16_in_interpreter(out_dtype),
+            ROUND_BF16=round_bf16_in_interpreter(out_dtype),
             BLOCK_N=block_n, num_warps=_num_warps(block_n),
         )  # fmt: skip
         ctx.save_for_backward(s, weight, mean, rstd)
@@ -240,8 +238,8 @@ class _AddDropoutLayerNorm(torch.autograd.Function):
             rows, hidden, ctx.p, ctx.seed,
             ROWS_PER_PROGRAM=rows_per_program,
             HAS_DS_OUT=ds_out is not None, HAS_RESIDUAL=ctx.has_residual, HAS_DROPOUT=ctx.p > 0.0,
-            ROUND_BF16_DX=_round_bf16_in_interpreter(dx.dtype),
-            ROUND_BF16_DRES=dres is not None and _round_bf16_in_interpreter(dres.dtype),
+            ROUND_BF16_DX=round_bf16_in_interpreter(dx.dtype),
+            ROUND_BF16_DRES=dres is not None and round_bf16_in_interpreter(dres.dtype),
             BLOCK_N=block_n, num_warps=_num_warps(block_n),
         )  # fmt: skip
         # stage 2 of the fp32 reduction: sum the per-program partials, then cast (spec §6 item 8)
@@ -256,13 +254,6 @@ class _AddDropoutLayerNorm(torch.autograd.Function):
 # Triton kernels (Triton 3.6 subset; only constexpr loop bounds, spec §6 item 3)
 
 if triton is not None:
-
-    @triton.jit
-    def _rne_bf16(x):
-        """Round fp32 to the nearest bf16 value (ties to even), returned as fp32; a later cast is then exact."""
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) & 0xFFFF0000
-        return bits.to(tl.float32, bitcast=True)
 
     @triton.jit
     def _dropout_keep(seed, row, cols, hidden, p):
@@ -296,7 +287,7 @@ if triton is not None:
             s += tl.load(R + offs, mask=in_row, other=0.0).to(tl.float32)
         if STORE_S:
             if ROUND_BF16:
-                s = _rne_bf16(s)
+                s = rne_bf16(s)
             s_stored = s.to(S.dtype.element_ty)
             tl.store(S + offs, s_stored, mask=in_row)
             s = s_stored.to(tl.float32)  # normalise exactly what was stored
@@ -308,7 +299,7 @@ if triton is not None:
         b = tl.load(B + cols, mask=in_row, other=0.0).to(tl.float32)
         y = centered * rstd * w + b
         if ROUND_BF16:
-            y = _rne_bf16(y)
+            y = rne_bf16(y)
         tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=in_row)
         tl.store(MEAN + row, mean)
         tl.store(RSTD + row, rstd)
@@ -345,14 +336,14 @@ if triton is not None:
             if HAS_RESIDUAL:
                 dres = ds
                 if ROUND_BF16_DRES:
-                    dres = _rne_bf16(dres)
+                    dres = rne_bf16(dres)
                 tl.store(DRES + offs, dres.to(DRES.dtype.element_ty), mask=in_row)
             dx = ds
             if HAS_DROPOUT:
                 keep = _dropout_keep(seed, row, cols, hidden, p)  # same stream as forward
                 dx = tl.where(keep, ds * (1.0 / (1.0 - p)), 0.0)
             if ROUND_BF16_DX:
-                dx = _rne_bf16(dx)
+                dx = rne_bf16(dx)
             tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=in_row)
             dw_acc += dy * xhat
             db_acc += dy
