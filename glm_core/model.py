@@ -182,6 +182,8 @@ class GLMModel(nn.Module):
 
     # -------------------------------------------------------------- kernels
     def _impl(self, op: str, device: torch.device, dtype: torch.dtype) -> str:
+        """Which implementation of a fused op runs here (``glm_core.kernels.resolve_impl`` decides); the choice is
+        reported per op in ``GLMOutput.kernels_used`` / ``model.kernels_used``."""
         if self.kernels == "torch":
             return "torch"
         from glm_core.kernels import resolve_impl
@@ -253,11 +255,12 @@ class GLMModel(nn.Module):
         param = self.word_embeddings.weight
         device, dtype = param.device, param.dtype
 
-        impl_attn = self._impl("attention", device, dtype)
-        if impl_attn == "triton" and (attention_mask is not None or past_len > 0):
-            impl_attn = "torch"  # the fused kernel covers the training layout (sep rule, no cache)
-        impl_ln = self._impl("layernorm", device, dtype)
-        impl_mlp = self._impl("gelu", device, dtype)
+        # The fused attention covers the training layout (sep rule, no cache); an explicit mask or a past uses torch.
+        plain_layout = attention_mask is None and past_len == 0
+        impl_attn = self._impl("glm_attention", device, dtype) if plain_layout else "torch"
+        impl_ln = self._impl("add_dropout_layernorm", device, dtype)
+        # the erf GeLU variant has no Triton kernel: it always runs in torch
+        impl_mlp = self._impl("bias_gelu", device, dtype) if self.config.gelu == "tanh" else "torch"
         self.kernels_used = {"attention": impl_attn, "layernorm": impl_ln, "bias_gelu": impl_mlp}
 
         visible = None
@@ -355,7 +358,7 @@ class GLMModel(nn.Module):
         """
         out = self.forward(input_ids, position_ids, sep=sep, use_cache=False, return_logits=False)
         hidden = out.hidden_states.reshape(-1, self.config.hidden_size)  # [B*S, h]
-        impl = self._impl("lm_head_ce", hidden.device, hidden.dtype)
+        impl = self._impl("partb_lm_head_ce", hidden.device, hidden.dtype)
         self.kernels_used["lm_head_ce"] = impl
         flat_targets = targets.reshape(-1)
         flat_mask = loss_mask.reshape(-1)
