@@ -13,7 +13,6 @@ run from the ``.pth`` and again from a PEP 829 ``.start`` file or a wrapper), ch
 lm-eval: a failure is one line on stderr and lm-eval carries on with its built-in models.
 """
 
-
 import sys
 
 # Exactly the defining module and class (spec §1.3 E3), identical to pyproject's lm_eval.models entry points.
@@ -28,7 +27,6 @@ _HOOK_FLAG = "_glm_harness_lmeval_hook"
 def register() -> None:
     """Add the GLM models to lm-eval's model registry (built-ins and entry-point plugins win on a name clash)."""
     import lm_eval.models  # noqa: F401  # spec §1.3 E1: built-ins first, or get_model never imports them
-
     from lm_eval.api.registry import model_registry
 
     for name, target in MODELS.items():

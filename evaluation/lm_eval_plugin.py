@@ -164,7 +164,9 @@ class _GLMLMBase(TemplateLM):
                 f"max_length={requested_max} exceeds the model's max_sequence_length ({model_max}); expected <= {model_max}"
             )
         self._max_length = requested_max or model_max
-        self._scoring_backend = self.glm if self._max_length == model_max else _LengthLimitedBackend(self.glm, self._max_length)
+        self._scoring_backend = (
+            self.glm if self._max_length == model_max else _LengthLimitedBackend(self.glm, self._max_length)
+        )
         self.max_gen_toks = _optional_positive_int(max_gen_toks, "max_gen_toks") or DEFAULT_MAX_GEN_TOKS
         self.batch_size_current = self.batch_setting.size
         # lm-eval reports these values in results["config"]["batch_sizes"] (spec §2, evaluator.py:405-407)
@@ -183,7 +185,9 @@ class _GLMLMBase(TemplateLM):
             raise ConfigError(f"device {device!r} is not supported; expected 'cpu', 'cuda' or 'cuda:N'")
         if self._cuda_available():
             return requested
-        logger.warning("glm-%s: device %r requested but CUDA is not available; running on CPU", self.backend_kind, device)
+        logger.warning(
+            "glm-%s: device %r requested but CUDA is not available; running on CPU", self.backend_kind, device
+        )
         return "cpu"
 
     # ------------------------------------------------------------------ lm-eval properties
@@ -230,7 +234,9 @@ class _GLMLMBase(TemplateLM):
                 if not (self.batch_setting.auto and self.batch_size_current > 1 and is_out_of_memory(exc)):
                     raise
                 self.batch_size_current //= 2
-                logger.warning("glm-%s: out of memory; retrying with batch size %d", self.backend_kind, self.batch_size_current)
+                logger.warning(
+                    "glm-%s: out of memory; retrying with batch size %d", self.backend_kind, self.batch_size_current
+                )
                 continue
             self.batch_sizes[kind] = self.batch_size_current
             return result

@@ -74,5 +74,7 @@ def demo_dataset(split: str = "validation", glm_demo_file: str | None = None, **
         if not isinstance(row.get("text"), str) or not isinstance(choices, list) or len(choices) < 2:
             raise DataError(f"{path}: record {number} needs 'text' (str) and 'choices' (a list of >= 2 strings)")
         if not isinstance(label, int) or not 0 <= label < len(choices):
-            raise DataError(f"{path}: record {number} has label {label!r}; expected an index into its {len(choices)} choices")
+            raise DataError(
+                f"{path}: record {number} has label {label!r}; expected an index into its {len(choices)} choices"
+            )
     return _as_dataset_dict(rows, split)
