@@ -1,0 +1,203 @@
+"""The export wrapper: GLM as one flat ONNX graph that builds its own attention mask.
+
+Signature (spec onnx_export §6, DESIGN.md step contract)::
+
+    input_ids [B,S] int64, position_ids [B,2,S] int64, sep [B] int64,
+    past_key_values.{i}.key / .value [B,H,P,D]          (P may be 0: the same graph serves prefill and decode)
+    -> logits [B,S,V] float32, present.{i}.key / .value [B,H,P+S,D]
+
+Inside: the visibility rule ``j < P or j-P < sep or j-P <= t`` (chunk-relative ``sep``, spec glm_reference §2.1)
+is built once from ``sep`` and the past length and added to every layer's scores as an additive bias with
+``finfo(dtype).min`` (spec onnx_export §3.1: the additive form is what onnxscript's MHA fusion recognises; never
+``-inf``, §3.4-3). K is scaled by ``1/sqrt(d)`` before ``QKᵀ`` (spec glm_reference §1.3). The tied LM head is untied
+into its own ``[h, V]`` constant so quantizers see a plain ``MatMul`` weight (spec onnx_export §6 pitfall 7).
+
+The wrapper owns no copy of the model's weights except that head; it calls the model's own submodules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glm_core.model import GLMModel
+
+DEFAULT_OPSET = 20  # spec onnx_export §1.4: torch 2.13's default; standard Gelu(tanh) and LayerNormalization
+MIN_OPSET = 18  # torchlib's base opset; lower asks for the version converter (spec §1.4)
+MAX_OPSET = 23  # torch 2.13 ONNX_MAX_OPSET
+
+# Example shapes for tracing: B>=2, S>=2, P>=1 so no dim is specialised to 0/1 (spec §3.3, pytorch #151582).
+EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_PAST = 2, 8, 4
+# Upper bounds of the named dims; the past may be empty (prefill).
+MAX_BATCH, MAX_SEQ, MAX_PAST = 1024, 8192, 65536
+
+
+@dataclass(frozen=True)
+class GraphNames:
+    """Input and output names of the exported graph, in order."""
+
+    num_layers: int
+
+    @property
+    def past_names(self) -> list[str]:
+        return [f"past_key_values.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")]
+
+    @property
+    def present_names(self) -> list[str]:
+        return [f"present.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")]
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["input_ids", "position_ids", "sep", *self.past_names]
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["logits", *self.present_names]
+
+
+def additive_mask(
+    sep: torch.Tensor, query_len: torch.Tensor | int, past_len: torch.Tensor | int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Additive bias ``[B, 1, S, P+S]``: 0 where key ``j`` is visible to query ``t``, ``finfo(dtype).min`` elsewhere.
+
+    spec glm_reference §2.1 / DESIGN.md: visible iff ``j < P or j-P < sep[b] or j-P <= t``; ``j-P <= t`` already
+    covers every past column, so the rule is two comparisons and an ``Or`` (spec onnx_export §3.1).
+    """
+    keys = torch.arange(past_len + query_len, device=sep.device) - past_len  # [P+S], chunk-relative key index
+    queries = torch.arange(query_len, device=sep.device)  # [S]
+    causal = keys[None, :] <= queries[:, None]  # [S, P+S]
+    prefix = keys[None, None, :] < sep[:, None, None]  # [B, 1, P+S]
+    visible = causal[None] | prefix  # [B, S, P+S]
+    zero = torch.zeros((), dtype=dtype, device=sep.device)
+    neg = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=sep.device)  # spec §3.4-3: never -inf
+    return torch.where(visible, zero, neg)[:, None]  # [B, 1, S, P+S]
+
+
+class GLMExportModule(nn.Module):
+    """GLM's forward with a flat, named K/V-cache signature, for ``torch.onnx.export(dynamo=True)``."""
+
+    def __init__(self, model: GLMModel, untie_head: bool = True) -> None:
+        super().__init__()
+        self.model = model.eval()
+        config = model.config
+        self.num_layers = config.num_layers
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        # spec glm_reference §1.4 / §9: tanh or erf GeLU as the model computes it, written so that opset 20 gets one
+        # standard Gelu node (approximate="tanh" or "none") instead of an elementwise decomposition
+        self.gelu_approximate = "tanh" if config.gelu == "tanh" else "none"
+        self.untie_head = untie_head
+        if untie_head:
+            # spec onnx_export §6: its own [h, V] constant -> MatMul(hidden, lm_head) with an initializer weight
+            head = model.word_embeddings.weight.detach().t().contiguous()  # [h, V]
+            self.register_buffer("lm_head", head, persistent=False)
+        self.train(False)
+
+    @property
+    def names(self) -> GraphNames:
+        return GraphNames(self.num_layers)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, S] int64
+        position_ids: torch.Tensor,  # [B, 2, S] int64
+        sep: torch.Tensor,  # [B] int64
+        *past: torch.Tensor,  # 2L tensors [B, H, P, D]: key_0, value_0, key_1, ...
+    ) -> tuple[torch.Tensor, ...]:
+        model = self.model
+        stack = model.transformer
+        query_len = input_ids.shape[1]
+        past_len = past[0].shape[2]
+        weight = model.word_embeddings.weight
+        bias = additive_mask(sep, query_len, past_len, weight.dtype)  # [B, 1, S, P+S], built once for all layers
+
+        # spec glm_reference §1.2 step 1: word + position + block-position embeddings
+        x = (
+            model.word_embeddings(input_ids)
+            + stack.position_embeddings(position_ids[:, 0])
+            + stack.block_position_embeddings(position_ids[:, 1])
+        )  # [B, S, h]
+        presents: list[torch.Tensor] = []
+        for i, layer in enumerate(stack.layers):
+            attn_out, key, value = self._attention(
+                layer.attention, layer.input_layernorm(x), bias, past[2 * i], past[2 * i + 1]
+            )
+            presents += [key, value]
+            x = x + attn_out
+            mlp = layer.mlp
+            hidden = F.gelu(mlp.dense_h_to_4h(layer.post_attention_layernorm(x)), approximate=self.gelu_approximate)
+            x = x + mlp.dense_4h_to_h(hidden)  # [B, S, h]
+        hidden = stack.final_layernorm(x)  # [B, S, h]
+        if self.untie_head:
+            logits = torch.matmul(hidden, self.lm_head)  # [B, S, V]
+        else:
+            logits = F.linear(hidden, weight)
+        return (logits.float(), *presents)
+
+    def _attention(
+        self,
+        attn: nn.Module,
+        x: torch.Tensor,  # [B, S, h], input-LayerNormed
+        bias: torch.Tensor,  # [B, 1, S, P+S]
+        past_key: torch.Tensor,  # [B, H, P, D]
+        past_value: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, S, h = x.shape
+        q, k, v = attn.query_key_value(x).chunk(3, dim=-1)  # each [B, S, h] (spec §1.3: Q | K | V)
+        q = q.view(B, S, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, S, D]
+        k = k.view(B, S, self.num_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, S, self.num_heads, self.head_dim).transpose(1, 2)
+        key = torch.cat([past_key, k], dim=2)  # [B, H, P+S, D]
+        value = torch.cat([past_value, v], dim=2)
+        scores = torch.matmul(q, (key / math.sqrt(self.head_dim)).transpose(-1, -2)) + bias  # [B, H, S, P+S]
+        probs = torch.softmax(scores, dim=-1)
+        ctx = torch.matmul(probs, value).transpose(1, 2).reshape(B, S, h)  # [B, S, h]
+        return attn.dense(ctx), key, value
+
+    # ------------------------------------------------------------------ export arguments
+    def example_arguments(self) -> tuple[torch.Tensor, ...]:
+        """(B=2, S=8, P=4) with different seps per row (spec onnx_export §6)."""
+        config = self.model.config
+        weight = self.model.word_embeddings.weight
+        B, S, P = EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_PAST
+        gen = torch.Generator().manual_seed(0)
+        input_ids = torch.randint(0, config.vocab_size, (B, S), generator=gen)
+        pos = torch.arange(P, P + S).expand(B, S)
+        position_ids = torch.stack([pos, torch.zeros_like(pos)], dim=1).contiguous()  # [B, 2, S]
+        sep = torch.tensor([3, 0][:B], dtype=torch.long)
+        shape = (B, self.num_heads, P, self.head_dim)
+        past = [torch.zeros(shape, dtype=weight.dtype) for _ in range(2 * self.num_layers)]
+        return (input_ids, position_ids, sep, *past)
+
+    def dynamic_shapes(self) -> tuple[object, ...]:
+        """Named dims ``batch``, ``seq``, ``past`` (past may be 0); varargs past is one tuple (spec §3.4-2)."""
+        Dim = torch.export.Dim
+        batch = Dim("batch", min=1, max=MAX_BATCH)
+        seq = Dim("seq", min=1, max=MAX_SEQ)
+        past = Dim("past", min=0, max=MAX_PAST)
+        past_shapes = tuple({0: batch, 2: past} for _ in range(2 * self.num_layers))
+        return ({0: batch, 1: seq}, {0: batch, 2: seq}, {0: batch}, past_shapes)
+
+
+def export_program(module: GLMExportModule, opset: int = DEFAULT_OPSET) -> torch.onnx.ONNXProgram:
+    """Trace with the dynamo exporter (spec onnx_export §0.1) and return the in-memory ONNX program."""
+    names = module.names
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            module.example_arguments(),
+            dynamo=True,
+            opset_version=opset,
+            input_names=names.inputs,
+            output_names=names.outputs,
+            dynamic_shapes=module.dynamic_shapes(),
+            optimize=True,
+            verbose=False,
+        )
+    if program is None:  # pragma: no cover - dynamo export always returns a program
+        raise RuntimeError("torch.onnx.export returned no program")
+    return program

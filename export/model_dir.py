@@ -1,0 +1,215 @@
+"""The exported model directory: everything a runtime needs, nothing outside it.
+
+Layout (DESIGN.md, spec onnx_export §6)::
+
+    <out>/model.onnx            the graph (weights inline, or in model.onnx.data beside it)
+    <out>/model.onnx.data       external weights, when the model is over protobuf's 2 GB limit or asked for
+    <out>/glm_config.json       names, dims, dtypes, layers/heads, vocab, mask rule, special ids, tokenizer family
+    <out>/<tokenizer files>     when the checkpoint had them (GLMTokenizer.save_pretrained)
+    <out>/export_report.json    versions, sizes, timings, every validation figure
+
+Everything is written into a staging directory beside ``--out`` and renamed at the end, so a failed export leaves
+nothing at ``--out`` (DESIGN.md, rules of the house).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from evaluation.backends.onnx import CONFIG_FORMAT_VERSION, MODEL_FILE
+from glm_core.config import GLMConfig
+from glm_core.errors import ExportError
+from glm_core.special_tokens import SpecialTokens
+
+DATA_FILE = MODEL_FILE + ".data"
+REPORT_FILE = "export_report.json"
+PROTOBUF_LIMIT = 2 * 1024**3
+# Leave room for the graph itself under protobuf's hard 2 GB limit.
+EXTERNAL_DATA_THRESHOLD = int(1.8 * 1024**3)
+EXTERNAL_DATA_MODES = ("auto", "always", "never")
+
+# Key j visible to query t of the current chunk (0-based) iff this holds (DESIGN.md, spec glm_reference §2.1).
+MASK_RULE = "j < P or (j - P) < sep[b] or (j - P) <= t"
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of all initializers, inline or external."""
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            length = {e.key: e.value for e in tensor.external_data}.get("length")
+            if length is not None:
+                total += int(length)
+                continue
+        n = 1
+        for d in tensor.dims:
+            n *= d
+        total += n * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return total
+
+
+def use_external_data(model_bytes: int, mode: str) -> bool:
+    if mode not in EXTERNAL_DATA_MODES:
+        raise ExportError(f"--external-data must be one of {EXTERNAL_DATA_MODES}, got {mode!r}")
+    if mode == "always":
+        return True
+    if model_bytes > EXTERNAL_DATA_THRESHOLD:
+        if mode == "never":
+            raise ExportError(
+                f"the model's weights are {model_bytes / 1024**3:.2f} GB, over protobuf's 2 GB limit for one file; "
+                "use --external-data auto or always"
+            )
+        return True
+    return False
+
+
+def save_model_file(model: onnx.ModelProto, directory: Path, external: bool) -> list[str]:
+    """Write ``model.onnx`` (and ``model.onnx.data`` when ``external``); returns the data file names written."""
+    path = directory / MODEL_FILE
+    if external:
+        # One data file, addressed relative to model.onnx: it never leaves the directory.
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=DATA_FILE,
+            size_threshold=1024,
+            convert_attribute=False,
+        )
+        return [DATA_FILE]
+    onnx.save_model(model, str(path))
+    return []
+
+
+def model_config(
+    config: GLMConfig,
+    *,
+    model_name: str,
+    dtype: str,
+    kv_dtype: str,
+    opset: int,
+    optimize: str,
+    quantize: str,
+    special: SpecialTokens | None,
+    has_tokenizer: bool,
+    external_data: list[str],
+    device: str,
+) -> dict[str, Any]:
+    """The contents of ``glm_config.json``: what a runtime needs to drive the graph without reading it."""
+    L, H, D = config.num_layers, config.num_attention_heads, config.head_dim
+    kv = {"dtype": kv_dtype, "shape": ["batch", H, "past", D]}
+    inputs = [
+        {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},
+        {"name": "position_ids", "dtype": "int64", "shape": ["batch", 2, "seq"]},
+        {"name": "sep", "dtype": "int64", "shape": ["batch"]},
+    ] + [{"name": f"past_key_values.{i}.{k}", **kv} for i in range(L) for k in ("key", "value")]
+    present = {"dtype": kv_dtype, "shape": ["batch", H, "past + seq", D]}
+    outputs = [{"name": "logits", "dtype": "float32", "shape": ["batch", "seq", config.vocab_size]}] + [
+        {"name": f"present.{i}.{k}", **present} for i in range(L) for k in ("key", "value")
+    ]
+    return {
+        "format_version": CONFIG_FORMAT_VERSION,
+        "model_name": model_name,
+        "model_file": MODEL_FILE,
+        "external_data": external_data,
+        "inputs": inputs,
+        "outputs": outputs,
+        "dims": {
+            "batch": "rows in the batch (>= 1)",
+            "seq": "tokens in this call (>= 1)",
+            "past": "cached positions (>= 0; 0 = prefill with empty past tensors)",
+        },
+        "dtype": dtype,
+        "kv_dtype": kv_dtype,
+        "logits_dtype": "float32",
+        "opset": opset,
+        "optimize": optimize,
+        "quantize": quantize,
+        "device": device,
+        "num_layers": L,
+        "num_attention_heads": H,
+        "head_dim": D,
+        "hidden_size": config.hidden_size,
+        "vocab_size": config.vocab_size,
+        "max_sequence_length": config.max_sequence_length,
+        "gelu": config.gelu,
+        "layernorm_epsilon": config.layernorm_epsilon,
+        "position_ids": "row 0 = position, row 1 = block position (spec glm_reference §3.1)",
+        "mask": {
+            "input": "sep",
+            "rule": MASK_RULE,
+            "sep": "relative to the current chunk: prefill of Part A + Part B uses len(Part A), later chunks 0",
+            "form": "additive bias on QK^T/sqrt(d), built in the graph",
+            "masked_value": "finfo(compute dtype).min",
+        },
+        "tokenizer_family": config.tokenizer_family,
+        "tokenizer": has_tokenizer,
+        "special_tokens": None if special is None else {**special.to_dict(), "bad_words": list(special.bad_words)},
+    }
+
+
+def file_sizes(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+class StagingDir:
+    """A temporary directory beside ``out`` that becomes ``out`` on :meth:`commit`, or disappears."""
+
+    def __init__(self, out: Path, overwrite: bool) -> None:
+        self.out = out
+        self.overwrite = overwrite
+        check_output_path(out, overwrite)
+        try:
+            self.path = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        except OSError as exc:
+            raise ExportError(f"{out.parent}: cannot create a directory there ({exc.strerror})") from None
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.path, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
+        self.work = self.path / ".work"  # intermediate files; removed before commit
+        self.work.mkdir()
+
+    def commit(self) -> Path:
+        shutil.rmtree(self.work, ignore_errors=True)
+        old = None
+        if self.out.exists():
+            if not self.overwrite:
+                raise ExportError(f"{self.out}: exists (appeared during the export); pass --overwrite to replace it")
+            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
+            os.rmdir(old)
+            os.replace(self.out, old)
+        os.replace(self.path, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.out
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> StagingDir:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None or self.path.exists():
+            self.discard()
+
+
+def check_output_path(out: Path, overwrite: bool) -> None:
+    """Fail before any slow work when ``--out`` cannot be written."""
+    if out.exists():
+        if not overwrite:
+            raise ExportError(f"{out}: already exists; pass --overwrite to replace it")
+        if not out.is_dir():
+            raise ExportError(f"{out}: exists and is not a directory; choose another --out")
+    parent = out.parent
+    if not parent.is_dir():
+        raise ExportError(f"{parent}: parent directory of --out does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"{parent}: not writable; choose another --out")

@@ -1,0 +1,483 @@
+"""Export validation: PyTorch reference vs ONNX Runtime, run in two processes.
+
+The torch side (:func:`make_reference`, in the exporting process) runs the PyTorch model on a fixed set of inputs
+and writes them with its outputs to one ``.npz``. The ORT side (:func:`run_checks`, started by
+:func:`validate_in_subprocess` as ``python -m export.validate``) loads the finished model directory through
+:class:`evaluation.backends.onnx.OnnxBackend`, never imports torch, and compares (spec onnx_export §6):
+
+1. full-pass parity on a grid of (B, S, sep, P) unlike the trace example: sep = 0 (causal), sep = S (bidirectional),
+   B >= 2 with different seps, P = 0 and S = 1, a chunk after a cache with a chunk-relative sep; logits and presents;
+2. incremental parity: prefill k tokens, then one token per step, vs one full PyTorch pass of the same sequence;
+3. greedy blank-infilling generation (glm_core.generation, spec glm_reference §2.3a) on both backends: identical
+   token ids, and a replay of PyTorch's step calls on ORT that tells a real divergence from a near-tie;
+4. ``onnx.checker.check_model(path, full_check=True)`` and the graph's input/output names;
+5. quantized models (int8/int4): top-1 agreement and the perplexity change on a text, instead of 1.-3.
+
+Tolerances (spec onnx_export §4.1, §6): ``|Δ| <= atol + rtol·|ref|`` everywhere and ``max|Δ| / max|ref| <= norm``.
+ONNX Runtime runs in its own process because it does not give memory back and its spinning thread pool slows
+torch down when both share the cores (spec §1.1, §4.2 #10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glm_core.errors import ExportError, GLMError
+from glm_core.special_tokens import SpecialTokens, sentencepiece_tokens
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    norm: float  # bound on max|Δ| / max|ref|
+
+
+# spec onnx_export §0.6 / §4.1: measured fp32 error ~1e-6 of max|ref|, fp16 ~1.2e-4 of max|ref|.
+TOLERANCES = {"fp32": Tolerance(1e-4, 1e-4, 1e-5), "fp16": Tolerance(5e-2, 1e-2, 1e-3)}
+# Quantized graphs are judged by behaviour, not by elementwise error (spec §6 validation 1).
+QUANT_GATES = {
+    "int8": {"min_top1": 0.90, "max_ppl_rel_delta": 0.05},
+    "int4": {"min_top1": 0.80, "max_ppl_rel_delta": 0.10},
+}
+
+# (batch, seq, seps, past) -- all unlike the trace example (2, 8, sep, 4), spec §6 pitfall 3.
+GRID: tuple[tuple[int, int, tuple[int, ...], int], ...] = (
+    (1, 1, (0,), 0),  # single token, empty cache
+    (3, 7, (0, 7, 3), 0),  # causal, fully bidirectional and a split in one batch
+    (2, 5, (5, 2), 0),
+    (1, 13, (6,), 0),
+    (2, 1, (0, 0), 9),  # decode step after a 9-token cache
+    (4, 5, (0, 5, 2, 1), 3),  # a chunk after a cache: sep is relative to the chunk (spec §2.1)
+)
+INCREMENTAL = {"batch": 2, "seq": 12, "seps": (5, 7), "prefill": 7}
+GENERATION_TOKENS = 6  # per blank, two blanks
+PPL_TOKENS = 64
+SEED = 20240611
+
+# A fixed English text for the perplexity check of quantized models (tokenized when the model has a tokenizer).
+PPL_TEXT = (
+    "The committee met on Tuesday to review the budget for the coming year. After a long discussion, the members "
+    "agreed to increase spending on public libraries and to reduce the cost of running the city's parks. The mayor "
+    "said the plan would be published next month, once the final figures had been checked by the treasury."
+)
+
+
+# ==================================================================================================== torch side
+def validation_special_tokens(special: SpecialTokens | None, vocab_size: int) -> SpecialTokens:
+    """The model's special ids when they fit its vocabulary, else a stand-in table at the top of the vocabulary.
+
+    Random test models are smaller than their tokenizer family's ids; generation only needs consistent ids.
+    """
+    if special is not None:
+        ids = [i for i in special.to_dict().values() if isinstance(i, int)]
+        if max(ids) < vocab_size:
+            return special
+    return sentencepiece_tokens(num_pieces=vocab_size - 10)
+
+
+def _text_ids(tokenizer: Any, special: SpecialTokens, count: int, rng: np.random.Generator) -> np.ndarray:
+    if tokenizer is not None:
+        ids = tokenizer.encode(PPL_TEXT)
+        if len(ids) >= 8:
+            reps = -(-count // len(ids))
+            return np.asarray((ids * reps)[:count], dtype=np.int64)
+    low = min(i for i in special.to_dict().values() if isinstance(i, int))
+    return rng.integers(0, low, size=count, dtype=np.int64)
+
+
+def make_reference(
+    model: Any,
+    path: str | os.PathLike[str],
+    *,
+    special: SpecialTokens | None = None,
+    tokenizer: Any = None,
+    seed: int = SEED,
+) -> dict[str, Any]:
+    """Run the PyTorch model on the validation inputs and write inputs + outputs to ``path`` (``.npz``)."""
+    from glm_core.generation import GenerationConfig, generate
+    from glm_core.layout import build_generation_prompt
+    from glm_core.step import TorchStep
+
+    config = model.config
+    V, max_pos = config.vocab_size, config.max_sequence_length
+    rng = np.random.default_rng(seed)
+    step = TorchStep(model)
+    arrays: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {"cases": [], "num_layers": config.num_layers}
+
+    def positions(batch: int, start: int, length: int) -> np.ndarray:
+        pos = np.arange(start, start + length) % (max_pos + 1)
+        row = np.stack([pos, np.zeros_like(pos)])  # [2, S]
+        return np.repeat(row[None], batch, axis=0).astype(np.int64)  # [B, 2, S]
+
+    def to_numpy(past: Any) -> list[np.ndarray]:
+        return [t.detach().float().cpu().numpy() for layer in past for t in layer]
+
+    # 1. the grid
+    for n, (B, S, seps, P) in enumerate(GRID):
+        key = f"grid{n}"
+        past = None
+        if P:
+            prefix = rng.integers(0, V, size=(B, P), dtype=np.int64)
+            _, past = step.step(prefix, positions(B, 0, P), np.full(B, P // 2, dtype=np.int64), None)
+            arrays[f"{key}.past"] = np.stack(to_numpy(past))  # [2L, B, H, P, D]
+        ids = rng.integers(0, V, size=(B, S), dtype=np.int64)
+        pos = positions(B, P, S)
+        sep = np.asarray(seps, dtype=np.int64)
+        logits, present = step.step(ids, pos, sep, past)
+        arrays.update(
+            {
+                f"{key}.ids": ids,
+                f"{key}.pos": pos,
+                f"{key}.sep": sep,
+                f"{key}.logits": logits,
+                f"{key}.present": np.stack(to_numpy(present)),
+            }
+        )
+        meta["cases"].append({"key": key, "batch": B, "seq": S, "seps": list(seps), "past": P})
+
+    # 2. incremental decoding reference: one full pass
+    B, S = INCREMENTAL["batch"], INCREMENTAL["seq"]
+    ids = rng.integers(0, V, size=(B, S), dtype=np.int64)
+    pos = positions(B, 0, S)
+    sep = np.asarray(INCREMENTAL["seps"], dtype=np.int64)
+    logits, _ = step.step(ids, pos, sep, None)
+    arrays.update({"incr.ids": ids, "incr.pos": pos, "incr.sep": sep, "incr.logits": logits})
+    meta["incremental"] = dict(INCREMENTAL, seps=list(INCREMENTAL["seps"]))
+
+    # 3. greedy blank infilling, recording every step call for the replay
+    tokens = validation_special_tokens(special, V)
+    text = _text_ids(tokenizer, tokens, 20, rng).tolist()
+    text = text[:6] + [tokens.mask] + text[6:14] + [tokens.mask] + text[14:]
+    prompt = build_generation_prompt(text, tokens)
+    recorder = _Recorder(step)
+    gen_config = GenerationConfig(max_new_tokens=GENERATION_TOKENS, strategy="greedy")
+    result = generate(recorder, prompt, tokens, gen_config)
+    for i, (cid, cpos, csep, clast) in enumerate(recorder.calls):
+        arrays.update(
+            {f"gen.call{i}.ids": cid, f"gen.call{i}.pos": cpos, f"gen.call{i}.sep": csep, f"gen.call{i}.last": clast}
+        )
+    arrays.update({"gen.prompt.ids": prompt.input_ids, "gen.prompt.pos": prompt.position_ids})
+    meta["generation"] = {
+        "calls": len(recorder.calls),
+        "blanks": result.blanks,
+        "sequence": result.sequence,
+        "prompt_sep": prompt.sep,
+        "mask_positions": list(prompt.mask_positions),
+        "special_tokens": {**tokens.to_dict(), "bad_words": list(tokens.bad_words)},
+        "max_new_tokens": GENERATION_TOKENS,
+    }
+
+    # 4. perplexity text (left to right: sep = 0, positions 0..T-1)
+    T = min(PPL_TOKENS, max_pos + 1)
+    text_ids = _text_ids(tokenizer, tokens, T, rng)[None]  # [1, T]
+    logits, _ = step.step(text_ids, positions(1, 0, T), np.zeros(1, dtype=np.int64), None)
+    arrays.update({"ppl.ids": text_ids, "ppl.logits": logits})
+    meta["ppl_tokens"] = T
+
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    np.savez(path, **arrays)
+    return meta
+
+
+class _Recorder:
+    """Wraps a backend and records each call's inputs and last-row logits (for the ORT replay)."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.calls: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def step(self, input_ids: np.ndarray, position_ids: np.ndarray, sep: np.ndarray, past: Any) -> Any:
+        logits, present = self.backend.step(input_ids, position_ids, sep, past)
+        self.calls.append(
+            (
+                np.asarray(input_ids, np.int64),
+                np.asarray(position_ids, np.int64),
+                np.asarray(sep, np.int64).reshape(-1),
+                np.asarray(logits[:, -1], np.float32),
+            )
+        )
+        return logits, present
+
+    def reorder_past(self, past: Any, index: np.ndarray) -> Any:
+        return self.backend.reorder_past(past, index)
+
+    def past_length(self, past: Any) -> int:
+        return self.backend.past_length(past)
+
+
+# ====================================================================================================== ORT side
+def compare(ref: np.ndarray, got: np.ndarray, tol: Tolerance | None) -> dict[str, Any]:
+    """Elementwise figures of ``got`` against ``ref`` (both cast to float64)."""
+    ref64, got64 = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    if ref64.shape != got64.shape:
+        return {"ok": False, "error": f"shape {got64.shape} != reference {ref64.shape}"}
+    diff = np.abs(ref64 - got64)
+    scale = float(np.abs(ref64).max()) if ref64.size else 0.0
+    max_abs = float(diff.max()) if diff.size else 0.0
+    rel = diff / np.maximum(np.abs(ref64), 1e-12)
+    out: dict[str, Any] = {
+        "max_abs": max_abs,
+        "max_rel": float(rel.max()) if rel.size else 0.0,
+        "normalised": max_abs / scale if scale > 0 else max_abs,
+        "max_ref": scale,
+        "finite": bool(np.isfinite(got64).all()),
+    }
+    if tol is not None:
+        within = bool((diff <= tol.atol + tol.rtol * np.abs(ref64)).all())
+        out["ok"] = out["finite"] and within and out["normalised"] <= tol.norm
+    return out
+
+
+def top1_agreement(ref: np.ndarray, got: np.ndarray) -> float:
+    ref2, got2 = ref.reshape(-1, ref.shape[-1]), got.reshape(-1, got.shape[-1])
+    return float((ref2.argmax(-1) == got2.argmax(-1)).mean())
+
+
+def perplexity(logits: np.ndarray, ids: np.ndarray) -> float:
+    """Left-to-right perplexity of ``ids[0, 1:]`` under ``logits[0, :-1]``."""
+    x = np.asarray(logits[0, :-1], np.float64)  # [T-1, V]
+    x = x - x.max(-1, keepdims=True)
+    logp = x - np.log(np.exp(x).sum(-1, keepdims=True))
+    nll = -logp[np.arange(x.shape[0]), ids[0, 1:]]
+    return float(np.exp(nll.mean()))
+
+
+def _past_list(array: np.ndarray, kv_dtype: Any) -> list[np.ndarray]:
+    return [np.ascontiguousarray(a, dtype=kv_dtype) for a in array]
+
+
+def run_checks(
+    model_dir: str | os.PathLike[str], reference: str | os.PathLike[str], device: str = "cpu"
+) -> dict[str, Any]:
+    """Compare the model directory against the reference; returns every figure and ``passed``."""
+    import onnx
+
+    from evaluation.backends.onnx import OnnxBackend
+    from glm_core.generation import GenerationConfig, generate
+    from glm_core.layout import GLMInput
+
+    data = np.load(reference)
+    meta = json.loads(bytes(data["meta"]).decode("utf-8"))
+    backend = OnnxBackend(model_dir, providers=device)
+    cfg = backend.config
+    kind = "fp16" if cfg.get("dtype") == "fp16" else "fp32"
+    quant = cfg.get("quantize", "none")
+    tol = TOLERANCES[kind] if quant == "none" else None
+    report: dict[str, Any] = {
+        "device": device,
+        "providers": backend.session.get_providers(),
+        "dtype": kind,
+        "quantize": quant,
+        "tolerance": None if tol is None else tol.__dict__,
+    }
+    failures: list[str] = []
+
+    # 4. checker and names
+    model_path = Path(model_dir) / cfg["model_file"]
+    try:
+        onnx.checker.check_model(str(model_path), full_check=True)
+        report["checker"] = "ok"
+    except Exception as exc:  # onnx raises ValidationError / InferenceError
+        report["checker"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        failures.append(f"onnx.checker: {report['checker']}")
+    inputs = {i.name: i for i in backend.session.get_inputs()}
+    report["inputs"] = {name: [str(d) for d in i.shape] for name, i in inputs.items()}
+
+    # 1. grid
+    grid = []
+    all_ref, all_got = [], []
+    for case in meta["cases"]:
+        key = case["key"]
+        past = _past_list(data[f"{key}.past"], backend.kv_dtype) if f"{key}.past" in data else None
+        logits, present = backend.step(data[f"{key}.ids"], data[f"{key}.pos"], data[f"{key}.sep"], past)
+        present_np = np.stack([v.numpy() for v in present]).astype(np.float32)
+        entry = {k: case[k] for k in ("batch", "seq", "seps", "past")}
+        entry["logits"] = compare(data[f"{key}.logits"], logits, tol)
+        entry["present"] = compare(data[f"{key}.present"], present_np, tol)
+        entry["top1"] = top1_agreement(data[f"{key}.logits"], logits)
+        all_ref.append(data[f"{key}.logits"].reshape(-1, logits.shape[-1]))
+        all_got.append(logits.reshape(-1, logits.shape[-1]))
+        grid.append(entry)
+        if tol is not None:
+            for part in ("logits", "present"):
+                if not entry[part]["ok"]:
+                    failures.append(
+                        f"grid B={case['batch']} S={case['seq']} sep={case['seps']} P={case['past']}: "
+                        f"{part} max|Δ| {entry[part].get('max_abs', float('nan')):.3g} "
+                        f"(normalised {entry[part].get('normalised', float('nan')):.3g}) out of tolerance"
+                    )
+    report["grid"] = grid
+    report["top1_agreement"] = top1_agreement(np.concatenate(all_ref), np.concatenate(all_got))
+
+    # 2. incremental: prefill k tokens (with sep), then one token per step with sep = 0
+    inc = meta["incremental"]
+    ids, pos, sep = data["incr.ids"], data["incr.pos"], data["incr.sep"]
+    k = inc["prefill"]
+    chunks = []
+    logits, past = backend.step(ids[:, :k], pos[:, :, :k], sep, None)
+    chunks.append(logits)
+    for t in range(k, ids.shape[1]):
+        logits, past = backend.step(ids[:, t : t + 1], pos[:, :, t : t + 1], np.zeros(ids.shape[0], np.int64), past)
+        chunks.append(logits)
+    incremental = np.concatenate(chunks, axis=1)
+    report["incremental"] = compare(data["incr.logits"], incremental, tol)
+    report["incremental"]["top1"] = top1_agreement(data["incr.logits"], incremental)
+    if tol is not None and not report["incremental"]["ok"]:
+        failures.append(
+            f"incremental decoding vs full pass: max|Δ| {report['incremental']['max_abs']:.3g} "
+            "out of tolerance (cache / mask offset)"
+        )
+
+    # 3. greedy generation + replay of the PyTorch step calls
+    gen = meta["generation"]
+    special_dict = dict(gen["special_tokens"])
+    special_dict["bad_words"] = tuple(special_dict.get("bad_words", ()))
+    tokens = SpecialTokens(**special_dict)
+    prompt_ids = data["gen.prompt.ids"]
+    prompt = GLMInput(
+        input_ids=prompt_ids,
+        position_ids=data["gen.prompt.pos"],
+        sep=gen["prompt_sep"],
+        targets=np.full_like(prompt_ids, tokens.pad),
+        loss_mask=np.zeros(len(prompt_ids), np.float32),
+        mask_positions=tuple(gen["mask_positions"]),
+    )
+    result = generate(backend, prompt, tokens, GenerationConfig(max_new_tokens=gen["max_new_tokens"]))
+    identical = result.blanks == gen["blanks"] and result.sequence == gen["sequence"]
+    replay = _replay(backend, data, gen["calls"], tol)
+    report["generation"] = {
+        "identical": identical,
+        "torch_blanks": gen["blanks"],
+        "onnx_blanks": result.blanks,
+        **replay,
+    }
+    if not identical and quant == "none" and replay["real_divergences"]:
+        failures.append(
+            f"greedy generation differs: torch {gen['blanks']} vs onnx {result.blanks} "
+            f"({replay['real_divergences']} step(s) with a clear top-1 disagreement)"
+        )
+
+    # 5. quantized: behaviour gates
+    ppl_ref = perplexity(data["ppl.logits"], data["ppl.ids"])
+    T = data["ppl.ids"].shape[1]
+    logits, _ = backend.step(
+        data["ppl.ids"], np.stack([np.arange(T), np.zeros(T, np.int64)])[None], np.zeros(1, np.int64), None
+    )
+    ppl_got = perplexity(logits, data["ppl.ids"])
+    report["perplexity"] = {
+        "torch": ppl_ref,
+        "onnx": ppl_got,
+        "rel_delta": abs(ppl_got - ppl_ref) / ppl_ref,
+        "tokens": int(T),
+        "top1": top1_agreement(data["ppl.logits"], logits),
+    }
+    if quant != "none":
+        gate = QUANT_GATES[quant]
+        report["quant_gate"] = gate
+        if report["top1_agreement"] < gate["min_top1"]:
+            failures.append(f"{quant}: top-1 agreement {report['top1_agreement']:.3f} < {gate['min_top1']}")
+        if report["perplexity"]["rel_delta"] > gate["max_ppl_rel_delta"]:
+            failures.append(
+                f"{quant}: perplexity {ppl_got:.4g} vs torch {ppl_ref:.4g} "
+                f"(relative change {report['perplexity']['rel_delta']:.3f} > {gate['max_ppl_rel_delta']})"
+            )
+
+    report["failures"] = failures
+    report["passed"] = not failures
+    return report
+
+
+def _replay(backend: Any, data: Any, calls: int, tol: Tolerance | None) -> dict[str, Any]:
+    """Re-run PyTorch's greedy step calls on ORT (teacher forcing along PyTorch's path).
+
+    A step where ORT's argmax differs is a *near tie* when ORT's logit gap between its choice and PyTorch's choice
+    is within the tolerance bound (the two backends agree to that precision, so either choice is right); otherwise
+    it is a real divergence.
+    """
+    past = None
+    agree, near_ties, real = 0, 0, 0
+    for i in range(calls):
+        logits, past = backend.step(data[f"gen.call{i}.ids"], data[f"gen.call{i}.pos"], data[f"gen.call{i}.sep"], past)
+        ref_last = data[f"gen.call{i}.last"][0].astype(np.float64)  # [V]
+        got_last = logits[0, -1].astype(np.float64)
+        ref_top, got_top = int(ref_last.argmax()), int(got_last.argmax())
+        if ref_top == got_top:
+            agree += 1
+            continue
+        gap = got_last[got_top] - got_last[ref_top]
+        bound = 2 * (tol.atol + tol.rtol * abs(ref_last[ref_top])) if tol is not None else 0.0
+        if gap <= bound:
+            near_ties += 1
+        else:
+            real += 1
+    return {"replay_steps": calls, "replay_top1_agree": agree, "near_ties": near_ties, "real_divergences": real}
+
+
+# ================================================================================================ subprocess glue
+def validate_in_subprocess(
+    model_dir: str | os.PathLike[str],
+    reference: str | os.PathLike[str],
+    report_path: str | os.PathLike[str],
+    device: str = "cpu",
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Run :func:`run_checks` in a fresh interpreter (``python -m export.validate``); return its report."""
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = repo_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [
+        sys.executable,
+        "-m",
+        "export.validate",
+        "--model-dir",
+        str(model_dir),
+        "--reference",
+        str(reference),
+        "--report",
+        str(report_path),
+        "--device",
+        device,
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"validation did not finish within {timeout} s") from None
+    if proc.returncode != 0 or not Path(report_path).is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise ExportError(f"validation process failed (exit {proc.returncode}): {tail[-1] if tail else 'no output'}")
+    return json.loads(Path(report_path).read_text(encoding="utf-8"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m export.validate",
+        description="Compare an exported GLM model directory with a PyTorch reference (.npz from make_reference).",
+    )
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--reference", required=True)
+    parser.add_argument("--report", required=True, help="where to write the JSON report")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    args = parser.parse_args(argv)
+    try:
+        report = run_checks(args.model_dir, args.reference, args.device)
+    except GLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    Path(args.report).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
