@@ -293,22 +293,22 @@ def _load_lm_eval(path: Path) -> Run:
 
 # ----------------------------------------------------------------------------------------------------------- native
 def _native_record(record: dict[str, Any], path: Path, task: str, index: int) -> tuple[str, SampleRecord]:
+    """One record of a native task: ``scores`` (cloze: per candidate, or per unit and candidate) or ``logprob``
+    (LAMBADA, language modelling); ``correct`` (LAMBADA's greedy flag); ``prediction`` (generation tasks)."""
     key = str(record.get("key", index))
     out = SampleRecord(prompt_hash=record.get("prompt_hash"))
-    lls: list[float] = []
-    for name in ("scores", "loglikelihoods", "loglikelihood", "logprob", "score"):
+    for name in ("scores", "logprob"):
         if name in record:
-            lls = _flatten_numbers(record[name], f"{path}: task {task!r}, record {key!r}, field {name!r}")
+            out.loglikelihoods = tuple(_flatten_numbers(record[name], f"{path}: task {task!r}, record {key!r}, {name}"))
             break
-    out.loglikelihoods = tuple(lls)
-    greedy = record.get("greedy")
-    if greedy is not None:
-        out.greedy = tuple(bool(g) for g in (greedy if isinstance(greedy, list) else [greedy]))
-    for name in ("generation", "generations", "prediction_text", "output"):
+    for name in ("greedy", "correct"):
         if name in record:
             value = record[name]
-            out.generations = tuple(str(v) for v in (value if isinstance(value, list) else [value]))
+            out.greedy = tuple(bool(v) for v in (value if isinstance(value, list) else [value]))
             break
+    if "prediction" in record:
+        value = record["prediction"]
+        out.generations = tuple(str(v) for v in (value if isinstance(value, list) else [value]))
     return key, out
 
 
@@ -324,7 +324,29 @@ def _flatten_numbers(value: Any, where: str) -> list[float]:
     return [number]
 
 
+def _cached_records(path: Path, data: dict[str, Any], task_id: str) -> list[dict[str, Any]] | None:
+    """The per-example records of ``task_id`` from the result cache ``.glm-eval-cache/`` beside a native results file
+    (evaluation/result_cache.py: a header line naming task, backend, dtype and model hash, then one record a line)."""
+    cache_dir = path.parent / ".glm-eval-cache"
+    if not cache_dir.is_dir():
+        return None
+    wanted = {
+        "task": task_id,
+        "backend": data.get("backend"),
+        "dtype": data.get("dtype"),
+        "model_hash": data.get("model_hash"),
+    }
+    found = []
+    for candidate in sorted(cache_dir.glob("*.jsonl")):
+        rows = _read_jsonl(candidate)
+        if rows and all(rows[0].get(k) == v for k, v in wanted.items()):
+            found.append((candidate.stat().st_mtime, rows[1:]))
+    return max(found, key=lambda f: f[0])[1] if found else None
+
+
 def _load_native(path: Path, data: dict[str, Any]) -> Run:
+    """A results file of ``python -m evaluation``: ``tasks[task_id]`` holds ``metrics`` and, when written, ``records``
+    (else they are read from the run's ``.glm-eval-cache/``)."""
     tasks_obj = data.get("tasks")
     if not isinstance(tasks_obj, dict):
         raise DataError(f"{path}: no 'tasks' object; expected a results file of `python -m evaluation`")
@@ -337,17 +359,19 @@ def _load_native(path: Path, data: dict[str, Any]) -> Run:
             raise DataError(f"{path}: tasks[{name!r}].metrics is not an object")
         metrics = {m: v for m, raw in metrics_obj.items() if (v := _number(raw)) is not None}
         records = entry.get("records")
-        if records is None and isinstance(entry.get("records_file"), str):
-            records = _read_jsonl((path.parent / entry["records_file"]).resolve())
+        if records is None:
+            records = _cached_records(path, data, name) or []
+        if not isinstance(records, list):
+            raise DataError(f"{path}: tasks[{name!r}].records is not a list")
         samples = {}
-        for index, record in enumerate(records or []):
+        for index, record in enumerate(records):
             if not isinstance(record, dict):
                 raise DataError(f"{path}: task {name!r}: record {index} is not an object")
             key, sample = _native_record(record, path, name, index)
             samples[key] = sample
-        tasks[name] = TaskRun(metrics=metrics, samples=samples, task_hash=entry.get("data_hash"))
-    model = data.get("backend") or data.get("model") or {}
-    return Run(path=str(path), kind="native", tasks=tasks, model=model if isinstance(model, dict) else {})
+        tasks[name] = TaskRun(metrics=metrics, samples=samples)
+    model = {k: data.get(k) for k in ("backend", "model_hash", "device", "provider", "dtype") if k in data}
+    return Run(path=str(path), kind="native", tasks=tasks, model=model)
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:
