@@ -17,7 +17,7 @@ WORDS = (
     "have cat dog sat mat ran fast sun hot water wet city council feared violence demonstrators refused permit "
     "they he she man woman bird flew sky rain fell my body cast shadow over grass rose grew sentence one two "
     "red blue big small house tree car road went home bank river money summary about people news today said "
-    "@ highlight bob alice paris london visited capital france"
+    "@ highlight bob alice paris london visited capital france refers"
 ).split()
 WORD_IDS = {w: 104 + i for i, w in enumerate(WORDS)}
 CLS, SEP, MASK, PAD, UNK = 101, 102, 103, 0, 100

@@ -1,0 +1,63 @@
+"""Task registry: ``get_task("boolq")``, ``get_task("boolq:4")`` (pattern 4), ``expand_task_list("superglue,lambada")``.
+
+| name | family | module |
+|---|---|---|
+| boolq, cb, copa, multirc, record, rte, wic, wsc (group ``superglue``) | SuperGLUE cloze (spec §6.1) | ``superglue`` |
+| lambada | LAMBADA last word (spec §6.2) | ``lambada`` |
+| lm | rolling-window perplexity on raw text (spec §6.3) | ``language_model`` |
+| cnndm, xsum | abstractive summarisation, beam search + ROUGE (spec §6.4) | ``summarization`` |
+| blank | multi-blank infilling, exact match + BLEU | ``blank`` |
+| demo | generic multiple-choice cloze jsonl | ``demo`` |
+"""
+
+from __future__ import annotations
+
+from evaluation.tasks.base import EvalContext, Example, Task
+from evaluation.tasks.blank import BlankInfilling
+from evaluation.tasks.demo import Demo
+from evaluation.tasks.lambada import Lambada
+from evaluation.tasks.language_model import LanguageModel
+from evaluation.tasks.summarization import CNNDM, XSum
+from evaluation.tasks.superglue import SUPERGLUE_TASKS
+from glm_core.errors import ConfigError
+
+TASKS: dict[str, type[Task]] = {
+    **SUPERGLUE_TASKS,
+    "lambada": Lambada,
+    "lm": LanguageModel,
+    "cnndm": CNNDM,
+    "xsum": XSum,
+    "blank": BlankInfilling,
+    "demo": Demo,
+}
+GROUPS = {"superglue": ["boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc"]}
+
+
+def task_names() -> list[str]:
+    return sorted(TASKS)
+
+
+def get_task(spec: str) -> Task:
+    """The task for ``name`` or ``name:option`` (the option is the pattern id for the SuperGLUE tasks)."""
+    name, _, option = spec.strip().partition(":")
+    name = name.lower()
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; expected one of: {', '.join(task_names() + sorted(GROUPS))}")
+    return TASKS[name](option or None)
+
+
+def expand_task_list(specs: str) -> list[Task]:
+    """Tasks of a comma-separated list; groups (``superglue``) expand to their members."""
+    names = [s.strip() for s in specs.split(",") if s.strip()]
+    if not names:
+        raise ConfigError("no task given; expected a comma-separated list such as 'boolq,copa' or 'superglue'")
+    out: list[Task] = []
+    for spec in names:
+        if spec.lower() in GROUPS:
+            out.extend(get_task(n) for n in GROUPS[spec.lower()])
+        else:
+            out.append(get_task(spec))
+    return out
+
+
+__all__ = ["GROUPS", "TASKS", "EvalContext", "Example", "Task", "expand_task_list", "get_task", "task_names"]

@@ -1,0 +1,173 @@
+"""What every evaluation task is made of: reading its data files, predicting, aggregating metrics (torch-free).
+
+A task runs in three stages, so that bad input fails before a model is loaded and an interrupted run can resume:
+
+1. ``read(data_dir, split, limit) -> list[Example]``: parse and validate the data files (no tokenizer needed).
+   Errors name the file and line (:class:`~glm_core.errors.DataError`).
+2. ``predict(examples, ctx) -> list[dict]``: one JSON-serialisable record per example, holding ``"key"`` and what
+   the metrics need (scores, prediction, gold). Records are cached line by line by the command line.
+3. ``aggregate(records) -> dict[str, float]``: the task's metrics over all records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evaluation.scoring import Scorer
+from glm_core.errors import DataError
+from glm_core.special_tokens import SpecialTokens
+from glm_core.tokenizer import GLMTokenizer
+
+
+@dataclass
+class Example:
+    """One unit of evaluation (cached and resumed as a whole). ``key`` is unique within the task's data."""
+
+    key: str
+    data: dict[str, Any]
+
+
+@dataclass
+class EvalContext:
+    """What ``predict`` may use: the backend, its tokenizer, the scoring engine."""
+
+    backend: Any
+    scorer: Scorer
+    batch_size: int = 8
+    verbose: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokenizer(self) -> GLMTokenizer:
+        return self.backend.tokenizer
+
+    @property
+    def special(self) -> SpecialTokens:
+        return self.backend.tokenizer.special
+
+    @property
+    def max_length(self) -> int:
+        return int(self.backend.max_length)
+
+
+class Task:
+    """Base class. Subclasses set ``name``, ``description`` and implement ``read``, ``predict``, ``aggregate``."""
+
+    name: str = ""
+    description: str = ""
+    primary_metric: str = "acc"
+    default_split: str = "val"  # used when the command line gives no --split
+
+    def __init__(self, option: str | None = None) -> None:
+        if option is not None:
+            raise DataError(f"task {self.name!r} takes no option, got {self.name}:{option}")
+
+    @property
+    def task_id(self) -> str:
+        """Name plus every option that changes the records (used to key the result cache)."""
+        return self.name
+
+    def config(self) -> dict[str, Any]:
+        """Settings reported in the results file (pattern, scoring, decoding)."""
+        return {}
+
+    def data_files(self, data_dir: Path, split: str) -> list[Path]:
+        """The files ``read`` will open (used to key the cache and to report them)."""
+        raise NotImplementedError
+
+    def read(self, data_dir: Path, split: str, limit: int | None) -> list[Example]:
+        raise NotImplementedError
+
+    def predict(self, examples: Sequence[Example], ctx: EvalContext) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading data files
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def find_data_file(data_dir: Path, candidates: Sequence[str], task: str) -> Path:
+    """The first of ``data_dir / c`` that exists; a DataError naming every place looked at otherwise."""
+    for rel in candidates:
+        path = data_dir / rel
+        if path.is_file():
+            return path
+    looked = ", ".join(str(data_dir / c) for c in candidates)
+    raise DataError(f"task {task!r}: data file not found; looked for {looked}")
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every non-blank line; DataError naming file and line on bad JSON."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(
+                        f"{path}:{number}: malformed JSON line ({exc.msg}); expected one JSON object per line"
+                    ) from None
+                if not isinstance(obj, dict):
+                    raise DataError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+                yield number, obj
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def read_jsonl(path: Path, limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """All lines of a jsonl file (up to ``limit`` objects); a DataError if the file holds none."""
+    rows = []
+    for number, obj in iter_jsonl(path):
+        rows.append((number, obj))
+        if limit is not None and len(rows) >= limit:
+            break
+    if not rows:
+        raise DataError(f"{path}: empty data file; expected at least one JSON line")
+    return rows
+
+
+def field_of(obj: dict[str, Any], name: str, path: Path, line: int, kind: type | tuple[type, ...] | None = None) -> Any:
+    """``obj[name]`` (dotted names reach into nested objects); DataError naming file, line and field otherwise."""
+    value: Any = obj
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise DataError(f"{path}:{line}: missing field {name!r}")
+        value = value[part]
+    if kind is not None and not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise DataError(f"{path}:{line}: field {name!r} must be {expected}, got {type(value).__name__}")
+    return value
+
+
+def read_lines(path: Path) -> list[str]:
+    """Lines of a text file without their newline; DataError when unreadable or not UTF-8."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [line.rstrip("\n").rstrip("\r") for line in fh]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def apply_limit(examples: list[Example], limit: int | None) -> list[Example]:
+    return examples if limit is None else examples[:limit]
+
+
+def file_stamp(path: Path) -> str:
+    """``path:size:mtime`` - enough to tell two data files apart when keying the cache."""
+    st = os.stat(path)
+    return f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
