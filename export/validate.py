@@ -268,9 +268,12 @@ def run_checks(
     from glm_core.generation import GenerationConfig, generate
     from glm_core.layout import GLMInput
 
-    data = np.load(reference)
-    meta = json.loads(bytes(data["meta"]).decode("utf-8"))
-    backend = OnnxBackend(model_dir, providers=device)
+    backend = OnnxBackend(model_dir, providers=device)  # refuses a bad model directory first
+    try:
+        data = np.load(reference)
+        meta = json.loads(bytes(data["meta"]).decode("utf-8"))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ExportError(f"{reference}: not a validation reference written by make_reference ({exc})") from None
     cfg = backend.config
     kind = "fp16" if cfg.get("dtype") == "fp16" else "fp32"
     quant = cfg.get("quantize", "none")
