@@ -62,10 +62,11 @@ def run_task(
     ctx: EvalContext,
     cache: ResultCache | None = None,
     *,
-    chunk_size: int = EXAMPLES_PER_CHUNK,
+    chunk_size: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Predict every example not yet cached, append the records, return the task's result entry."""
+    chunk_size = chunk_size or EXAMPLES_PER_CHUNK
     task, examples = planned.task, planned.examples
     done = cache.load() if cache is not None else {}
     todo = [e for e in examples if e.key not in done]
