@@ -23,7 +23,8 @@ import json
 def hooks():
     return sum(1 for f in sys.meta_path if getattr(f, "_glm_harness_lmeval_hook", False))
 report = {{"hooks_at_start": hooks(), "lm_eval_at_start": "lm_eval" in sys.modules,
-           "plugin_at_start": "evaluation.lm_eval_plugin" in sys.modules}}
+           "plugin_at_start": "evaluation.lm_eval_plugin" in sys.modules,
+           "heavy_at_start": [m for m in ("numpy", "tokenizers", "evaluation.backends") if m in sys.modules]}}
 import evaluation._lmeval_bootstrap as bootstrap
 bootstrap.install(); bootstrap.install()  # idempotent (the .pth and a PEP 829 .start may both call it)
 report["hooks_after_reinstall"] = hooks()
@@ -66,6 +67,15 @@ def test_start_up_only_installs_one_hook_and_imports_nothing_else(child_report: 
     assert child_report["hooks_after_reinstall"] == 1
     assert not child_report["lm_eval_at_start"]
     assert not child_report["plugin_at_start"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="evaluation/__init__.py imports evaluation.backends (numpy, tokenizers) eagerly: ~200 ms added to every "
+    "interpreter start-up through the .pth; spec §1.3 C measured 0.5 ms for an import-light bootstrap",
+)
+def test_start_up_imports_no_heavy_module(child_report: dict) -> None:
+    assert child_report["heavy_at_start"] == []
 
 
 def test_importing_lm_eval_registry_registers_both_models_and_removes_the_hook(child_report: dict) -> None:
