@@ -198,7 +198,11 @@ def build_world(seed: int = DEFAULT_SEED) -> World:
         first = firsts[i] if i < len(firsts) else draw.choice(firsts)
         last = lasts[i] if i < len(lasts) else draw.choice(lasts)
         pet = draw.choice(sorted(SOUNDS))
-        people.append(Person(first, last, draw.choice(JOBS), draw.choice(capitals), pet, draw.choice(sorted(set(COLOURS.values())))))
+        people.append(
+            Person(
+                first, last, draw.choice(JOBS), draw.choice(capitals), pet, draw.choice(sorted(set(COLOURS.values())))
+            )
+        )
     return World(tuple(facts), tuple(people))
 
 
@@ -351,7 +355,9 @@ def _list_paragraph(draw: Draw) -> str:
     seq = SEQUENCES[name]
     start = draw.below(len(seq))
     length = draw.between(4, len(seq))
-    items = [seq[(start + i) % len(seq)] for i in range(length)] if name != "next_number" else seq[start:start + length]
+    items = (
+        [seq[(start + i) % len(seq)] for i in range(length)] if name != "next_number" else seq[start : start + length]
+    )
     if len(items) < 3:
         items = seq[:length]
     text = ", ".join(items) + "."
@@ -452,7 +458,10 @@ TOKENIZER_PIECES = 2000  # + 10 command tokens at 2000..2009 (spec §3.2 Sentenc
 
 
 def train_tokenizer(
-    out_dir: str, num_documents: int = DEFAULT_NUM_DOCUMENTS, seed: int = DEFAULT_SEED, vocab_size: int = TOKENIZER_PIECES
+    out_dir: str,
+    num_documents: int = DEFAULT_NUM_DOCUMENTS,
+    seed: int = DEFAULT_SEED,
+    vocab_size: int = TOKENIZER_PIECES,
 ) -> str:
     """Train glm-tiny's SentencePiece tokenizer on the corpus (one sentence per line) and save it to ``out_dir``."""
     from glm_core.tokenizer import GLMTokenizer, train_sentencepiece

@@ -1,0 +1,290 @@
+"""Cloze fine-tuning (spec glm_reference §6.1): cross-entropy over the scores of a task's choices.
+
+An example is ``{"text": "... [MASK] ...", "choices": [...], "label": i}`` (the demo task's format; SuperGLUE tasks are
+turned into it by their patterns). Scores, as the original ``--cloze-eval`` computes them (spec §2.4, §6.1):
+
+- **single-token** (every choice is one token): the raw logit at the ``sop`` position, indexed at the choice ids
+  (``glm_core.layout.build_single_token_cloze``);
+- **multi-token**: one sequence per choice, score = sum of log-softmax over the choice's tokens (plus ``eop`` when
+  ``append_eop``, as SuperGLUE PVPs do; ``glm_core.layout.build_candidate_sequences``).
+
+The loss of an example is ``CE(scores, label)``; :class:`ClozeTask` feeds the training loop of
+:mod:`glm_core.train`, :class:`ClozeEvaluator` reports accuracy. Choices are encoded as ``" " + choice`` (a word after
+a space, as the verbalizers of spec §3.2 carry a leading space).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glm_core.errors import ConfigError, DataError
+from glm_core.layout import GLMInput, build_candidate_sequences, build_single_token_cloze, collate
+from glm_core.model import GLMModel
+from glm_core.train import model_call
+
+SCORE_PAD = -10000.0  # spec §2.4-2: padded (missing) choices get -10000
+EVAL_BATCH_EXAMPLES = 32
+
+__all__ = [
+    "ClozeEvaluator",
+    "ClozeExample",
+    "ClozeScorer",
+    "ClozeTask",
+    "load_task_examples",
+    "read_cloze_jsonl",
+]
+
+
+@dataclass(frozen=True)
+class ClozeExample:
+    text: str
+    choices: tuple[str, ...]
+    label: int
+
+
+def read_cloze_jsonl(path: str | os.PathLike[str]) -> list[ClozeExample]:
+    """Examples of a ``.jsonl`` file; :class:`DataError` naming the line for anything malformed."""
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise DataError(f"{name}: task file not found; expected JSON lines with text, choices, label")
+    data = Path(name).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{name}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+    examples = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{name}:{n}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{name}:{n}: expected a JSON object with text, choices, label")
+        text_, choices, label = row.get("text"), row.get("choices"), row.get("label")
+        if not isinstance(text_, str) or "[MASK]" not in text_:
+            raise DataError(f"{name}:{n}: 'text' must be a string holding [MASK]")
+        if (
+            not isinstance(choices, list)
+            or len(choices) < 2
+            or not all(isinstance(c, str) and c.strip() for c in choices)
+        ):
+            raise DataError(f"{name}:{n}: 'choices' must be a list of at least two non-empty strings")
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
+            raise DataError(f"{name}:{n}: 'label' must be an index into choices (0..{len(choices) - 1}), got {label!r}")
+        examples.append(ClozeExample(text_, tuple(choices), label))
+    if not examples:
+        raise DataError(f"{name}: no examples; expected JSON lines with text, choices, label")
+    return examples
+
+
+def load_task_examples(
+    task: str, data_dir: str | os.PathLike[str], val_file: str | None = None
+) -> tuple[list[ClozeExample], list[ClozeExample]]:
+    """``demo`` -> ``DATA/demo/{train,val}.jsonl``; a ``.jsonl`` path -> that file (+ ``val_file``)."""
+    if task == "demo":
+        root = Path(data_dir) / "demo"
+        train = read_cloze_jsonl(root / "train.jsonl")
+        val = read_cloze_jsonl(val_file or root / "val.jsonl")
+        return train, val
+    if task.endswith(".jsonl"):
+        return read_cloze_jsonl(task), (read_cloze_jsonl(val_file) if val_file else [])
+    raise ConfigError(f"unknown fine-tuning task {task!r}; expected 'demo', a SuperGLUE task name or a .jsonl file")
+
+
+# ------------------------------------------------------------------------------------------------------- scoring
+@dataclass
+class _Encoded:
+    samples: list[GLMInput]  # single-token: one per example; multi-token: one per choice
+    choice_ids: list[list[int]]  # per choice, its token ids (single-token: one id each)
+    label: int
+
+
+class ClozeScorer:
+    """Turns examples into GLM inputs once (``glm_core.layout``) and scores them with a model."""
+
+    def __init__(self, tokenizer: Any, *, max_length: int | None = None, append_eop: str | bool = "auto") -> None:
+        self.tokenizer = tokenizer
+        self.tokens = tokenizer.special
+        self.max_length = max_length
+        self.append_eop_setting = append_eop
+
+    def resolve_mode(self, examples: Sequence[ClozeExample]) -> tuple[bool, bool]:
+        """``(single_token, append_eop)`` for a whole task: single-token when every choice is one token and eop
+        is not asked for; multi-token candidates end with eop unless told otherwise (spec §6.1 PVPs)."""
+        setting = self.append_eop_setting
+        if setting in (True, "yes"):
+            return False, True
+        if all(len(self.encode_choice(c)) == 1 for ex in examples for c in ex.choices):
+            return True, False
+        return False, setting not in (False, "no")
+
+    def encode_choice(self, choice: str) -> list[int]:
+        ids = self.tokenizer.encode(" " + choice.strip())
+        if not ids:
+            raise DataError(f"choice {choice!r} encodes to no tokens")
+        return ids
+
+    def encode(self, example: ClozeExample, single_token: bool, append_eop: bool) -> _Encoded:
+        text_ids = self.tokenizer.encode(example.text)
+        choice_ids = [self.encode_choice(c) for c in example.choices]
+        if single_token:
+            sample = build_single_token_cloze(text_ids, self.tokens, max_length=self.max_length)
+            return _Encoded([sample], choice_ids, example.label)
+        samples = build_candidate_sequences(
+            text_ids, choice_ids, self.tokens, append_eop=append_eop, max_length=self.max_length
+        )
+        return _Encoded(samples, choice_ids, example.label)
+
+    def scores(self, model: nn.Module, encoded: Sequence[_Encoded], device: torch.device) -> torch.Tensor:
+        """``[N, C_max]`` float32 scores, :data:`SCORE_PAD` where an example has fewer choices."""
+        if not encoded:
+            raise DataError("no examples to score")
+        width = max(len(e.choice_ids) for e in encoded)
+        single = len(encoded[0].samples) == 1 and len(encoded[0].choice_ids) > 1
+        if single:
+            flat = [e.samples[0] for e in encoded]
+        else:
+            flat = [s for e in encoded for s in e.samples]
+        batch = collate(flat, self.tokens.pad)
+        tensors = {k: torch.from_numpy(v).to(device) for k, v in batch.items() if k != "lengths"}
+        if single:
+            verbalizers = torch.full((len(encoded), width), 0, dtype=torch.long)
+            valid = torch.zeros((len(encoded), width), dtype=torch.bool)
+            for i, e in enumerate(encoded):
+                verbalizers[i, : len(e.choice_ids)] = torch.tensor([c[0] for c in e.choice_ids])
+                valid[i, : len(e.choice_ids)] = True
+            raw = model_call(model, _single_token_scores, tensors, verbalizers.to(device))  # [N, C]
+        else:
+            per_sample = model_call(model, _candidate_log_likelihood, tensors)  # [sum C]
+            raw = torch.full((len(encoded), width), SCORE_PAD, device=per_sample.device)
+            valid = torch.zeros((len(encoded), width), dtype=torch.bool)
+            offset = 0
+            for i, e in enumerate(encoded):
+                n = len(e.samples)
+                raw[i, :n] = per_sample[offset : offset + n]
+                valid[i, :n] = True
+                offset += n
+        return torch.where(valid.to(raw.device), raw, torch.full_like(raw, SCORE_PAD))
+
+
+def _single_token_scores(glm: GLMModel, batch: dict[str, torch.Tensor], verbalizers: torch.Tensor) -> torch.Tensor:
+    """spec §2.4-1: raw logits at the sop position (``sep``) at the verbalizer ids."""
+    out = glm(batch["input_ids"], batch["position_ids"], sep=batch["sep"], use_cache=False, return_logits=False)
+    rows = torch.arange(batch["input_ids"].shape[0], device=batch["sep"].device)
+    hidden = out.hidden_states[rows, batch["sep"]]  # [N, h]
+    logits = glm.lm_logits(hidden)  # [N, V] float32
+    return torch.gather(logits, 1, verbalizers)  # [N, C]
+
+
+def _candidate_log_likelihood(glm: GLMModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """spec §2.4-2: sum of log-softmax of each sequence's targets over its scored (loss_mask) tokens."""
+    out = glm(batch["input_ids"], batch["position_ids"], sep=batch["sep"], use_cache=False, return_logits=False)
+    mask = batch["loss_mask"] > 0  # [M, S]
+    hidden = out.hidden_states[mask]  # [T, h]
+    logp = F.log_softmax(glm.lm_logits(hidden), dim=-1)  # [T, V]
+    token_scores = torch.gather(logp, 1, batch["targets"][mask][:, None])[:, 0]  # [T]
+    row_of_token = torch.nonzero(mask)[:, 0]  # [T]
+    sums = torch.zeros(mask.shape[0], dtype=token_scores.dtype, device=token_scores.device)
+    return sums.index_add(0, row_of_token, token_scores)  # [M]
+
+
+# ------------------------------------------------------------------------------------------------------- training
+class ClozeTask:
+    """Fine-tuning data for :func:`glm_core.train.train`: step ``k``'s global batch is examples
+    ``perm_e[(k * B + i) % N]`` (epoch permutations seeded by ``(seed, e)``), sliced per rank and micro-batch."""
+
+    def __init__(
+        self,
+        examples: Sequence[ClozeExample],
+        tokenizer: Any,
+        micro_batch_size: int,
+        grad_accum: int,
+        world_size: int,
+        *,
+        seed: int = 0,
+        max_length: int | None = None,
+        append_eop: str | bool = "auto",
+        name: str = "cloze",
+    ) -> None:
+        if not examples:
+            raise DataError("fine-tuning needs at least one training example")
+        self.examples = list(examples)
+        self.scorer = ClozeScorer(tokenizer, max_length=max_length, append_eop=append_eop)
+        self.single_token, self.append_eop = self.scorer.resolve_mode(self.examples)
+        self.encoded = [self.scorer.encode(e, self.single_token, self.append_eop) for e in self.examples]
+        self.micro_batch_size = micro_batch_size
+        self.grad_accum = grad_accum
+        self.global_batch_size = micro_batch_size * grad_accum * world_size
+        self.seed = seed
+        self.name = name
+
+    def _example_index(self, global_index: int) -> int:
+        epoch, i = divmod(global_index, len(self.examples))
+        perm = np.random.default_rng([self.seed, epoch, 0xF17E]).permutation(len(self.examples))
+        return int(perm[i])
+
+    def micro_batches(self, step: int, rank: int, world_size: int) -> list[dict[str, Any]]:
+        per_rank = self.global_batch_size // world_size
+        first = step * self.global_batch_size + rank * per_rank
+        indices = [self._example_index(first + j) for j in range(per_rank)]
+        size = self.micro_batch_size
+        return [{"index": np.asarray(indices[i * size : (i + 1) * size])} for i in range(self.grad_accum)]
+
+    def count(self, batch: dict[str, Any]) -> float:
+        return float(len(batch["index"]))
+
+    def loss_sum(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+        encoded = [self.encoded[int(i)] for i in batch["index"]]
+        scores = self.scorer.scores(model, encoded, device)  # [N, C]
+        labels = torch.tensor([e.label for e in encoded], device=scores.device)
+        return F.cross_entropy(scores.float(), labels, reduction="sum")  # spec §6.1: CE over the choice scores
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "task": f"finetune:{self.name}",
+            "examples": len(self.examples),
+            "single_token": self.single_token,
+            "append_eop": self.append_eop,
+            "seed": self.seed,
+        }
+
+
+class ClozeEvaluator:
+    """``evaluate(model) -> {"<name>_accuracy": ..., "<name>_examples": ...}`` for the training loop's hook."""
+
+    def __init__(
+        self,
+        examples: Sequence[ClozeExample],
+        tokenizer: Any,
+        *,
+        name: str = "cloze",
+        max_length: int | None = None,
+        append_eop: str | bool = "auto",
+    ) -> None:
+        self.name = name
+        self.scorer = ClozeScorer(tokenizer, max_length=max_length, append_eop=append_eop)
+        single, eop = self.scorer.resolve_mode(examples)
+        self.encoded = [self.scorer.encode(e, single, eop) for e in examples]
+
+    def __call__(self, model: GLMModel) -> dict[str, Any]:
+        device = next(model.parameters()).device
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, len(self.encoded), EVAL_BATCH_EXAMPLES):
+                chunk = self.encoded[start : start + EVAL_BATCH_EXAMPLES]
+                scores = self.scorer.scores(model, chunk, device)
+                predictions = scores.argmax(dim=1).cpu().tolist()
+                correct += sum(int(p == e.label) for p, e in zip(predictions, chunk, strict=True))
+        return {f"{self.name}_accuracy": correct / len(self.encoded), f"{self.name}_examples": len(self.encoded)}

@@ -1,0 +1,334 @@
+"""GLM's pretraining data: blank-infilling samples cut from a plain-text corpus (spec glm_reference §5), torch-free.
+
+The corpus is UTF-8 text with documents separated by blank lines. It is tokenized once into a **stream**: every
+document followed by ``eos``. The stream is cut into fixed windows of ``seq_length - 1`` tokens (the last, partial
+window is dropped); epoch ``e`` visits the windows in a permutation seeded by ``(seed, e)``.
+
+Global sample ``g = step * global_batch_size + i`` of training step ``step`` is built from window ``g`` with a
+random generator seeded by ``(seed, step, i)`` alone, and the batch-level draws (objective, document-span length)
+use ``(seed, step)``. So a step's global batch is a pure function of ``(seed, step)``: it is the same whatever the
+number of processes that share it, and resuming at step ``k`` needs no data-loader state. :meth:`PretrainSampler.batch`
+hands process ``rank`` its contiguous slice of the global batch.
+
+Objectives (spec §5; one per batch, probabilities ``bert_prob`` / ``gap_sentence_prob`` / rest):
+
+- **token** (``[MASK]``): span lengths ~ Poisson(λ=3) restricted to 1..39 until 15 % of each document's tokens are
+  covered, placed without overlap and >= 1 token apart (``glm_core.layout.sample_spans``), per document inside the
+  window; the window is shortened until the corrupted sample fits ``seq_length``.
+- **sentence** (``[sMASK]``): whole sentences, >= 15 % of each document (``glm_core.layout.sample_sentence_spans``).
+- **document** (``[gMASK]``): one span per sample whose length is drawn once per batch, uniform over
+  ``[floor(gpt_min_ratio * n), n - 1]``; the suffix when the window holds several documents or with probability
+  ``1 - gpt_infill_prob``, otherwise at a uniformly random start.
+
+Spans become Part B in shuffled order (``shuffle_spans``); ``glm_core.layout.corrupt`` builds tokens, 2-D positions,
+targets and the Part-B-only loss mask, and ``glm_core.layout.collate`` pads to ``seq_length``. Not implemented:
+``block_mask_prob`` ([dBLOCK], 10B models only), ``short_seq_prob`` and ``single_span_prob``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+
+from glm_core.errors import ConfigError, DataError, LayoutError
+from glm_core.layout import GLMInput, collate, corrupt, sample_sentence_spans, sample_spans
+from glm_core.special_tokens import SpecialTokens
+
+OBJECTIVES = ("token", "sentence", "document")
+SENTENCE_END_CHARACTERS = ".?!;:。？！；…\n"  # spec §5: a token containing one of these ends a sentence
+MIN_DOCUMENT_TOKENS = 2  # a document segment shorter than this gets no token-level span
+
+__all__ = [
+    "OBJECTIVES",
+    "MaskingConfig",
+    "PretrainSampler",
+    "read_corpus",
+    "sentence_end_ids",
+    "tokenize_documents",
+]
+
+
+class TextTokenizer(Protocol):
+    """What this module needs from :class:`glm_core.tokenizer.GLMTokenizer`."""
+
+    special: SpecialTokens
+    base_vocab_size: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def convert_ids_to_tokens(self, ids: int) -> str: ...
+
+
+# ------------------------------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class MaskingConfig:
+    """The pretraining objective's knobs; defaults are the GLM-Base/Large recipe (spec §5: ``bert_prob 1.0``)."""
+
+    bert_prob: float = 1.0  # token-level [MASK] spans
+    gap_sentence_prob: float = 0.0  # sentence-level [sMASK]; the rest is document-level [gMASK]
+    bert_ratio: float = 0.15
+    gap_sentence_ratio: float = 0.15
+    poisson_lambda: float = 3.0
+    max_span: int = 39
+    gpt_min_ratio: float = 0.5
+    gpt_infill_prob: float = 0.5
+    shuffle_spans: bool = True
+    task_mask: bool = True  # False: [MASK] for every objective (GLM-Base/Large/RoBERTa, spec §5)
+
+    def __post_init__(self) -> None:
+        for name in ("bert_prob", "gap_sentence_prob", "gpt_infill_prob"):
+            _check_probability(name, getattr(self, name), closed=True)
+        for name in ("bert_ratio", "gap_sentence_ratio", "gpt_min_ratio"):
+            _check_probability(name, getattr(self, name), closed=False)
+        if self.bert_prob + self.gap_sentence_prob > 1.0 + 1e-9:
+            raise ConfigError(
+                f"bert_prob + gap_sentence_prob must be <= 1 (the rest is document-level), got "
+                f"{self.bert_prob} + {self.gap_sentence_prob}"
+            )
+        if not self.poisson_lambda > 0:
+            raise ConfigError(f"poisson_lambda must be > 0, got {self.poisson_lambda}")
+        if isinstance(self.max_span, bool) or not isinstance(self.max_span, int) or self.max_span < 1:
+            raise ConfigError(f"max_span must be a positive integer, got {self.max_span!r}")
+
+    @property
+    def document_prob(self) -> float:
+        return max(0.0, 1.0 - self.bert_prob - self.gap_sentence_prob)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _check_probability(name: str, value: float, closed: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0)
+    if not ok:
+        interval = "[0, 1]" if closed else "(0, 1)"
+        raise ConfigError(f"{name} must lie in {interval}, got {value!r}")
+
+
+# ------------------------------------------------------------------------------------------------------- corpus
+def read_corpus(path: str | os.PathLike[str]) -> list[str]:
+    """Documents of a UTF-8 text file, split at blank lines; :class:`DataError` when missing, not UTF-8 or empty."""
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise DataError(f"{name}: corpus file not found; expected a UTF-8 text file")
+    with open(name, "rb") as fh:
+        data = fh.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{name}: corpus is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "expected UTF-8 text"
+        ) from None
+    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    documents = [block.strip() for block in text.split("\n\n")]
+    documents = [d for d in documents if d]
+    if not documents:
+        raise DataError(f"{name}: corpus is empty; expected UTF-8 text, documents separated by blank lines")
+    return documents
+
+
+def tokenize_documents(documents: Iterable[str], tokenizer: TextTokenizer, source: str = "corpus") -> np.ndarray:
+    """The token stream: each document's ids followed by ``eos`` (int32 ``[N]``)."""
+    eos = tokenizer.special.eos
+    pieces: list[np.ndarray] = []
+    for doc in documents:
+        ids = tokenizer.encode(doc)
+        if ids:
+            pieces.append(np.asarray([*ids, eos], dtype=np.int32))
+    if not pieces:
+        raise DataError(f"{source}: no tokens after tokenization; expected non-empty documents")
+    return np.concatenate(pieces)
+
+
+def sentence_end_ids(tokenizer: TextTokenizer) -> list[int]:
+    """Ids of the pieces that end a sentence (spec §5: tokens holding . ? ! ; : 。 ？ ！ ； … or a newline) + eos."""
+    ends = [
+        i
+        for i in range(tokenizer.base_vocab_size)
+        if any(ch in SENTENCE_END_CHARACTERS for ch in tokenizer.convert_ids_to_tokens(i))
+    ]
+    return [*ends, tokenizer.special.eos]
+
+
+# ------------------------------------------------------------------------------------------------------- sampler
+class PretrainSampler:
+    """Builds step ``k``'s global batch of blank-infilling samples, deterministically from ``(seed, k)``."""
+
+    def __init__(
+        self,
+        stream: np.ndarray,
+        tokens: SpecialTokens,
+        seq_length: int,
+        masking: MaskingConfig | None = None,
+        *,
+        seed: int = 0,
+        sentence_ends: Sequence[int] = (),
+    ) -> None:
+        self.masking = masking or MaskingConfig()
+        if isinstance(seq_length, bool) or not isinstance(seq_length, int) or seq_length < 8:
+            raise ConfigError(f"seq_length must be an integer >= 8, got {seq_length!r}")
+        self.stream = np.asarray(stream, dtype=np.int64)
+        self.tokens = tokens
+        self.seq_length = seq_length
+        self.window = seq_length - 1  # [CLS] + window fills the sequence before corruption
+        self.seed = int(seed)
+        self.sentence_ends = frozenset(int(i) for i in sentence_ends) | {tokens.eos}
+        self.num_windows = len(self.stream) // self.window
+        if self.num_windows == 0:
+            raise DataError(
+                f"corpus has {len(self.stream)} tokens, fewer than one training window of {self.window} "
+                f"(seq_length - 1); use a larger corpus or a shorter seq_length"
+            )
+        if self.masking.task_mask and (tokens.smask is None or tokens.gmask is None):
+            if self.masking.bert_prob < 1.0:
+                raise ConfigError(
+                    "the tokenizer has no [sMASK]/[gMASK]; use task_mask=False or bert_prob=1.0 (spec §5)"
+                )
+        self._permutations: dict[int, np.ndarray] = {}
+
+    # ----------------------------------------------------------------------------------------- windows
+    def window_tokens(self, global_index: int) -> np.ndarray:
+        """The ``seq_length - 1`` stream tokens of global sample ``global_index`` (epoch-wise shuffled windows)."""
+        epoch, index = divmod(int(global_index), self.num_windows)
+        perm = self._permutations.get(epoch)
+        if perm is None:
+            perm = np.random.default_rng([self.seed, epoch, 0x57AE]).permutation(self.num_windows)
+            self._permutations = {epoch: perm}  # keep one epoch: steps only move forward
+        start = int(perm[index]) * self.window
+        return self.stream[start : start + self.window]
+
+    def mask_id(self, objective: str) -> int:
+        if not self.masking.task_mask or objective == "token":
+            return self.tokens.mask
+        return self.tokens.smask if objective == "sentence" else self.tokens.gmask  # type: ignore[return-value]
+
+    # ----------------------------------------------------------------------------------------- batches
+    def batch_plan(self, step: int) -> tuple[str, float]:
+        """The step's objective and its document-span fraction (shared by the batch, spec §5)."""
+        rng = np.random.default_rng([self.seed, int(step), 0xBA7C])
+        u = float(rng.random())
+        m = self.masking
+        objective = "token" if u < m.bert_prob else "sentence" if u < m.bert_prob + m.gap_sentence_prob else "document"
+        fraction = float(rng.uniform(m.gpt_min_ratio, 1.0))
+        return objective, fraction
+
+    def sample(self, step: int, index: int, global_batch_size: int) -> GLMInput:
+        """Sample ``index`` (0-based, < ``global_batch_size``) of step ``step``'s global batch."""
+        if not 0 <= index < global_batch_size:
+            raise ConfigError(f"sample index {index} outside the global batch of {global_batch_size}")
+        objective, fraction = self.batch_plan(step)
+        rng = np.random.default_rng([self.seed, int(step), int(index)])
+        text = self.window_tokens(int(step) * global_batch_size + index)
+        if objective == "token":
+            return self._token_sample(text, rng)
+        if objective == "sentence":
+            return self._sentence_sample(text, rng)
+        return self._document_sample(text, rng, fraction)
+
+    def global_batch(self, step: int, global_batch_size: int) -> list[GLMInput]:
+        return [self.sample(step, i, global_batch_size) for i in range(global_batch_size)]
+
+    def batch(self, step: int, global_batch_size: int, rank: int = 0, world_size: int = 1) -> dict[str, np.ndarray]:
+        """Process ``rank``'s contiguous slice of step ``step``'s global batch, padded to ``seq_length``."""
+        if world_size < 1 or not 0 <= rank < world_size or global_batch_size % world_size:
+            raise ConfigError(
+                f"global batch {global_batch_size} must split evenly over {world_size} process(es) (rank {rank})"
+            )
+        per_rank = global_batch_size // world_size
+        indices = range(rank * per_rank, (rank + 1) * per_rank)
+        return collate([self.sample(step, i, global_batch_size) for i in indices], self.tokens.pad, self.seq_length)
+
+    # ----------------------------------------------------------------------------------------- objectives
+    def _with_cls(self, text: np.ndarray) -> list[int]:
+        return [self.tokens.cls, *text.tolist()]  # spec §3.1: pretraining samples start with [CLS]
+
+    def _documents(self, text: np.ndarray) -> list[tuple[int, int]]:
+        """``(start, end)`` of the document pieces of ``text``, each ending after its ``eos`` (if any)."""
+        ends = np.flatnonzero(text == self.tokens.eos) + 1
+        bounds = [0, *ends.tolist()]
+        if bounds[-1] != len(text):
+            bounds.append(len(text))
+        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+    def _order(self, count: int, rng: np.random.Generator) -> list[int]:
+        return rng.permutation(count).tolist() if self.masking.shuffle_spans else list(range(count))
+
+    def _token_spans(self, text: np.ndarray, rng: np.random.Generator) -> list[tuple[int, int]]:
+        """Token-level spans per document (spec §5), never covering a document's trailing ``eos``."""
+        spans: list[tuple[int, int]] = []
+        for start, end in self._documents(text):
+            maskable = end - start - int(text[end - 1] == self.tokens.eos)
+            if maskable < MIN_DOCUMENT_TOKENS:
+                continue
+            m = self.masking
+            try:
+                found = sample_spans(maskable, rng, m.bert_ratio, m.poisson_lambda, m.max_span)
+            except LayoutError:
+                continue  # a short document where the drawn spans cannot be placed: leave it unmasked
+            spans += [(start + a, start + b) for a, b in found]
+        return spans
+
+    def _token_sample(self, text: np.ndarray, rng: np.random.Generator) -> GLMInput:
+        # The corrupted sample has 1 + |text| + 2 * #spans tokens (one mask in A, one sop in B per span): shorten the
+        # window until it fits seq_length, drawing fresh spans each time (at most a few rounds).
+        for _ in range(8):
+            spans = self._token_spans(text, rng)
+            overflow = 1 + len(text) + 2 * len(spans) - self.seq_length
+            if overflow <= 0:
+                break
+            text = text[: len(text) - overflow]
+        else:
+            spans = _drop_until_fits(spans, len(text), self.seq_length)
+        if not spans:  # nothing maskable (tiny window): predict the last token so the sample still trains
+            spans = [(len(text) - 1, len(text))]
+        shifted = [(a + 1, b + 1) for a, b in spans]  # past [CLS]
+        return corrupt(self._with_cls(text), shifted, self._order(len(spans), rng), self.tokens, self.mask_id("token"))
+
+    def _sentence_sample(self, text: np.ndarray, rng: np.random.Generator) -> GLMInput:
+        for _ in range(8):
+            spans: list[tuple[int, int]] = []
+            for start, end in self._documents(text):
+                doc = text[start : end - int(text[end - 1] == self.tokens.eos)].tolist()  # eos is no sentence
+                if not doc:
+                    continue
+                found = sample_sentence_spans(doc, sorted(self.sentence_ends), rng, self.masking.gap_sentence_ratio)
+                spans += [(start + a, start + b) for a, b in found]
+            overflow = 1 + len(text) + 2 * len(spans) - self.seq_length
+            if overflow <= 0:
+                break
+            text = text[: len(text) - overflow]
+        else:
+            spans = _drop_until_fits(spans, len(text), self.seq_length)
+        if not spans:
+            spans = [(len(text) - 1, len(text))]
+        shifted = [(a + 1, b + 1) for a, b in spans]
+        return corrupt(
+            self._with_cls(text), shifted, self._order(len(spans), rng), self.tokens, self.mask_id("sentence")
+        )
+
+    def _document_sample(self, text: np.ndarray, rng: np.random.Generator, fraction: float) -> GLMInput:
+        text = text[: self.seq_length - 3]  # [CLS] + text + [gMASK] in A, [sop] in B
+        n = len(text)
+        several_documents = bool((text[:-1] == self.tokens.eos).any())
+        suffix = several_documents or float(rng.random()) >= self.masking.gpt_infill_prob
+        # spec §5: one span whose length the batch shares (all windows have n tokens), at least one token left in A
+        length = min(max(1, math.floor(fraction * n)), n - 1)
+        start = n - length if suffix else int(rng.integers(0, n - length + 1))
+        return corrupt(
+            self._with_cls(text), [(start + 1, start + length + 1)], [0], self.tokens, self.mask_id("document")
+        )
+
+
+def _drop_until_fits(spans: list[tuple[int, int]], text_length: int, seq_length: int) -> list[tuple[int, int]]:
+    """Last resort after repeated shortening: keep the leftmost spans that fit."""
+    kept = list(spans)
+    while kept and 1 + text_length + 2 * len(kept) > seq_length:
+        kept.pop()
+    return kept
