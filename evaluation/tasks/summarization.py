@@ -115,7 +115,12 @@ class Summarization(Task):
         )
         results = generate_batch(ctx.backend, prompts, ctx.special, config)
         return [
-            {"key": ex.key, "prediction": ctx.tokenizer.decode(r.blanks[0]).strip(), "reference": ex.data["target"]}
+            {
+                "key": ex.key,
+                "prediction": ctx.tokenizer.decode(r.blanks[0]).strip(),
+                "reference": ex.data["target"],
+                "generated_tokens": len(r.blanks[0]),
+            }
             for ex, r in zip(examples, results, strict=True)
         ]
 
