@@ -68,6 +68,15 @@ class _RegistryHook:
         return spec
 
 
+def lm_eval_main() -> None:
+    """``lm_eval`` with the GLM models registered first, for interpreters that skip ``.pth`` files (``python -S``,
+    locked-down site setups); spec §1.3 "Fallbacks". Never name such a script ``lm_eval``: it would shadow lm-eval's."""
+    register()
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
+
+
 def install() -> None:
     """Arrange for the registration; idempotent. Also the PEP 829 ``.start`` entry point."""
     try:

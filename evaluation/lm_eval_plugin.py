@@ -152,9 +152,18 @@ class _GLMLMBase(TemplateLM):
         self.device_name = self._resolve_device(device)
         self.batch_setting = parse_batch_size(batch_size, max_batch_size)
         self.seed = DEFAULT_SEED if seed in (None, "") else int(seed)
-        self.glm = load_backend(
-            self.backend_kind, self.pretrained, device=self.device_name, dtype=dtype or None, **backend_kwargs
-        )
+        try:
+            self.glm = load_backend(
+                self.backend_kind, self.pretrained, device=self.device_name, dtype=dtype or None, **backend_kwargs
+            )
+        except TypeError as exc:
+            if "unexpected keyword argument" not in str(exc):
+                raise
+            raise ConfigError(
+                f"glm-{self.backend_kind}: unknown model argument(s) {sorted(backend_kwargs)} ({exc}); expected "
+                "pretrained, device, batch_size, max_batch_size, max_length, max_gen_toks, dtype, seed or an option "
+                f"of the {self.backend_kind} backend"
+            ) from None
         self.glm_tokenizer = self.glm.tokenizer
         self.special = self.glm.special
         model_max = int(self.glm.max_length)

@@ -119,3 +119,13 @@ def test_install_registers_at_once_when_lm_eval_is_already_imported(monkeypatch)
     bootstrap.install()
     assert calls == ["register"]
     assert sys.meta_path == before  # no hook left behind
+
+
+def test_wrapper_entry_point_registers_before_running_the_lm_eval_cli(monkeypatch) -> None:
+    import lm_eval.__main__
+    from lm_eval.api.registry import model_registry
+
+    seen: list[bool] = []
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: seen.append("glm-onnx" in model_registry))
+    bootstrap.lm_eval_main()
+    assert seen == [True]

@@ -240,6 +240,8 @@ def test_max_length_and_device_are_checked(tiny_onnx_dir: Path) -> None:
         GLMOnnxLM(pretrained=str(tiny_onnx_dir), device="cpu", max_length=4096)
     with pytest.raises(ConfigError, match="device 'tpu'"):
         GLMOnnxLM(pretrained=str(tiny_onnx_dir), device="tpu")
+    with pytest.raises(ConfigError, match=r"unknown model argument\(s\) \['trust_remote_code'\]"):
+        GLMOnnxLM(pretrained=str(tiny_onnx_dir), device="cpu", trust_remote_code=True)
 
 
 def test_shorter_max_length_truncates_the_context_from_the_left(tiny_onnx_dir: Path) -> None:
