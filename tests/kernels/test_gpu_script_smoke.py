@@ -118,3 +118,19 @@ def test_ratio_table_is_printed_last(smoke_run):
     for row in data["ratio_table"]:
         assert row["case"][:46] in table
     assert "train_step triton" in table and "correctness: 12/12" in table
+
+
+def test_visible_pair_count_matches_the_dense_glm_mask():
+    # the attention TFLOP/s use visible FLOPs (spec §5.1 op 3): count j < max(sep, i + 1) independently
+    import torch
+
+    from benchmarks.gpu_kernels import visible_pairs
+
+    seq = 37
+    seps = [0, 1, 15, 16, 36, 37]
+    i = torch.arange(seq)[:, None]
+    j = torch.arange(seq)[None, :]
+    dense = sum(int((j < torch.clamp(i + 1, min=s)).sum()) for s in seps)
+    assert visible_pairs(seps, seq) == dense
+    assert visible_pairs([0], seq) == seq * (seq + 1) // 2  # causal
+    assert visible_pairs([seq], seq) == seq * seq  # bidirectional
