@@ -24,14 +24,17 @@ Kernel notes
 - Softmax scale ``1/sqrt(D)`` (spec glm_reference §1.3; GLM scales K before the matmul, the kernel
   scales the fp32 score, which is the same function). Work is done in base 2 (``exp2``) with the
   scale folded into ``qk_scale_log2``; the saved log-sum-exp ``lse`` is in base-2 units.
-- Attention dropout (GLM trains with p = 0.1): keep iff ``tl.rand(seed, offset) >= p`` with
-  ``offset = ((b*H + h)*T + i)*T + j`` (int64), kept probabilities scaled by ``1/(1-p)``. The
-  backward regenerates the identical mask from ``seed`` and the same offsets.
+- Attention dropout (GLM trains with p = 0.1): Philox-4x32-10 (``tl.randint4x``) keyed by ``seed``,
+  one counter per (row, group of 8 keys), each call split into 8 fields of 16 bits; drop iff
+  ``field < round(65536 p)`` (realised rate within 7.6e-6 of p), kept probabilities scaled by
+  ``1/(1-p)``. The backward regenerates the identical mask from ``seed``;
+  :func:`glm_attention_dropout_mask` regenerates it in torch. Per-element ``tl.rand`` made the
+  dropout kernels ~7x slower than without dropout on an H200; 8 decisions per Philox call fix that.
 - Backward: a preprocess kernel ``delta = rowsum(dO * O)``, then two atomic-free kernels: dK/dV (one
   program per key tile, looping over the query tiles that can see it) and dQ (one program per query
   tile, same loop bounds as the forward). No atomics, so the backward is deterministic.
 - ``tl.dot`` on fp32 operands uses ``input_precision="ieee"`` by default (spec §5.3: 1e-5 on GPU);
-  ``allow_tf32=True`` picks TF32 for speed (expect ~5e-4 max-rel error in fp32).
+  ``allow_tf32=True`` picks TF32 for speed (measured on an H200: max-rel 8e-4 output, 2e-3 grads).
 - Under the Triton interpreter (``TRITON_INTERPRET=1`` at import, spec §3.1, §6.2) bf16 ``tl.dot``
   returns garbage (triton#11584, spec §6.1): the ``UPCAST_DOT`` constexpr casts dot operands to fp32
   (the probabilities are still rounded to the input dtype first, as on the GPU). The interpreter also
@@ -74,6 +77,7 @@ __all__ = [
     "glm_attention_flex",
     "glm_attention_reference",
     "glm_attention_sdpa",
+    "dropout_threshold",
     "glm_flex_block_mask",
     "glm_visibility_mask",
 ]
@@ -121,15 +125,27 @@ def glm_visibility_mask(sep: torch.Tensor, seq_len: int) -> torch.Tensor:
     return prefix | (key <= query)  # [B, 1, T, T]
 
 
+# Triton's Philox-4x32 constants (triton.language.random.philox_impl, identical in triton 3.6-3.9).
 _PHILOX_KEY_A = 0x9E3779B9
 _PHILOX_KEY_B = 0xBB67AE85
 _PHILOX_ROUND_A = 0xD2511F53
 _PHILOX_ROUND_B = 0xCD9E8D57
+_PHILOX_ROUNDS = 10
 _MASK32 = 0xFFFFFFFF
-_UINT_TO_UNIFORM_SCALE = 4.6566127342e-10  # triton.language.random.uint_to_uniform_float
+DROPOUT_FIELDS_PER_COUNTER = 8  # one Philox call = 4 x 32 random bits = 8 dropout decisions of 16 bits
+_DROPOUT_LEVELS = 1 << 16
 
 
-def _mul_hi_lo_32(a: torch.Tensor | int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def dropout_threshold(dropout_p: float) -> int:
+    """The kernel drops a probability iff its 16-bit random field is below this (0 = keep all).
+
+    ``round(p * 65536)``: the realised drop rate differs from ``p`` by at most 2**-17 (7.6e-6); kept
+    values are still scaled by ``1/(1-p)``.
+    """
+    return min(round(dropout_p * _DROPOUT_LEVELS), _DROPOUT_LEVELS - 1)
+
+
+def _mul_hi_lo_32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(high, low) 32-bit words of the 64-bit product of two uint32 values held in int64.
 
     Split into 16-bit limbs so no intermediate leaves the int64 range.
@@ -142,26 +158,26 @@ def _mul_hi_lo_32(a: torch.Tensor | int, b: torch.Tensor) -> tuple[torch.Tensor,
     return hi & _MASK32, lo
 
 
-def _philox_uniform(seed: int, offsets: torch.Tensor) -> torch.Tensor:
-    """Plain-torch mirror of ``tl.rand(seed, offsets)`` for int64 offsets (triton 3.6-3.9).
-
-    Philox-4x32-10 with counter (offset_lo, offset_hi, 0, 0) and key (seed_lo, seed_hi); the first
-    output word becomes a float in [0, 1) exactly as ``uint_to_uniform_float`` does.
-    """
-    c0 = offsets & _MASK32
-    c1 = (offsets >> 32) & _MASK32
-    c2 = torch.zeros_like(offsets)
-    c3 = torch.zeros_like(offsets)
+def _philox_4x32(seed: int, counters: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Plain-torch mirror of ``tl.randint4x(seed, counters)`` for int64 counters: four uint32 words
+    (held in int64). Counter (lo, hi, 0, 0), key (seed_lo, seed_hi), 10 rounds."""
+    c0 = counters & _MASK32
+    c1 = (counters >> 32) & _MASK32
+    c2 = torch.zeros_like(counters)
+    c3 = torch.zeros_like(counters)
     k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
-    for _ in range(10):
+    for _ in range(_PHILOX_ROUNDS):
         hi_b, lo_b = _mul_hi_lo_32(_PHILOX_ROUND_B, c2)
         hi_a, lo_a = _mul_hi_lo_32(_PHILOX_ROUND_A, c0)
         c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
         k0 = (k0 + _PHILOX_KEY_A) & _MASK32
         k1 = (k1 + _PHILOX_KEY_B) & _MASK32
-    signed = torch.where(c0 >= 2**31, c0 - 2**32, c0)  # bitcast uint32 -> int32
-    signed = torch.where(signed < 0, -signed - 1, signed)  # ~x for negative x
-    return signed.to(torch.float32) * torch.tensor(_UINT_TO_UNIFORM_SCALE, dtype=torch.float32)
+    return c0, c1, c2, c3
+
+
+def _interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``tl.interleave``: ``out[..., 2k] = a[..., k]``, ``out[..., 2k + 1] = b[..., k]``."""
+    return torch.stack((a, b), dim=-1).flatten(-2)
 
 
 def glm_attention_dropout_mask(
@@ -174,16 +190,25 @@ def glm_attention_dropout_mask(
 ) -> torch.Tensor:
     """The Triton kernel's attention-dropout keep-mask, regenerated in plain torch.
 
-    Element ``[b, h, i, j]`` is True iff the kernel keeps probability ``P[b, h, i, j]``:
-    ``tl.rand(seed, ((b*H + h)*T + i)*T + j) >= dropout_p`` (fp32 comparison). Returns a bool tensor
-    ``[B, H, T, T]``; use only for tests and small shapes (it is materialised).
+    Scheme (shared with ``_dropout_keep`` in the kernels): keys are grouped by 8; the Philox counter of
+    (row ``r = (b*H + h)*T + i``, key group ``g = j // 8``) is ``r * ceil(T/8) + g``, whose 4 x 32
+    random bits give 8 fields of 16 bits, laid out over the group's keys by the same
+    ``interleave`` tree as the kernel. Keep iff ``field >= dropout_threshold(dropout_p)``.
+    Returns a bool tensor ``[B, H, T, T]``; for tests and small shapes (it is materialised).
     """
     _check_seed(seed)
-    n = batch * heads * seq_len * seq_len
-    offsets = torch.arange(n, dtype=torch.int64, device=device)
-    uniform = _philox_uniform(seed, offsets)
-    keep = uniform >= torch.tensor(dropout_p, dtype=torch.float32, device=device)
+    groups = -(-seq_len // DROPOUT_FIELDS_PER_COUNTER)
+    rows = torch.arange(batch * heads * seq_len, dtype=torch.int64, device=device)
+    counters = rows[:, None] * groups + torch.arange(groups, dtype=torch.int64, device=device)[None, :]
+    fields = _dropout_fields(*_philox_4x32(seed, counters))  # [B*H*T, 8 * groups]
+    keep = fields[:, :seq_len] >= dropout_threshold(dropout_p)
     return keep.view(batch, heads, seq_len, seq_len)
+
+
+def _dropout_fields(r0: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, r3: torch.Tensor) -> torch.Tensor:
+    """Eight 16-bit fields per Philox word quadruple, in the kernel's column order."""
+    a0, a1, a2, a3 = (_interleave(r & 0xFFFF, r >> 16) for r in (r0, r1, r2, r3))
+    return _interleave(_interleave(a0, a2), _interleave(a1, a3))
 
 
 def glm_attention_reference(
@@ -279,9 +304,9 @@ def _launch_config(head_dim: int, block: int | None) -> _LaunchConfig:
         # Interpreter: every program costs ms of Python, so small tiles keep grids and tests tiny.
         size = block or 16
         return _LaunchConfig(size, size, size, size, size, size, num_warps=4, num_stages=1)
-    # GPU defaults (H100-class, FA2-style shapes as in Triton's fused-attention tutorial).
+    # GPU defaults: best of a small sweep on an H200 (bf16, d=64, B=16, H=32, T=1024, sep/T ~ 0.82).
     if head_dim <= 64:
-        return _LaunchConfig(128, 64, 32, 128, 128, 32, num_warps=4, num_stages=3)
+        return _LaunchConfig(64, 64, 32, 64, 64, 32, num_warps=4, num_stages=3)
     return _LaunchConfig(128, 32, 32, 64, 64, 32, num_warps=8, num_stages=2)
 
 
@@ -303,16 +328,28 @@ if _HAVE_TRITON:
         return x
 
     @triton.jit
-    def _dropout_keep(seed, bh, T, offs_m, offs_n, dropout_p):
-        """Keep-mask [len(offs_m), len(offs_n)] for rows offs_m, keys offs_n of head bh."""
+    def _dropout_keep(seed, bh, T, offs_m, n0, threshold, BLOCK_N: tl.constexpr):
+        """Keep-mask [len(offs_m), BLOCK_N] for rows offs_m and keys n0 .. n0 + BLOCK_N of head bh.
+
+        One ``randint4x`` (Philox-4x32-10) per 8 keys gives 8 fields of 16 bits (mirrored in torch by
+        ``glm_attention_dropout_mask``): 8x fewer Philox rounds than ``tl.rand`` per element.
+        """
+        GROUPS: tl.constexpr = BLOCK_N // 8
+        groups_per_row = (T + 7) // 8
         rows = bh.to(tl.int64) * T + offs_m.to(tl.int64)
-        offsets = rows[:, None] * T + offs_n[None, :]
-        return tl.rand(seed, offsets) >= dropout_p
+        counters = rows[:, None] * groups_per_row + (n0 // 8 + tl.arange(0, GROUPS))[None, :]
+        r0, r1, r2, r3 = tl.randint4x(seed, counters)
+        a0 = tl.interleave(r0 & 0xFFFF, r0 >> 16)
+        a1 = tl.interleave(r1 & 0xFFFF, r1 >> 16)
+        a2 = tl.interleave(r2 & 0xFFFF, r2 >> 16)
+        a3 = tl.interleave(r3 & 0xFFFF, r3 >> 16)
+        fields = tl.interleave(tl.interleave(a0, a2), tl.interleave(a1, a3))  # [BM, BLOCK_N]
+        return fields >= threshold
 
     @triton.jit
     def _fwd_tile(
         acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-        n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_p, seed,
+        n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_threshold, seed,
         BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DROPOUT: tl.constexpr,
         UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr,
     ):  # fmt: skip
@@ -337,7 +374,7 @@ if _HAVE_TRITON:
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:
-            keep = _dropout_keep(seed, bh, T, offs_m, offs_n, dropout_p)
+            keep = _dropout_keep(seed, bh, T, offs_m, n0, dropout_threshold, BLOCK_N)
             p = tl.where(keep, p, 0.0)  # 1/(1-p) is applied once in the epilogue
         p_in = _rne(p, ROUND_BF16).to(v.dtype)  # probabilities rounded to the input dtype, as on the GPU
         acc = acc * alpha[:, None] + _dot(p_in, v, UPCAST_DOT, DOT_PRECISION)
@@ -350,7 +387,7 @@ if _HAVE_TRITON:
         stride_kb, stride_kh, stride_kt, stride_kd,
         stride_vb, stride_vh, stride_vt, stride_vd,
         stride_ob, stride_oh, stride_ot, stride_od,
-        H, T, qk_scale_log2, dropout_p, dropout_scale, seed,
+        H, T, qk_scale_log2, dropout_threshold, dropout_scale, seed,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         DROPOUT: tl.constexpr, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
         ROUND_BF16: tl.constexpr, WHILE_LOOPS: tl.constexpr,
@@ -386,14 +423,14 @@ if _HAVE_TRITON:
             while n0 < full_end:
                 acc, l_i, m_i = _fwd_tile(
                     acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                    n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_p, seed,
+                    n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_threshold, seed,
                     BLOCK_N, False, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
                 )  # fmt: skip
                 n0 += BLOCK_N
             while n0 < key_end:
                 acc, l_i, m_i = _fwd_tile(
                     acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                    n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_p, seed,
+                    n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_threshold, seed,
                     BLOCK_N, True, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
                 )  # fmt: skip
                 n0 += BLOCK_N
@@ -401,13 +438,13 @@ if _HAVE_TRITON:
             for n0 in range(0, full_end, BLOCK_N):
                 acc, l_i, m_i = _fwd_tile(
                     acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                    n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_p, seed,
+                    n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_threshold, seed,
                     BLOCK_N, False, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
                 )  # fmt: skip
             for n0 in range(full_end, key_end, BLOCK_N):
                 acc, l_i, m_i = _fwd_tile(
                     acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                    n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_p, seed,
+                    n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_threshold, seed,
                     BLOCK_N, True, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
                 )  # fmt: skip
 
@@ -453,8 +490,8 @@ if _HAVE_TRITON:
     def _bwd_kv_tile(
         dk, dv, k, v, q_base, do_base, lse_base, delta_base,
         stride_qt, stride_qd, stride_dot, stride_dod,
-        m0, offs_n, offs_d, sep, T, bh, qk_scale_log2, dropout_p, dropout_scale, seed,
-        BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DROPOUT: tl.constexpr,
+        m0, n0, offs_n, offs_d, sep, T, bh, qk_scale_log2, dropout_threshold, dropout_scale, seed,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DROPOUT: tl.constexpr,
         UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr,
     ):  # fmt: skip
         """Accumulate dK, dV of one key tile over one query tile (scores kept transposed)."""
@@ -481,7 +518,7 @@ if _HAVE_TRITON:
             pt = tl.where(visible, pt, 0.0)
         dpt = _dot(v, tl.trans(do), UPCAST_DOT, DOT_PRECISION)  # [BN, BM] = dP~^T
         if DROPOUT:
-            keep_t = tl.trans(_dropout_keep(seed, bh, T, offs_m, offs_n, dropout_p))
+            keep_t = tl.trans(_dropout_keep(seed, bh, T, offs_m, n0, dropout_threshold, BLOCK_N))
             pt_drop = tl.where(keep_t, pt * dropout_scale, 0.0)
             dpt = tl.where(keep_t, dpt * dropout_scale, 0.0)  # dP = dP~ * Z
         else:
@@ -500,7 +537,7 @@ if _HAVE_TRITON:
         stride_dob, stride_doh, stride_dot, stride_dod,
         stride_dkb, stride_dkh, stride_dkt, stride_dkd,
         stride_dvb, stride_dvh, stride_dvt, stride_dvd,
-        H, T, qk_scale_log2, sm_scale, dropout_p, dropout_scale, seed,
+        H, T, qk_scale_log2, sm_scale, dropout_threshold, dropout_scale, seed,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         DROPOUT: tl.constexpr, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
         ROUND_BF16: tl.constexpr, WHILE_LOOPS: tl.constexpr,
@@ -550,8 +587,8 @@ if _HAVE_TRITON:
                 dk, dv = _bwd_kv_tile(
                     dk, dv, k, v, q_base, do_base, lse_base, delta_base,
                     stride_qt, stride_qd, stride_dot, stride_dod,
-                    m0, offs_n, offs_d, sep, T, bh, qk_scale_log2, dropout_p, dropout_scale, seed,
-                    BLOCK_M, True, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
+                    m0, n0, offs_n, offs_d, sep, T, bh, qk_scale_log2, dropout_threshold, dropout_scale, seed,
+                    BLOCK_M, BLOCK_N, True, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
                 )  # fmt: skip
                 m0 += BLOCK_M
             m0 = mask_end
@@ -559,8 +596,8 @@ if _HAVE_TRITON:
                 dk, dv = _bwd_kv_tile(
                     dk, dv, k, v, q_base, do_base, lse_base, delta_base,
                     stride_qt, stride_qd, stride_dot, stride_dod,
-                    m0, offs_n, offs_d, sep, T, bh, qk_scale_log2, dropout_p, dropout_scale, seed,
-                    BLOCK_M, False, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
+                    m0, n0, offs_n, offs_d, sep, T, bh, qk_scale_log2, dropout_threshold, dropout_scale, seed,
+                    BLOCK_M, BLOCK_N, False, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
                 )  # fmt: skip
                 m0 += BLOCK_M
         else:
@@ -568,15 +605,15 @@ if _HAVE_TRITON:
                 dk, dv = _bwd_kv_tile(
                     dk, dv, k, v, q_base, do_base, lse_base, delta_base,
                     stride_qt, stride_qd, stride_dot, stride_dod,
-                    m0, offs_n, offs_d, sep, T, bh, qk_scale_log2, dropout_p, dropout_scale, seed,
-                    BLOCK_M, True, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
+                    m0, n0, offs_n, offs_d, sep, T, bh, qk_scale_log2, dropout_threshold, dropout_scale, seed,
+                    BLOCK_M, BLOCK_N, True, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
                 )  # fmt: skip
             for m0 in range(mask_end, T, BLOCK_M):
                 dk, dv = _bwd_kv_tile(
                     dk, dv, k, v, q_base, do_base, lse_base, delta_base,
                     stride_qt, stride_qd, stride_dot, stride_dod,
-                    m0, offs_n, offs_d, sep, T, bh, qk_scale_log2, dropout_p, dropout_scale, seed,
-                    BLOCK_M, False, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
+                    m0, n0, offs_n, offs_d, sep, T, bh, qk_scale_log2, dropout_threshold, dropout_scale, seed,
+                    BLOCK_M, BLOCK_N, False, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
                 )  # fmt: skip
 
         dk = dk * sm_scale  # dS/dK = scale * Q
@@ -594,7 +631,7 @@ if _HAVE_TRITON:
     @triton.jit
     def _bwd_q_tile(
         dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-        n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_p, dropout_scale, seed,
+        n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_threshold, dropout_scale, seed,
         BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DROPOUT: tl.constexpr,
         UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr,
     ):  # fmt: skip
@@ -616,7 +653,7 @@ if _HAVE_TRITON:
             p = tl.where(visible, p, 0.0)
         dp = _dot(do, vt, UPCAST_DOT, DOT_PRECISION)  # [BM, BN] = dP~
         if DROPOUT:
-            keep = _dropout_keep(seed, bh, T, offs_m, offs_n, dropout_p)
+            keep = _dropout_keep(seed, bh, T, offs_m, n0, dropout_threshold, BLOCK_N)
             dp = tl.where(keep, dp * dropout_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq += _dot(_rne(ds, ROUND_BF16).to(kt.dtype), tl.trans(kt), UPCAST_DOT, DOT_PRECISION)
@@ -630,7 +667,7 @@ if _HAVE_TRITON:
         stride_vb, stride_vh, stride_vt, stride_vd,
         stride_dob, stride_doh, stride_dot, stride_dod,
         stride_dqb, stride_dqh, stride_dqt, stride_dqd,
-        H, T, qk_scale_log2, sm_scale, dropout_p, dropout_scale, seed,
+        H, T, qk_scale_log2, sm_scale, dropout_threshold, dropout_scale, seed,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         DROPOUT: tl.constexpr, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
         ROUND_BF16: tl.constexpr, WHILE_LOOPS: tl.constexpr,
@@ -672,14 +709,14 @@ if _HAVE_TRITON:
             while n0 < full_end:
                 dq = _bwd_q_tile(
                     dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt,
-                    stride_vd, n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_p,
+                    stride_vd, n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_threshold,
                     dropout_scale, seed, BLOCK_N, False, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
                 )  # fmt: skip
                 n0 += BLOCK_N
             while n0 < key_end:
                 dq = _bwd_q_tile(
                     dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt,
-                    stride_vd, n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_p,
+                    stride_vd, n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_threshold,
                     dropout_scale, seed, BLOCK_N, True, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
                 )  # fmt: skip
                 n0 += BLOCK_N
@@ -687,13 +724,13 @@ if _HAVE_TRITON:
             for n0 in range(0, full_end, BLOCK_N):
                 dq = _bwd_q_tile(
                     dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt,
-                    stride_vd, n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_p,
+                    stride_vd, n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_threshold,
                     dropout_scale, seed, BLOCK_N, False, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
                 )  # fmt: skip
             for n0 in range(full_end, key_end, BLOCK_N):
                 dq = _bwd_q_tile(
                     dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt,
-                    stride_vd, n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_p,
+                    stride_vd, n0, offs_m, offs_d, sep, T, bh, qk_scale_log2, dropout_threshold,
                     dropout_scale, seed, BLOCK_N, True, DROPOUT, UPCAST_DOT, DOT_PRECISION, ROUND_BF16,
                 )  # fmt: skip
 
@@ -724,6 +761,10 @@ class _KernelArgs:
         return self.dropout_p > 0.0
 
     @property
+    def threshold(self) -> int:
+        return dropout_threshold(self.dropout_p) if self.dropout else 0
+
+    @property
     def dropout_scale(self) -> float:
         return 1.0 / (1.0 - self.dropout_p) if self.dropout else 1.0
 
@@ -746,7 +787,7 @@ def _triton_forward(
     _glm_attn_fwd_kernel[grid](
         q, k, v, sep, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        heads, seq_len, _LOG2E / math.sqrt(head_dim), args.dropout_p, args.dropout_scale, args.seed,
+        heads, seq_len, _LOG2E / math.sqrt(head_dim), args.threshold, args.dropout_scale, args.seed,
         HEAD_DIM=head_dim, BLOCK_M=cfg.fwd_block_m, BLOCK_N=cfg.fwd_block_n,
         DROPOUT=args.dropout, UPCAST_DOT=_INTERPRET,
         DOT_PRECISION=_dot_precision(q.dtype, args.allow_tf32),
@@ -789,13 +830,13 @@ def _triton_backward(
     _glm_attn_bwd_kv_kernel[(triton.cdiv(seq_len, cfg.bwd_kv_block_n), batch * heads)](
         q, k, v, sep, dout, lse, delta, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
-        heads, seq_len, qk_scale_log2, sm_scale, args.dropout_p, args.dropout_scale, args.seed,
+        heads, seq_len, qk_scale_log2, sm_scale, args.threshold, args.dropout_scale, args.seed,
         BLOCK_M=cfg.bwd_kv_block_m, BLOCK_N=cfg.bwd_kv_block_n, **common,
     )  # fmt: skip
     _glm_attn_bwd_q_kernel[(triton.cdiv(seq_len, cfg.bwd_q_block_m), batch * heads)](
         q, k, v, sep, dout, lse, delta, dq,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
-        heads, seq_len, qk_scale_log2, sm_scale, args.dropout_p, args.dropout_scale, args.seed,
+        heads, seq_len, qk_scale_log2, sm_scale, args.threshold, args.dropout_scale, args.seed,
         BLOCK_M=cfg.bwd_q_block_m, BLOCK_N=cfg.bwd_q_block_n, **common,
     )  # fmt: skip
     return dq, dk, dv
@@ -853,7 +894,7 @@ def glm_attention(
     Triton: fp16/bf16/fp32, D in :data:`SUPPORTED_HEAD_DIMS`, differentiable through
     :class:`GLMAttentionFunction` with a deterministic backward. The dropout mask is a function of
     ``seed`` (drawn from torch's default CPU generator when None) and equals
-    :func:`glm_attention_dropout_mask`. ``allow_tf32`` lets fp32 dots use TF32 (GPU; ~5e-4 error);
+    :func:`glm_attention_dropout_mask`. ``allow_tf32`` lets fp32 dots use TF32 (GPU; ~2e-3 error);
     ``block`` overrides every tile size (tests).
 
     Torch: :func:`glm_attention_reference` (eager GLM math) with torch's dropout RNG, or with the
