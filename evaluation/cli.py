@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: the backend's)")
     parser.add_argument("--no-share-part-a", action="store_true", help="score one full sequence per candidate")
+    parser.add_argument(
+        "--records", action="store_true", help="also write every example's record into the results JSON"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="print the backend description and task settings")
     return parser
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=cache_dir,
         progress=not args.no_progress,
         verbose=args.verbose,
+        include_records=args.records,
         settings={"limit": args.limit, "split": args.split, "data_dir": str(args.data_dir), "device": args.device},
     )
     if args.output is not None:

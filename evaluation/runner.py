@@ -64,8 +64,10 @@ def run_task(
     *,
     chunk_size: int | None = None,
     progress: bool = True,
+    include_records: bool = False,
 ) -> dict[str, Any]:
-    """Predict every example not yet cached, append the records, return the task's result entry."""
+    """Predict every example not yet cached, append the records, return the task's result entry
+    (with every example's record under ``"records"`` when ``include_records``)."""
     chunk_size = chunk_size or EXAMPLES_PER_CHUNK
     task, examples = planned.task, planned.examples
     done = cache.load() if cache is not None else {}
@@ -84,7 +86,7 @@ def run_task(
     seconds = time.perf_counter() - start
     records = [done.get(e.key) or computed[e.key] for e in examples]
     metrics = task.aggregate(records)
-    return {
+    entry = {
         "task": task.name,
         "metrics": {k: _json_number(v) for k, v in metrics.items()},
         "primary_metric": task.primary_metric,
@@ -97,6 +99,9 @@ def run_task(
         "data_files": [str(p) for p in planned.data_files],
         "config": task.config(),
     }
+    if include_records:
+        entry["records"] = records
+    return entry
 
 
 def _json_number(value: float) -> float | str:
@@ -114,6 +119,7 @@ def evaluate(
     progress: bool = True,
     verbose: bool = False,
     settings: dict[str, Any] | None = None,
+    include_records: bool = False,
 ) -> dict[str, Any]:
     """Run every planned task on ``backend``; the results dict (see the module docstring)."""
     info = backend.info()
@@ -135,7 +141,7 @@ def evaluate(
                 "data": stamp,
             }
             cache = ResultCache(cache_dir / name, header)
-        tasks[planned.task.task_id] = run_task(planned, ctx, cache, progress=progress)
+        tasks[planned.task.task_id] = run_task(planned, ctx, cache, progress=progress, include_records=include_records)
     return {
         "model_hash": info["model_hash"],
         "model_path": info.get("model_path"),

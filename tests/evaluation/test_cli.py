@@ -35,7 +35,17 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
 def test_results_json_and_table(model_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "res" / "results.json"
     code, stdout, _ = run_cli(
-        ["--model", str(model_dir), "--tasks", "demo,boolq:4,copa", "--data-dir", str(FIXTURES), "--output", str(out)],
+        [
+            "--model",
+            str(model_dir),
+            "--tasks",
+            "demo,boolq:4,copa",
+            "--data-dir",
+            str(FIXTURES),
+            "--output",
+            str(out),
+            "--records",
+        ],
         capsys,
     )
     assert code == 0
@@ -48,6 +58,9 @@ def test_results_json_and_table(model_dir: Path, tmp_path: Path, capsys) -> None
     assert 0.0 <= demo["metrics"]["acc"] <= 1.0
     assert results["tasks"]["boolq-p4"]["config"]["pattern_id"] == 4
     assert "boolq-p4" in stdout and "acc=" in stdout  # the table
+    assert [r["key"] for r in demo["records"]] == ["1", "2", "3"] and all(
+        len(r["scores"]) >= 2 for r in demo["records"]
+    )
 
 
 def test_unknown_task_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
