@@ -807,7 +807,7 @@ def _run_attention(leaves: dict, *, fn: Callable, sep: torch.Tensor, upstream: d
     return _grads_of({"out": fn(leaves["q"], leaves["k"], leaves["v"], sep, **kw)}, upstream, leaves)
 
 
-# the kernel's tile sizes (glm_core.kernels.attention._launch_config): 16 interpreted, 32/64/128 on the GPU
+# tile sizes of glm_core.kernels.attention._launch_config: 16 interpreted; on the GPU 32/64 (d=64), 128 (d>64)
 ATTENTION_TILES = {"cpu": (16,), "cuda": (32, 64, 128)}
 
 
