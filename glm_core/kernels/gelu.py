@@ -8,8 +8,8 @@ Triton path (``impl="triton"``): the input is viewed as ``[rows, N]`` with ``N =
 - forward: one ``[BLOCK_M, BLOCK_N]`` tile per program, math in fp32, one rounding to the output dtype
   (eager rounds ``x + bias`` first, so the kernel is at least as close to float64).
 - backward: recomputes ``z = x + bias`` from the saved inputs; each program walks ``TILES_PER_PROGRAM`` row tiles
-  of one column block, writes dx and accumulates its dbias partial in fp32; the partials are summed in fp32 and
-  cast (two-stage reduction, spec §6 item 8).
+  of one column block (launch shapes in ``launch.py``), writes dx and accumulates its dbias partial in fp32; the
+  partials are summed in fp32 and cast (two-stage reduction, spec §6 item 8).
 - tanh is written through ``0.5 (1 + tanh(u)) = sigmoid(2u)``: no libdevice call (same code on GPU and in the
   interpreter), no cancellation in ``1 - tanh^2`` near saturation, no overflow (u clamped to +-40).
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from glm_core.config import GELU_VARIANTS
 from glm_core.errors import InputError
-from glm_core.kernels import resolve_impl
+from glm_core.kernels import launch, resolve_impl
 from glm_core.kernels.interpreter import round_bf16_in_interpreter
 
 try:
@@ -67,23 +67,9 @@ def _check_inputs(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> None
 
 
 def _tiles(cols: int) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N): ~4096 elements per tile, at most 1024 columns wide."""
-    block_n = min(triton.next_power_of_2(cols), 1024)
-    return max(1, 4096 // block_n), block_n
-
-
-def _tiles_per_program(row_tiles: int, col_blocks: int, device: torch.device) -> int:
-    """Row tiles one backward program walks; a power of two, used as a constexpr loop bound.
-
-    triton 3.6's interpreter with numpy >= 2.4 crashes on runtime loop bounds (spec §6 item 3; kernel int
-    arguments included), and powers of two keep the number of compiled variants small.
-    """
-    if device.type == "cuda":
-        target_programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        target_programs = 8  # interpreter: keep the grid tiny
-    row_groups = max(1, target_programs // col_blocks)
-    return triton.next_power_of_2(triton.cdiv(row_tiles, row_groups))
+    """(BLOCK_M, BLOCK_N) for a ``cols``-wide matrix (launch.py)."""
+    block_n = min(triton.next_power_of_2(cols), launch.MAX_BLOCK_N)
+    return launch.block_rows(block_n), block_n
 
 
 class _BiasGelu(torch.autograd.Function):
@@ -98,7 +84,7 @@ class _BiasGelu(torch.autograd.Function):
         _bias_gelu_fwd_kernel[grid](
             x2, bias, y, rows, cols,
             APPROX_TANH=approx_tanh, ROUND_BF16=round_bf16_in_interpreter(y.dtype),
-            BLOCK_M=block_m, BLOCK_N=block_n,
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=launch.num_warps(block_m, block_n),
         )  # fmt: skip
         ctx.save_for_backward(x2, bias)
         ctx.approx_tanh, ctx.x_shape = approx_tanh, x.shape
@@ -112,13 +98,14 @@ class _BiasGelu(torch.autograd.Function):
         dx = torch.empty_like(x2)
         block_m, block_n = _tiles(cols)
         row_tiles, col_blocks = triton.cdiv(rows, block_m), triton.cdiv(cols, block_n)
-        tiles_per_program = _tiles_per_program(row_tiles, col_blocks, x2.device)
+        tiles_per_program = launch.tiles_per_program(row_tiles, col_blocks, x2.device)
         row_groups = triton.cdiv(row_tiles, tiles_per_program)
         dbias_partial = torch.empty((row_groups, cols), dtype=torch.float32, device=x2.device)
         _bias_gelu_bwd_kernel[(row_groups, col_blocks)](
             x2, bias, dy, dx, dbias_partial, rows, cols,
             APPROX_TANH=ctx.approx_tanh, ROUND_BF16=round_bf16_in_interpreter(dx.dtype),
             TILES_PER_PROGRAM=tiles_per_program, BLOCK_M=block_m, BLOCK_N=block_n,
+            num_warps=launch.num_warps(block_m, block_n),
         )  # fmt: skip
         # stage 2 of the fp32 reduction (spec §6 item 8)
         dbias = dbias_partial.sum(dim=0).to(bias.dtype)

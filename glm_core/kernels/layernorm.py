@@ -6,14 +6,15 @@
 With ``residual=None`` and no dropout this is a plain LayerNorm and ``new_residual`` is ``x`` itself.
 
 Triton path (``impl="triton"``):
-- forward: one program per row, the whole row in registers (``BLOCK_N`` = next power of two >= hidden, masked),
-  fp32 statistics; ``new_residual`` is rounded to its storage dtype *before* normalising, so the stored tensor is
+- forward: each program normalises a ``[BLOCK_M, BLOCK_N]`` tile of whole rows (``BLOCK_N`` = next power of two
+  >= hidden, masked; launch shapes in ``launch.py``), fp32 statistics; ``new_residual`` is rounded to its storage dtype *before* normalising, so the stored tensor is
   exactly what was normalised (eager semantics, and backward can reuse it).
-- dropout: keep(element) = ``tl.rand(seed, row * N + col) >= p`` (Philox, element index as offset), regenerated
-  in backward from the same seed — no mask is stored. :func:`dropout_keep_mask` returns the mask a given seed
+- dropout: an element is kept when its uint32 Philox draw (seed, flat element index) is >= p * 2**32 — four
+  elements per Philox call when hidden % 4 == 0 — and the mask is regenerated in backward from the same seed: no
+  mask is stored. :func:`dropout_keep_mask` returns the mask a given seed
   produces, so the torch reference can be run with the kernel's own mask (spec §5.3).
-- backward: each program walks a contiguous block of rows, writes dx / dresidual per row and accumulates its dW/dB
-  partial sums in fp32 registers; the per-program partials are then summed in fp32 (two-stage reduction, spec §6
+- backward: each program walks ``TILES_PER_PROGRAM`` consecutive row tiles, writes dx / dresidual and accumulates
+  its dW/dB partial sums in fp32 registers; the per-program partials are then summed in fp32 (two-stage reduction, spec §6
   item 8) and cast to the parameter dtype.
 
 The torch reference (``impl="torch"``) is plain eager ops in the input dtype; with float64 inputs it is the test
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from glm_core.errors import InputError
-from glm_core.kernels import resolve_impl
+from glm_core.kernels import launch, resolve_impl
 from glm_core.kernels.interpreter import round_bf16_in_interpreter
 
 try:
@@ -135,7 +136,9 @@ def dropout_keep_mask(shape: torch.Size | tuple[int, ...], dropout_p: float, see
     rows = math.prod(shape[:-1])
     keep = torch.empty((rows, hidden), dtype=torch.int8, device=device)
     block_n = triton.next_power_of_2(hidden)
-    _dropout_keep_kernel[(rows,)](keep, hidden, float(dropout_p), int(seed), BLOCK_N=block_n)
+    _dropout_keep_kernel[(rows,)](
+        keep, hidden, _drop_threshold(dropout_p), int(seed), VEC4=hidden % 4 == 0, BLOCK_N=block_n
+    )
     return keep.view(shape).bool()
 
 
@@ -164,27 +167,14 @@ def _check_inputs(
         raise InputError(f"dropout_mask shape {tuple(dropout_mask.shape)} must equal x shape {tuple(x.shape)}")
 
 
+def _drop_threshold(p: float) -> int:
+    """An element is dropped when its uint32 Philox draw is below this: P(drop) = threshold / 2**32 ~ p."""
+    return min(int(p * 2**32), 2**32 - 1)
+
+
 def _draw_seed() -> int:
     # from torch's CPU generator, so torch.manual_seed makes runs reproducible; no device sync
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
-
-
-def _num_warps(block_n: int) -> int:
-    return min(max(block_n // 256, 1), 16)
-
-
-def _rows_per_program(rows: int, device: torch.device) -> int:
-    """Rows each backward program walks (and sums dW/dB partials over); a power of two.
-
-    It is a constexpr loop bound: triton 3.6's interpreter with numpy >= 2.4 crashes on *any* runtime loop bound,
-    kernel int arguments included (spec §6 item 3 names loaded scalars; measured: int arguments too). Powers of
-    two keep the number of compiled variants small (<= log2(rows)).
-    """
-    if device.type == "cuda":
-        programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        programs = 8  # interpreter: per-program cost dominates, keep the grid tiny
-    return triton.next_power_of_2(triton.cdiv(rows, programs))
 
 
 class _AddDropoutLayerNorm(torch.autograd.Function):
@@ -200,13 +190,14 @@ class _AddDropoutLayerNorm(torch.autograd.Function):
         s = torch.empty((rows, hidden), dtype=out_dtype, device=x.device) if store_s else x2
         mean = torch.empty(rows, dtype=torch.float32, device=x.device)
         rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
-        block_n = triton.next_power_of_2(hidden)
-        _ln_fwd_kernel[(rows,)](
+        block_n = triton.next_power_of_2(hidden)  # whole rows: the statistics need every column
+        block_m = launch.block_rows(block_n)
+        _ln_fwd_kernel[(triton.cdiv(rows, block_m),)](
             x2, r2 if r2 is not None else x2, weight, bias, y, s, mean, rstd,
-            hidden, eps, p, seed,
-            HAS_RESIDUAL=r2 is not None, HAS_DROPOUT=p > 0.0, STORE_S=store_s,
+            rows, hidden, eps, p, _drop_threshold(p), seed,
+            HAS_RESIDUAL=r2 is not None, HAS_DROPOUT=p > 0.0, VEC4=hidden % 4 == 0, STORE_S=store_s,
             ROUND_BF16=round_bf16_in_interpreter(out_dtype),
-            BLOCK_N=block_n, num_warps=_num_warps(block_n),
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=launch.num_warps(block_m, block_n),
         )  # fmt: skip
         ctx.save_for_backward(s, weight, mean, rstd)
         ctx.has_residual = residual is not None
@@ -227,24 +218,24 @@ class _AddDropoutLayerNorm(torch.autograd.Function):
         ds_out = None if ds_out is None else ds_out.reshape(rows, hidden).contiguous()
         dx = torch.empty((rows, hidden), dtype=ctx.x_dtype, device=device)
         dres = torch.empty((rows, hidden), dtype=ctx.residual_dtype, device=device) if ctx.has_residual else None
-        rows_per_program = _rows_per_program(rows, device)
-        programs = triton.cdiv(rows, rows_per_program)
-        dw_partial = torch.empty((programs, hidden), dtype=torch.float32, device=device)
-        db_partial = torch.empty((programs, hidden), dtype=torch.float32, device=device)
         block_n = triton.next_power_of_2(hidden)
+        block_m = launch.block_rows(block_n)
+        tiles_per_program = launch.tiles_per_program(triton.cdiv(rows, block_m), 1, device)
+        programs = triton.cdiv(rows, block_m * tiles_per_program)
+        partials = torch.empty((2, programs, hidden), dtype=torch.float32, device=device)  # dW, dB per program
         _ln_bwd_kernel[(programs,)](
             dy, ds_out if ds_out is not None else dy, s, weight, mean, rstd,
-            dx, dres if dres is not None else dx, dw_partial, db_partial,
-            rows, hidden, ctx.p, ctx.seed,
-            ROWS_PER_PROGRAM=rows_per_program,
-            HAS_DS_OUT=ds_out is not None, HAS_RESIDUAL=ctx.has_residual, HAS_DROPOUT=ctx.p > 0.0,
+            dx, dres if dres is not None else dx, partials[0], partials[1],
+            rows, hidden, ctx.p, _drop_threshold(ctx.p), ctx.seed,
+            TILES_PER_PROGRAM=tiles_per_program,
+            HAS_DS_OUT=ds_out is not None, HAS_RESIDUAL=ctx.has_residual,
+            HAS_DROPOUT=ctx.p > 0.0, VEC4=hidden % 4 == 0,
             ROUND_BF16_DX=round_bf16_in_interpreter(dx.dtype),
             ROUND_BF16_DRES=dres is not None and round_bf16_in_interpreter(dres.dtype),
-            BLOCK_N=block_n, num_warps=_num_warps(block_n),
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=launch.num_warps(block_m, block_n),
         )  # fmt: skip
         # stage 2 of the fp32 reduction: sum the per-program partials, then cast (spec §6 item 8)
-        dweight = dw_partial.sum(dim=0).to(weight.dtype)
-        dbias = db_partial.sum(dim=0).to(weight.dtype)
+        dweight, dbias = partials.sum(dim=1).to(weight.dtype)
         dx = dx.view(ctx.x_shape)
         dres = None if dres is None else dres.view(ctx.x_shape)
         return dx, dres, dweight, dbias, None, None, None
@@ -256,96 +247,112 @@ class _AddDropoutLayerNorm(torch.autograd.Function):
 if triton is not None:
 
     @triton.jit
-    def _dropout_keep(seed, row, cols, hidden, p):
-        """Philox keep-mask for one row; offset = flat element index (int64), so it is independent of BLOCK_N."""
-        offsets = row * hidden + cols
-        return tl.rand(seed, offsets) >= p
+    def _dropout_keep(seed, drop_threshold, row_ids, hidden, VEC4: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr):  # fmt: skip
+        """Keep-mask ``[BLOCK_M, BLOCK_N]`` for rows ``row_ids`` and columns ``0..BLOCK_N-1``; depends only on
+        (seed, flat element index), never on the tiling.
+
+        Element ``e = row * hidden + col`` is dropped when its uint32 Philox draw is below ``drop_threshold``. With
+        ``VEC4`` (hidden % 4 == 0) one Philox call (counter ``e // 4``) yields the draws of 4 consecutive elements
+        (output ``e % 4``) — a quarter of the Philox work; otherwise counter ``e``, first output.
+        """
+        if VEC4:
+            quarter = tl.arange(0, BLOCK_N // 4)
+            counters = row_ids[:, None] * (hidden // 4) + quarter[None, :]  # [BLOCK_M, BLOCK_N // 4], int64
+            r0, r1, r2, r3 = tl.randint4x(seed, counters)
+            draws = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), [BLOCK_M, BLOCK_N])  # column 4q + k
+        else:
+            draws = tl.randint(seed, row_ids[:, None] * hidden + tl.arange(0, BLOCK_N)[None, :])
+        return draws.to(tl.uint32, bitcast=True).to(tl.int64) >= drop_threshold
 
     @triton.jit
-    def _dropout_keep_kernel(KEEP, hidden, p, seed, BLOCK_N: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
+    def _dropout_keep_kernel(KEEP, hidden, drop_threshold, seed, VEC4: tl.constexpr, BLOCK_N: tl.constexpr):
+        row_ids = tl.program_id(0).to(tl.int64) + tl.arange(0, 1)  # [1]
         cols = tl.arange(0, BLOCK_N)
-        keep = _dropout_keep(seed, row, cols, hidden, p)
-        tl.store(KEEP + row * hidden + cols, keep.to(tl.int8), mask=cols < hidden)
+        keep = _dropout_keep(seed, drop_threshold, row_ids, hidden, VEC4, 1, BLOCK_N)
+        offs = row_ids[:, None] * hidden + cols[None, :]
+        tl.store(KEEP + offs, keep.to(tl.int8), mask=cols[None, :] < hidden)
 
     @triton.jit
     def _ln_fwd_kernel(
         X, R, W, B, Y, S, MEAN, RSTD,
-        hidden, eps, p, seed,
-        HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_S: tl.constexpr, ROUND_BF16: tl.constexpr,
-        BLOCK_N: tl.constexpr,
+        rows, hidden, eps, p, drop_threshold, seed,
+        HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, VEC4: tl.constexpr, STORE_S: tl.constexpr,
+        ROUND_BF16: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
-        row = tl.program_id(0).to(tl.int64)
-        cols = tl.arange(0, BLOCK_N)
-        in_row = cols < hidden
-        offs = row * hidden + cols
-        s = tl.load(X + offs, mask=in_row, other=0.0).to(tl.float32)
+        row_ids = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+        cols = tl.arange(0, BLOCK_N)  # [BLOCK_N]
+        in_rows = row_ids < rows
+        in_tile = in_rows[:, None] & (cols[None, :] < hidden)  # [BLOCK_M, BLOCK_N]
+        offs = row_ids[:, None] * hidden + cols[None, :]
+        s = tl.load(X + offs, mask=in_tile, other=0.0).to(tl.float32)
         if HAS_DROPOUT:
-            keep = _dropout_keep(seed, row, cols, hidden, p)
+            keep = _dropout_keep(seed, drop_threshold, row_ids, hidden, VEC4, BLOCK_M, BLOCK_N)
             s = tl.where(keep, s * (1.0 / (1.0 - p)), 0.0)
         if HAS_RESIDUAL:
-            s += tl.load(R + offs, mask=in_row, other=0.0).to(tl.float32)
+            s += tl.load(R + offs, mask=in_tile, other=0.0).to(tl.float32)
         if STORE_S:
             if ROUND_BF16:
                 s = rne_bf16(s)
             s_stored = s.to(S.dtype.element_ty)
-            tl.store(S + offs, s_stored, mask=in_row)
+            tl.store(S + offs, s_stored, mask=in_tile)
             s = s_stored.to(tl.float32)  # normalise exactly what was stored
-        mean = tl.sum(s, axis=0) / hidden
-        centered = tl.where(in_row, s - mean, 0.0)
-        var = tl.sum(centered * centered, axis=0) / hidden
-        rstd = 1.0 / tl.sqrt(var + eps)
-        w = tl.load(W + cols, mask=in_row, other=0.0).to(tl.float32)
-        b = tl.load(B + cols, mask=in_row, other=0.0).to(tl.float32)
-        y = centered * rstd * w + b
+        mean = tl.sum(s, axis=1) / hidden  # [BLOCK_M]
+        centered = tl.where(in_tile, s - mean[:, None], 0.0)
+        var = tl.sum(centered * centered, axis=1) / hidden
+        rstd = 1.0 / tl.sqrt(var + eps)  # [BLOCK_M]
+        w = tl.load(W + cols, mask=cols < hidden, other=0.0).to(tl.float32)
+        b = tl.load(B + cols, mask=cols < hidden, other=0.0).to(tl.float32)
+        y = centered * rstd[:, None] * w[None, :] + b[None, :]
         if ROUND_BF16:
             y = rne_bf16(y)
-        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=in_row)
-        tl.store(MEAN + row, mean)
-        tl.store(RSTD + row, rstd)
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=in_tile)
+        tl.store(MEAN + row_ids, mean, mask=in_rows)
+        tl.store(RSTD + row_ids, rstd, mask=in_rows)
 
     @triton.jit
     def _ln_bwd_kernel(
         DY, DS_OUT, S, W, MEAN, RSTD, DX, DRES, DW_PARTIAL, DB_PARTIAL,
-        rows, hidden, p, seed,
-        ROWS_PER_PROGRAM: tl.constexpr,
-        HAS_DS_OUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-        ROUND_BF16_DX: tl.constexpr, ROUND_BF16_DRES: tl.constexpr, BLOCK_N: tl.constexpr,
+        rows, hidden, p, drop_threshold, seed,
+        TILES_PER_PROGRAM: tl.constexpr,
+        HAS_DS_OUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, VEC4: tl.constexpr,
+        ROUND_BF16_DX: tl.constexpr, ROUND_BF16_DRES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK_N)
         w = tl.load(W + cols, mask=cols < hidden, other=0.0).to(tl.float32)
         dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
         db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for i in range(0, ROWS_PER_PROGRAM):  # constexpr bound: see _rows_per_program
-            row = pid * ROWS_PER_PROGRAM + i
-            n_valid = tl.where(row < rows, hidden, 0)  # rows past the end: everything masked off
-            in_row = cols < n_valid
-            offs = row * hidden + cols
-            mean = tl.load(MEAN + row, mask=row < rows, other=0.0)
-            rstd = tl.load(RSTD + row, mask=row < rows, other=0.0)
-            s = tl.load(S + offs, mask=in_row, other=0.0).to(tl.float32)
-            dy = tl.load(DY + offs, mask=in_row, other=0.0).to(tl.float32)
-            xhat = tl.where(in_row, (s - mean) * rstd, 0.0)
-            g = dy * w
-            mean_g = tl.sum(g, axis=0) / hidden
-            mean_g_xhat = tl.sum(g * xhat, axis=0) / hidden
-            ds = (g - mean_g - xhat * mean_g_xhat) * rstd
+        for i in range(0, TILES_PER_PROGRAM):  # constexpr bound (launch.py)
+            row_ids = (pid * TILES_PER_PROGRAM + i) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+            in_rows = row_ids < rows
+            in_tile = in_rows[:, None] & (cols[None, :] < hidden)  # [BLOCK_M, BLOCK_N]; rows past the end: off
+            offs = row_ids[:, None] * hidden + cols[None, :]
+            mean = tl.load(MEAN + row_ids, mask=in_rows, other=0.0)
+            rstd = tl.load(RSTD + row_ids, mask=in_rows, other=0.0)
+            s = tl.load(S + offs, mask=in_tile, other=0.0).to(tl.float32)
+            dy = tl.load(DY + offs, mask=in_tile, other=0.0).to(tl.float32)
+            xhat = tl.where(in_tile, (s - mean[:, None]) * rstd[:, None], 0.0)
+            g = dy * w[None, :]
+            mean_g = tl.sum(g, axis=1) / hidden  # [BLOCK_M]
+            mean_g_xhat = tl.sum(g * xhat, axis=1) / hidden
+            ds = (g - mean_g[:, None] - xhat * mean_g_xhat[:, None]) * rstd[:, None]
             if HAS_DS_OUT:
-                ds += tl.load(DS_OUT + offs, mask=in_row, other=0.0).to(tl.float32)
+                ds += tl.load(DS_OUT + offs, mask=in_tile, other=0.0).to(tl.float32)
             if HAS_RESIDUAL:
                 dres = ds
                 if ROUND_BF16_DRES:
                     dres = rne_bf16(dres)
-                tl.store(DRES + offs, dres.to(DRES.dtype.element_ty), mask=in_row)
+                tl.store(DRES + offs, dres.to(DRES.dtype.element_ty), mask=in_tile)
             dx = ds
             if HAS_DROPOUT:
-                keep = _dropout_keep(seed, row, cols, hidden, p)  # same stream as forward
+                keep = _dropout_keep(seed, drop_threshold, row_ids, hidden, VEC4, BLOCK_M, BLOCK_N)  # forward's mask
                 dx = tl.where(keep, ds * (1.0 / (1.0 - p)), 0.0)
             if ROUND_BF16_DX:
                 dx = rne_bf16(dx)
-            tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=in_row)
-            dw_acc += dy * xhat
-            db_acc += dy
+            tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=in_tile)
+            dw_acc += tl.sum(dy * xhat, axis=0)
+            db_acc += tl.sum(dy, axis=0)
         tl.store(DW_PARTIAL + pid * hidden + cols, dw_acc, mask=cols < hidden)
         tl.store(DB_PARTIAL + pid * hidden + cols, db_acc, mask=cols < hidden)

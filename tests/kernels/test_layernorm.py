@@ -88,12 +88,13 @@ def test_eval_mode_ignores_dropout_p(device):
     assert torch.equal(y_eval, y_plain) and torch.equal(s_eval, s_plain)
 
 
-def test_dropout_keeps_one_minus_p_and_forward_uses_the_reported_mask(device):
-    # 64 rows x 1000: 64 program instances; std of the kept fraction ~ sqrt(p (1 - p) / n) = 1.2e-3
+@pytest.mark.parametrize("hidden", [1000, 1023], ids=["4_draws_per_philox_call", "1_draw_per_call"])
+def test_dropout_keeps_one_minus_p_and_forward_uses_the_reported_mask(hidden, device):
+    # 64 rows x ~1000: std of the kept fraction ~ sqrt(p (1 - p) / n) = 1.2e-3
     p, seed = 0.1, 99
-    x = (torch.rand(64, 1000) + 0.5).to(device).requires_grad_()  # no zeros: a zero in s means "dropped"
-    weight = torch.ones(1000, device=device, requires_grad=True)
-    bias = torch.zeros(1000, device=device, requires_grad=True)
+    x = (torch.rand(64, hidden) + 0.5).to(device).requires_grad_()  # no zeros: a zero in s means "dropped"
+    weight = torch.ones(hidden, device=device, requires_grad=True)
+    bias = torch.zeros(hidden, device=device, requires_grad=True)
     _, dropped = add_dropout_layernorm(x, None, weight, bias, dropout_p=p, training=True, seed=seed, impl="triton")
     kept = dropped != 0
     assert abs(kept.double().mean().item() - (1 - p)) < 6e-3

@@ -60,8 +60,8 @@ def _leaf(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 @pytest.mark.parametrize("vocab", [1000, 1023])
 def test_matches_float64_reference(dtype, vocab, device, poisoned_empty):
     hidden, weight, targets, loss_mask = _inputs(vocab, dtype, device)
-    # chunk_rows=4 over ~13 scored rows: three full chunks and a partial one
-    kernel = _run(lambda *a: partb_lm_head_ce(*a, chunk_rows=4, impl="triton"), hidden, weight, targets, loss_mask)
+    # chunk_vocab=300: three full vocabulary chunks and a partial one
+    kernel = _run(lambda *a: partb_lm_head_ce(*a, chunk_vocab=300, impl="triton"), hidden, weight, targets, loss_mask)
     ref = _run(partb_ce_float64, _leaf(hidden, torch.float64), _leaf(weight, torch.float64), targets, loss_mask)
     eager = _run(lambda *a: partb_lm_head_ce(*a, impl="torch"), _leaf(hidden, dtype), _leaf(weight, dtype),
                  targets, loss_mask)  # fmt: skip
@@ -81,7 +81,7 @@ def test_uniform_logits_give_log_vocab(device):
     vocab = 1000
     hidden, _, targets, loss_mask = _inputs(vocab, torch.float32, device)
     weight = torch.zeros(vocab, HIDDEN, device=device)
-    loss, count = partb_lm_head_ce(hidden, weight, targets, loss_mask, chunk_rows=5, impl="triton", return_count=True)
+    loss, count = partb_lm_head_ce(hidden, weight, targets, loss_mask, chunk_vocab=256, impl="triton", return_count=True)
     assert count == int((loss_mask > 0).sum())
     assert abs(loss.item() - math.log(vocab)) < 1e-6
 
@@ -89,16 +89,17 @@ def test_uniform_logits_give_log_vocab(device):
 def test_chunk_size_does_not_change_the_result(device):
     hidden, weight, targets, loss_mask = _inputs(513, torch.float32, device)
     results = [
-        _run(lambda *a, c=c: partb_lm_head_ce(*a, chunk_rows=c, impl="triton"), hidden, weight, targets, loss_mask)
-        for c in (1, 3, 1000)
+        _run(lambda *a, c=c: partb_lm_head_ce(*a, chunk_vocab=c, impl="triton"), hidden, weight, targets, loss_mask)
+        for c in (64, 100, 513)  # 9, 6 and 1 chunks
     ]
     for other in results[1:]:
         for name in ("loss", "d_hidden", "d_weight"):
             torch.testing.assert_close(other[name], results[0][name], rtol=1e-6, atol=1e-7)
 
 
-def test_never_builds_logits_for_more_than_one_chunk(device, monkeypatch):
+def test_never_builds_logits_wider_than_one_chunk(device, monkeypatch):
     hidden, weight, targets, loss_mask = _inputs(700, torch.float32, device, batch=(4, 16))
+    scored = int((loss_mask > 0).sum())
     real_mm, shapes = torch.mm, []
 
     def recording_mm(a, b, *args, **kwargs):
@@ -106,10 +107,21 @@ def test_never_builds_logits_for_more_than_one_chunk(device, monkeypatch):
         return real_mm(a, b, *args, **kwargs)
 
     monkeypatch.setattr(torch, "mm", recording_mm)
-    partb_lm_head_ce(hidden, weight, targets, loss_mask, chunk_rows=4, impl="triton").backward()
-    logits_shapes = [s for s in shapes if s[1] == 700]
-    assert logits_shapes and all(rows <= 4 for rows, _ in logits_shapes)
-    assert len(logits_shapes) == math.ceil(int((loss_mask > 0).sum()) / 4)
+    partb_lm_head_ce(hidden, weight, targets, loss_mask, chunk_vocab=256, impl="triton").backward()
+    logits_shapes = [s for s in shapes if s[0] == scored and s[1] != HIDDEN]  # hidden_b @ weight[chunk].T
+    # 3 chunks (256, 256, 188) in the forward, recomputed once in the backward
+    assert logits_shapes == [(scored, 256), (scored, 256), (scored, 188)] * 2
+    assert all(cols <= 256 for _, cols in shapes)
+
+
+def test_target_in_a_later_chunk_is_not_read_from_the_block_padding(device):
+    # chunk_vocab=300 runs 512-wide blocks: target 350 sits at column 350 of chunk 0's padded block (masked there)
+    hidden, weight, _, loss_mask = _inputs(600, torch.float32, device)
+    targets = torch.full(loss_mask.shape, 350, device=device)
+    out = _run(lambda *a: partb_lm_head_ce(*a, chunk_vocab=300, impl="triton"), hidden, weight, targets, loss_mask)
+    ref = _run(partb_ce_float64, _leaf(hidden, torch.float64), _leaf(weight, torch.float64), targets, loss_mask)
+    for name, kind in (("loss", "output"), ("d_hidden", "output"), ("d_weight", "reduced")):
+        assert_close_to_reference(name, out[name], ref[name], kind=kind)
 
 
 def test_no_scored_rows_gives_zero_loss_and_zero_grads(device):
@@ -122,7 +134,7 @@ def test_no_scored_rows_gives_zero_loss_and_zero_grads(device):
 def test_forward_only_when_nothing_requires_grad(device):
     hidden, weight, targets, loss_mask = _inputs(1000, torch.float32, device)
     with torch.no_grad():
-        loss = partb_lm_head_ce(hidden, weight, targets, loss_mask, chunk_rows=4, impl="triton")
+        loss = partb_lm_head_ce(hidden, weight, targets, loss_mask, chunk_vocab=300, impl="triton")
     expected = partb_ce_float64(hidden.double(), weight.double(), targets, loss_mask)
     assert_close_to_reference("loss", loss, expected, kind="output")
 
