@@ -38,8 +38,10 @@ EVAL_BATCH_EXAMPLES = 32
 __all__ = [
     "ClozeEvaluator",
     "ClozeExample",
+    "ClozeItem",
     "ClozeScorer",
     "ClozeTask",
+    "encode_examples",
     "load_task_examples",
     "read_cloze_jsonl",
 ]
@@ -100,15 +102,22 @@ def load_task_examples(
         return train, val
     if task.endswith(".jsonl"):
         return read_cloze_jsonl(task), (read_cloze_jsonl(val_file) if val_file else [])
-    raise ConfigError(f"unknown fine-tuning task {task!r}; expected 'demo', a SuperGLUE task name or a .jsonl file")
+    raise ConfigError(f"unknown fine-tuning task {task!r}; expected 'demo' or a .jsonl file here")
 
 
 # ------------------------------------------------------------------------------------------------------- scoring
 @dataclass
-class _Encoded:
-    samples: list[GLMInput]  # single-token: one per example; multi-token: one per choice
-    choice_ids: list[list[int]]  # per choice, its token ids (single-token: one id each)
+class ClozeItem:
+    """One scored unit, already laid out: ``samples`` is one ``[CLS] A [eos] [sop]`` input (single-token cloze,
+    scored at the ids ``choice_ids[i][0]``) or one input per choice (multi-token); ``label`` indexes the choices."""
+
+    samples: list[GLMInput]
+    choice_ids: list[list[int]]
     label: int
+
+    @property
+    def single_token(self) -> bool:
+        return len(self.samples) == 1 and len(self.choice_ids) > 1
 
 
 class ClozeScorer:
@@ -136,23 +145,25 @@ class ClozeScorer:
             raise DataError(f"choice {choice!r} encodes to no tokens")
         return ids
 
-    def encode(self, example: ClozeExample, single_token: bool, append_eop: bool) -> _Encoded:
+    def encode(self, example: ClozeExample, single_token: bool, append_eop: bool) -> ClozeItem:
         text_ids = self.tokenizer.encode(example.text)
         choice_ids = [self.encode_choice(c) for c in example.choices]
         if single_token:
             sample = build_single_token_cloze(text_ids, self.tokens, max_length=self.max_length)
-            return _Encoded([sample], choice_ids, example.label)
+            return ClozeItem([sample], choice_ids, example.label)
         samples = build_candidate_sequences(
             text_ids, choice_ids, self.tokens, append_eop=append_eop, max_length=self.max_length
         )
-        return _Encoded(samples, choice_ids, example.label)
+        return ClozeItem(samples, choice_ids, example.label)
 
-    def scores(self, model: nn.Module, encoded: Sequence[_Encoded], device: torch.device) -> torch.Tensor:
+    def scores(self, model: nn.Module, encoded: Sequence[ClozeItem], device: torch.device) -> torch.Tensor:
         """``[N, C_max]`` float32 scores, :data:`SCORE_PAD` where an example has fewer choices."""
         if not encoded:
             raise DataError("no examples to score")
         width = max(len(e.choice_ids) for e in encoded)
-        single = len(encoded[0].samples) == 1 and len(encoded[0].choice_ids) > 1
+        single = encoded[0].single_token
+        if any(e.single_token != single for e in encoded):
+            raise DataError("a batch mixes single-token and multi-token items; score them separately")
         if single:
             flat = [e.samples[0] for e in encoded]
         else:
@@ -202,28 +213,27 @@ def _candidate_log_likelihood(glm: GLMModel, batch: dict[str, torch.Tensor]) -> 
 
 # ------------------------------------------------------------------------------------------------------- training
 class ClozeTask:
-    """Fine-tuning data for :func:`glm_core.train.train`: step ``k``'s global batch is examples
+    """Fine-tuning data for :func:`glm_core.train.train`: step ``k``'s global batch is items
     ``perm_e[(k * B + i) % N]`` (epoch permutations seeded by ``(seed, e)``), sliced per rank and micro-batch."""
 
     def __init__(
         self,
-        examples: Sequence[ClozeExample],
+        items: Sequence[ClozeItem],
         tokenizer: Any,
         micro_batch_size: int,
         grad_accum: int,
         world_size: int,
         *,
         seed: int = 0,
-        max_length: int | None = None,
-        append_eop: str | bool = "auto",
         name: str = "cloze",
     ) -> None:
-        if not examples:
+        if not items:
             raise DataError("fine-tuning needs at least one training example")
-        self.examples = list(examples)
-        self.scorer = ClozeScorer(tokenizer, max_length=max_length, append_eop=append_eop)
-        self.single_token, self.append_eop = self.scorer.resolve_mode(self.examples)
-        self.encoded = [self.scorer.encode(e, self.single_token, self.append_eop) for e in self.examples]
+        if len({item.single_token for item in items}) > 1:
+            raise DataError("a fine-tuning task mixes single-token and multi-token items; expected one kind")
+        self.encoded = list(items)
+        self.scorer = ClozeScorer(tokenizer)
+        self.single_token = self.encoded[0].single_token
         self.micro_batch_size = micro_batch_size
         self.grad_accum = grad_accum
         self.global_batch_size = micro_batch_size * grad_accum * world_size
@@ -231,8 +241,8 @@ class ClozeTask:
         self.name = name
 
     def _example_index(self, global_index: int) -> int:
-        epoch, i = divmod(global_index, len(self.examples))
-        perm = np.random.default_rng([self.seed, epoch, 0xF17E]).permutation(len(self.examples))
+        epoch, i = divmod(global_index, len(self.encoded))
+        perm = np.random.default_rng([self.seed, epoch, 0xF17E]).permutation(len(self.encoded))
         return int(perm[i])
 
     def micro_batches(self, step: int, rank: int, world_size: int) -> list[dict[str, Any]]:
@@ -254,29 +264,21 @@ class ClozeTask:
     def describe(self) -> dict[str, Any]:
         return {
             "task": f"finetune:{self.name}",
-            "examples": len(self.examples),
+            "items": len(self.encoded),
             "single_token": self.single_token,
-            "append_eop": self.append_eop,
             "seed": self.seed,
         }
 
 
 class ClozeEvaluator:
-    """``evaluate(model) -> {"<name>_accuracy": ..., "<name>_examples": ...}`` for the training loop's hook."""
+    """``evaluate(model) -> {"<name>_accuracy": ..., "<name>_items": ...}`` for the training loop's hook."""
 
-    def __init__(
-        self,
-        examples: Sequence[ClozeExample],
-        tokenizer: Any,
-        *,
-        name: str = "cloze",
-        max_length: int | None = None,
-        append_eop: str | bool = "auto",
-    ) -> None:
+    def __init__(self, items: Sequence[ClozeItem], tokenizer: Any, *, name: str = "cloze") -> None:
+        if not items:
+            raise DataError("no evaluation examples")
         self.name = name
-        self.scorer = ClozeScorer(tokenizer, max_length=max_length, append_eop=append_eop)
-        single, eop = self.scorer.resolve_mode(examples)
-        self.encoded = [self.scorer.encode(e, single, eop) for e in examples]
+        self.scorer = ClozeScorer(tokenizer)
+        self.encoded = list(items)
 
     def __call__(self, model: GLMModel) -> dict[str, Any]:
         device = next(model.parameters()).device
@@ -287,4 +289,13 @@ class ClozeEvaluator:
                 scores = self.scorer.scores(model, chunk, device)
                 predictions = scores.argmax(dim=1).cpu().tolist()
                 correct += sum(int(p == e.label) for p, e in zip(predictions, chunk, strict=True))
-        return {f"{self.name}_accuracy": correct / len(self.encoded), f"{self.name}_examples": len(self.encoded)}
+        return {f"{self.name}_accuracy": correct / len(self.encoded), f"{self.name}_items": len(self.encoded)}
+
+
+def encode_examples(
+    examples: Sequence[ClozeExample], tokenizer: Any, *, max_length: int | None = None, append_eop: str | bool = "auto"
+) -> list[ClozeItem]:
+    """Lay out ``{"text", "choices", "label"}`` examples; one scoring mode for the whole set (see the module doc)."""
+    scorer = ClozeScorer(tokenizer, max_length=max_length, append_eop=append_eop)
+    single, eop = scorer.resolve_mode(examples)
+    return [scorer.encode(e, single, eop) for e in examples]

@@ -517,8 +517,11 @@ def train(
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 
+        # GLMModel runs a layer through _layer_forward (never GLMLayer.__call__), so the units FSDP can hook are the
+        # attention and MLP modules; LayerNorms, embeddings and position tables belong to the root unit.
         for layer in model.transformer.layers:
-            fully_shard(layer)
+            fully_shard(layer.attention)
+            fully_shard(layer.mlp)
         fully_shard(wrapped)
     elif ctx.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -773,9 +776,15 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--eval-limit", type=int, default=None, help="examples per evaluation task")
     ft = sub.add_parser("finetune", help="cloze fine-tuning: CE over verbalizer / candidate scores (spec §6.1)")
     _add_common(ft)
-    ft.add_argument("--task", required=True, help="demo, a SuperGLUE task name, or a path to a train .jsonl")
+    ft.add_argument(
+        "--task", required=True, help="demo, boolq|cb|copa|multirc|rte|wic (optionally :PATTERN), or a .jsonl"
+    )
     ft.add_argument("--data-dir", default="evaluation/data")
-    ft.add_argument("--val-file", default=None)
+    ft.add_argument(
+        "--val-file", default=None, help="validation .jsonl for a .jsonl --task (demo: DATA/demo/val.jsonl)"
+    )
+    ft.add_argument("--train-split", default="train", help="split trained on, for evaluation-package tasks")
+    ft.add_argument("--val-split", default="val", help="split evaluated on, for evaluation-package tasks")
     ft.add_argument("--max-length", type=int, default=256)
     ft.add_argument(
         "--append-eop",
@@ -952,7 +961,63 @@ def evaluation_factory(args: argparse.Namespace) -> EvaluateFactory:
     return factory
 
 
-def run(args: argparse.Namespace, evaluate_factory: EvaluateFactory | None = None) -> dict[str, Any]:
+TaskLoader = Callable[[str, Any, int], list[Any]]  # (split, tokenizer, max_length) -> list[ClozeItem]
+FINETUNE_EVALUATION_TASKS = ("boolq", "cb", "copa", "multirc", "rte", "wic")
+
+
+def evaluation_task_loader(args: argparse.Namespace) -> TaskLoader | None:
+    """For ``finetune --task NAME`` with a task of the evaluation package: its examples laid out by its own
+    patterns and verbalizers (spec §6.1), as fine-tuning items. Called from :func:`main` only (DESIGN.md layers).
+
+    Single-token tasks give one item per scored unit (MultiRC: per answer option) with the verbalizer ids as
+    choices; COPA gives one sequence per candidate (+eop). WSC and ReCoRD, whose training losses differ
+    (spec §6.1), are not supported. The original COPA training doubles the data with swapped choices; not done here.
+    """
+    if getattr(args, "command", "") != "finetune" or args.task == "demo" or args.task.endswith(".jsonl"):
+        return None
+    from types import SimpleNamespace
+
+    from evaluation.tasks import get_task
+    from evaluation.tasks.cloze import ClozeClassificationTask, MultipleChoiceTask, encode_candidate
+    from glm_core.errors import DataError
+    from glm_core.finetune import ClozeItem
+
+    task = get_task(args.task)
+    if task.name not in FINETUNE_EVALUATION_TASKS:
+        raise ConfigError(
+            f"fine-tuning task {task.name!r} is not supported; expected demo, a .jsonl file or one of "
+            f"{', '.join(FINETUNE_EVALUATION_TASKS)}"
+        )
+
+    def load(split: str, tokenizer: Any, max_length: int) -> list[Any]:
+        examples = task.read(Path(args.data_dir), split, None)
+        ctx = SimpleNamespace(tokenizer=tokenizer, special=tokenizer.special, max_length=max_length)
+        items = []
+        for ex in examples:
+            samples = task.samples(ex, ctx)
+            if isinstance(task, ClozeClassificationTask):
+                verbalizers = task.verbalizer_ids(tokenizer)
+                per_unit = 1 if all(len(v) == 1 for v in verbalizers) else len(verbalizers)
+                for u, (_, gold) in enumerate(task.units(ex)):
+                    if gold is None:
+                        raise DataError(f"task {task.name!r}, split {split!r}: example {ex.key!r} has no label")
+                    items.append(ClozeItem(samples[u * per_unit : (u + 1) * per_unit], verbalizers, int(gold)))
+            elif isinstance(task, MultipleChoiceTask):
+                label = ex.data.get("label")
+                if label is None:
+                    raise DataError(f"task {task.name!r}, split {split!r}: example {ex.key!r} has no label")
+                choices = [encode_candidate(c, tokenizer) for c in task.candidates(ex)]
+                items.append(ClozeItem(samples, choices, int(label)))
+        return items
+
+    return load
+
+
+def run(
+    args: argparse.Namespace,
+    evaluate_factory: EvaluateFactory | None = None,
+    task_loader: TaskLoader | None = None,
+) -> dict[str, Any]:
     ctx = init_distributed(args.device)
     config, weights_dir = _model_config(args)
     tokenizer = _load_tokenizer(args, weights_dir)
@@ -989,26 +1054,23 @@ def run(args: argparse.Namespace, evaluate_factory: EvaluateFactory | None = Non
         task: TrainingTask = PretrainTask(sampler, args.micro_batch_size, args.grad_accum, ctx.world_size)
         evaluate = evaluate_factory(tokenizer) if evaluate_factory is not None else None
     else:
-        from glm_core.finetune import ClozeEvaluator, ClozeTask, load_task_examples
+        from glm_core.finetune import ClozeEvaluator, ClozeTask, encode_examples, load_task_examples
 
-        train_examples, val_examples = load_task_examples(args.task, args.data_dir, args.val_file)
-        task = ClozeTask(
-            train_examples,
-            tokenizer,
-            args.micro_batch_size,
-            args.grad_accum,
-            ctx.world_size,
-            seed=args.seed,
-            max_length=seq_length,
-            append_eop=args.append_eop,
-        )
-        evaluate = (
-            None
-            if (args.no_eval or not val_examples)
-            else ClozeEvaluator(
-                val_examples, tokenizer, name=str(args.task), max_length=seq_length, append_eop=task.append_eop
+        if task_loader is not None:  # a task of the evaluation package (SuperGLUE), laid out by its patterns
+            train_items = task_loader(args.train_split, tokenizer, seq_length)
+            val_items = [] if args.no_eval else task_loader(args.val_split, tokenizer, seq_length)
+        else:
+            train_examples, val_examples = load_task_examples(args.task, args.data_dir, args.val_file)
+            # one scoring mode for train and val (single-token only if every choice of both is one token)
+            items = encode_examples(
+                [*train_examples, *val_examples], tokenizer, max_length=seq_length, append_eop=args.append_eop
             )
+            train_items, val_items = items[: len(train_examples)], items[len(train_examples) :]
+        name = Path(args.task).stem if args.task.endswith(".jsonl") else args.task
+        task = ClozeTask(
+            train_items, tokenizer, args.micro_batch_size, args.grad_accum, ctx.world_size, seed=args.seed, name=name
         )
+        evaluate = None if (args.no_eval or not val_items) else ClozeEvaluator(val_items, tokenizer, name=name)
 
     resume = _resume_path(args)
     meta = {
@@ -1069,7 +1131,7 @@ def run(args: argparse.Namespace, evaluate_factory: EvaluateFactory | None = Non
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        summary = run(args, evaluation_factory(args))
+        summary = run(args, evaluation_factory(args), evaluation_task_loader(args))
     except GLMError as exc:
         print(f"glm-train: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -109,6 +109,22 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(setup):
     assert summary["world_size"] == 2 and summary["steps"] == STEPS
 
 
+def test_two_process_fsdp_matches_one_process(setup):
+    root = setup["root"]
+    single = root / "single-fsdp-ref"
+    one = _run(_args(setup, single, "--micro-batch-size", "2", "--grad-accum", "2", "--dropout", "0", "--steps", "3"))
+    assert one.returncode == 0, one.stderr
+    sharded = root / "fsdp"
+    two = _run(_args(setup, sharded, "--micro-batch-size", "2", "--dropout", "0", "--steps", "3", "--fsdp"), torchrun=2)
+    assert two.returncode == 0, two.stderr
+    a, b = _losses(single), _losses(sharded)
+    # float tolerance: the sharded all-gather / reduce-scatter sums in another order
+    np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-5, atol=1e-6)
+    wa, wb = _weights(single / "final"), _weights(sharded / "final")
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------ resume
 def test_resumed_run_reproduces_the_uninterrupted_run_exactly(setup):
     root = setup["root"]
