@@ -41,6 +41,9 @@ else:
 
 OP_NAME = "add_dropout_layernorm"
 MAX_FUSED_HIDDEN = 16384  # one row must fit in registers: BLOCK_N = next_power_of_2(hidden) <= this
+# 4 dropout draws per Philox call when hidden % 4 == 0 (tl.join/tl.reshape); False: one call per element.
+# The two settings give different (each self-consistent) masks.
+PHILOX_4_DRAWS_PER_CALL = True
 
 
 def add_dropout_layernorm(
@@ -137,7 +140,7 @@ def dropout_keep_mask(shape: torch.Size | tuple[int, ...], dropout_p: float, see
     keep = torch.empty((rows, hidden), dtype=torch.int8, device=device)
     block_n = triton.next_power_of_2(hidden)
     _dropout_keep_kernel[(rows,)](
-        keep, hidden, _drop_threshold(dropout_p), int(seed), VEC4=hidden % 4 == 0, BLOCK_N=block_n
+        keep, hidden, _drop_threshold(dropout_p), int(seed), VEC4=_vec4(hidden), BLOCK_N=block_n
     )
     return keep.view(shape).bool()
 
@@ -172,6 +175,10 @@ def _drop_threshold(p: float) -> int:
     return min(int(p * 2**32), 2**32 - 1)
 
 
+def _vec4(hidden: int) -> bool:
+    return PHILOX_4_DRAWS_PER_CALL and hidden % 4 == 0
+
+
 def _draw_seed() -> int:
     # from torch's CPU generator, so torch.manual_seed makes runs reproducible; no device sync
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
@@ -195,7 +202,7 @@ class _AddDropoutLayerNorm(torch.autograd.Function):
         _ln_fwd_kernel[(triton.cdiv(rows, block_m),)](
             x2, r2 if r2 is not None else x2, weight, bias, y, s, mean, rstd,
             rows, hidden, eps, p, _drop_threshold(p), seed,
-            HAS_RESIDUAL=r2 is not None, HAS_DROPOUT=p > 0.0, VEC4=hidden % 4 == 0, STORE_S=store_s,
+            HAS_RESIDUAL=r2 is not None, HAS_DROPOUT=p > 0.0, VEC4=_vec4(hidden), STORE_S=store_s,
             ROUND_BF16=round_bf16_in_interpreter(out_dtype),
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=launch.num_warps(block_m, block_n),
         )  # fmt: skip
@@ -229,7 +236,7 @@ class _AddDropoutLayerNorm(torch.autograd.Function):
             rows, hidden, ctx.p, _drop_threshold(ctx.p), ctx.seed,
             TILES_PER_PROGRAM=tiles_per_program,
             HAS_DS_OUT=ds_out is not None, HAS_RESIDUAL=ctx.has_residual,
-            HAS_DROPOUT=ctx.p > 0.0, VEC4=hidden % 4 == 0,
+            HAS_DROPOUT=ctx.p > 0.0, VEC4=_vec4(hidden),
             ROUND_BF16_DX=round_bf16_in_interpreter(dx.dtype),
             ROUND_BF16_DRES=dres is not None and round_bf16_in_interpreter(dres.dtype),
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=launch.num_warps(block_m, block_n),
