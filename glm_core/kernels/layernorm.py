@@ -7,15 +7,16 @@ With ``residual=None`` and no dropout this is a plain LayerNorm and ``new_residu
 
 Triton path (``impl="triton"``):
 - forward: each program normalises a ``[BLOCK_M, BLOCK_N]`` tile of whole rows (``BLOCK_N`` = next power of two
-  >= hidden, masked; launch shapes in ``launch.py``), fp32 statistics; ``new_residual`` is rounded to its storage dtype *before* normalising, so the stored tensor is
-  exactly what was normalised (eager semantics, and backward can reuse it).
+  >= hidden, masked; launch shapes in ``launch.py``), fp32 statistics; ``new_residual`` is rounded to its storage
+  dtype *before* normalising, so the stored tensor is exactly what was normalised (eager semantics, and backward
+  can reuse it).
 - dropout: an element is kept when its uint32 Philox draw (seed, flat element index) is >= p * 2**32 — four
   elements per Philox call when hidden % 4 == 0 — and the mask is regenerated in backward from the same seed: no
-  mask is stored. :func:`dropout_keep_mask` returns the mask a given seed
-  produces, so the torch reference can be run with the kernel's own mask (spec §5.3).
+  mask is stored. :func:`dropout_keep_mask` returns the mask a given seed produces, so the torch reference can be
+  run with the kernel's own mask (spec §5.3).
 - backward: each program walks ``TILES_PER_PROGRAM`` consecutive row tiles, writes dx / dresidual and accumulates
-  its dW/dB partial sums in fp32 registers; the per-program partials are then summed in fp32 (two-stage reduction, spec §6
-  item 8) and cast to the parameter dtype.
+  its dW/dB partial sums in fp32 registers; the per-program partials are then summed in fp32 (two-stage
+  reduction, spec §6 item 8) and cast to the parameter dtype.
 
 The torch reference (``impl="torch"``) is plain eager ops in the input dtype; with float64 inputs it is the test
 oracle. It accepts an explicit ``dropout_mask``; without one it draws its own (torch RNG, seeded by ``seed``).
