@@ -69,11 +69,6 @@ def test_start_up_only_installs_one_hook_and_imports_nothing_else(child_report: 
     assert not child_report["plugin_at_start"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="evaluation/__init__.py imports evaluation.backends (numpy, tokenizers) eagerly: ~200 ms added to every "
-    "interpreter start-up through the .pth; spec §1.3 C measured 0.5 ms for an import-light bootstrap",
-)
 def test_start_up_imports_no_heavy_module(child_report: dict) -> None:
     assert child_report["heavy_at_start"] == []
 
