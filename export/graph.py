@@ -201,3 +201,26 @@ def export_program(module: GLMExportModule, opset: int = DEFAULT_OPSET) -> torch
     if program is None:  # pragma: no cover - dynamo export always returns a program
         raise RuntimeError("torch.onnx.export returned no program")
     return program
+
+
+def release_exporter_caches() -> int:
+    """Drop the last exported graph that onnxscript's rewrite rules keep alive; returns how many were cleared.
+
+    onnxscript 0.7's module-level rewrite rules keep a reference to the last graph they matched (their
+    ``SimplePatternMatcher._graph``), and through it to every exported weight: the traced model's memory then
+    outlives the export (measured: glm-large's 1.5 GB stayed resident). Clearing it lets the weights go.
+    """
+    import gc
+
+    cleared = 0
+    for obj in gc.get_objects():
+        module = getattr(type(obj), "__module__", None)
+        if not (isinstance(module, str) and module.startswith("onnxscript.rewriter")):
+            continue
+        if getattr(obj, "_graph", None) is not None:
+            for attr in ("_graph", "_current_node", "_match"):
+                if hasattr(obj, attr):
+                    setattr(obj, attr, None)
+            cleared += 1
+    gc.collect()
+    return cleared

@@ -88,6 +88,77 @@ def save_model_file(model: onnx.ModelProto, directory: Path, external: bool) -> 
     return []
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _length_field(number: int, length: int) -> bytes:
+    """Protobuf key + length of a length-delimited field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+# Field numbers of onnx.proto3: ModelProto.graph, GraphProto.initializer, TensorProto.raw_data.
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+_COPY_CHUNK = 64 * 1024 * 1024
+
+
+def inline_external_data(src: Path, dst: Path) -> None:
+    """Rewrite ``src`` (weights in external files beside it) as one self-contained ``dst``, streaming the bytes.
+
+    ``onnx.load`` + ``onnx.save`` would hold the weights twice (the loaded protobuf and its serialisation); here the
+    protobuf is written field by field (a message is the concatenation of its fields, in any order), so memory stays
+    at one copy chunk whatever the model size. Only for models under protobuf's 2 GB limit.
+    """
+    model = onnx.load(str(src), load_external_data=False)
+    graph = model.graph
+    pieces: list[tuple[bytes, Path | None, int, int]] = []  # (encoded head, data file, offset, length)
+    for tensor in graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            pieces.append((tensor.SerializeToString(), None, 0, 0))
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        data_file = src.parent / info["location"]
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else data_file.stat().st_size - offset
+        tensor.ClearField("external_data")
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        head = tensor.SerializeToString() + _length_field(_TENSOR_RAW_DATA, length)
+        pieces.append((head, data_file, offset, length))
+    graph.ClearField("initializer")
+    graph_rest = graph.SerializeToString()
+    encoded = [
+        (_length_field(_GRAPH_INITIALIZER, len(head) + length), head, f, off, length) for head, f, off, length in pieces
+    ]
+    graph_length = len(graph_rest) + sum(len(key) + len(head) + length for key, head, _, _, length in encoded)
+    model.ClearField("graph")
+    with open(dst, "wb") as out:
+        out.write(model.SerializeToString())
+        out.write(_length_field(_MODEL_GRAPH, graph_length))
+        out.write(graph_rest)
+        for key, head, data_file, offset, length in encoded:
+            out.write(key)
+            out.write(head)
+            if data_file is None:
+                continue
+            with open(data_file, "rb") as data:
+                data.seek(offset)
+                remaining = length
+                while remaining:
+                    chunk = data.read(min(_COPY_CHUNK, remaining))
+                    if not chunk:
+                        raise ExportError(f"{data_file}: truncated external data (tensor {key!r})")
+                    out.write(chunk)
+                    remaining -= len(chunk)
+
+
 def model_config(
     config: GLMConfig,
     *,

@@ -86,14 +86,17 @@ def validation_special_tokens(special: SpecialTokens | None, vocab_size: int) ->
     return sentencepiece_tokens(num_pieces=vocab_size - 10)
 
 
-def _text_ids(tokenizer: Any, special: SpecialTokens, count: int, rng: np.random.Generator) -> np.ndarray:
+def _text_ids(
+    tokenizer: Any, special: SpecialTokens, vocab_size: int, count: int, rng: np.random.Generator
+) -> np.ndarray:
     if tokenizer is not None:
         ids = tokenizer.encode(PPL_TEXT)
         if len(ids) >= 8:
             reps = -(-count // len(ids))
             return np.asarray((ids * reps)[:count], dtype=np.int64)
-    low = min(i for i in special.to_dict().values() if isinstance(i, int))
-    return rng.integers(0, low, size=count, dtype=np.int64)
+    reserved = [i for i in special.to_dict().values() if isinstance(i, int)]
+    vocab = np.setdiff1d(np.arange(vocab_size), reserved)  # ordinary tokens only
+    return rng.choice(vocab, size=count).astype(np.int64)
 
 
 def make_reference(
@@ -158,7 +161,7 @@ def make_reference(
 
     # 3. greedy blank infilling, recording every step call for the replay
     tokens = validation_special_tokens(special, V)
-    text = _text_ids(tokenizer, tokens, 20, rng).tolist()
+    text = _text_ids(tokenizer, tokens, V, 20, rng).tolist()
     text = text[:6] + [tokens.mask] + text[6:14] + [tokens.mask] + text[14:]
     prompt = build_generation_prompt(text, tokens)
     recorder = _Recorder(step)
@@ -181,7 +184,7 @@ def make_reference(
 
     # 4. perplexity text (left to right: sep = 0, positions 0..T-1)
     T = min(PPL_TOKENS, max_pos + 1)
-    text_ids = _text_ids(tokenizer, tokens, T, rng)[None]  # [1, T]
+    text_ids = _text_ids(tokenizer, tokens, V, T, rng)[None]  # [1, T]
     logits, _ = step.step(text_ids, positions(1, 0, T), np.zeros(1, dtype=np.int64), None)
     arrays.update({"ppl.ids": text_ids, "ppl.logits": logits})
     meta["ppl_tokens"] = T

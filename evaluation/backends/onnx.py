@@ -2,8 +2,8 @@
 
 A model directory is what ``python -m export.onnx`` writes: ``model.onnx`` (+ its external data file),
 ``glm_config.json`` (input/output names, dims, dtypes, layer/head counts, special ids) and, when the checkpoint had
-them, tokenizer files. This module reads only that directory and imports only numpy, onnxruntime, onnx (optional,
-for the external-data check) and torch-free ``glm_core`` modules (DESIGN.md: the ONNX path needs no torch).
+them, tokenizer files. This module reads only that directory and imports only numpy, onnxruntime and torch-free
+``glm_core`` modules (DESIGN.md: the ONNX path needs no torch, nor the onnx package).
 
     backend = OnnxBackend("glm-tiny-onnx")
     logits, present = backend.step(input_ids, position_ids, sep, None)      # prefill (P = 0)
@@ -89,63 +89,133 @@ def _escapes(root: Path, location: str) -> bool:
     return target != base and base not in target.parents
 
 
-def _tensors_with_external_data(graph: Any) -> list[Any]:
-    """Every TensorProto of ``graph`` and its subgraphs that keeps its bytes in an external file."""
-    found: list[Any] = []
-    tensors = list(graph.initializer)
-    for sparse in graph.sparse_initializer:
-        tensors += [sparse.values, sparse.indices]
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                tensors.append(attr.t)
-            tensors += list(attr.tensors)
-            if attr.HasField("g"):
-                found += _tensors_with_external_data(attr.g)
-            for sub in attr.graphs:
-                found += _tensors_with_external_data(sub)
-    external = 1  # onnx.TensorProto.EXTERNAL
-    found += [t for t in tensors if t.data_location == external]
-    return found
+# Field numbers of onnx.proto3 that can lead to a TensorProto (the check walks the protobuf wire format itself, so
+# it needs no onnx package and never copies the weights of an inline model).
+_MODEL_GRAPH, _MODEL_FUNCTIONS = 7, 25
+_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE_INITIALIZER = 1, 5, 15
+_FUNCTION_NODE = 7
+_NODE_ATTRIBUTE = 5
+_ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE_TENSOR, _ATTR_SPARSE_TENSORS = 5, 6, 10, 11, 22, 23
+_SPARSE_VALUES, _SPARSE_INDICES = 1, 2
+_TENSOR_NAME, _TENSOR_EXTERNAL_DATA = 8, 13
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2
+
+
+class _Wire:
+    """Minimal protobuf wire-format reader over a memory map: yields length-delimited fields as byte ranges."""
+
+    def __init__(self, buf: Any, path: Path) -> None:
+        self.buf = buf
+        self.path = path
+
+    def _varint(self, pos: int, end: int) -> tuple[int, int]:
+        value, shift = 0, 0
+        while True:
+            if pos >= end or shift > 63:
+                raise ExportError(f"{self.path}: not a valid ONNX protobuf (bad varint)")
+            byte = self.buf[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value, pos
+            shift += 7
+
+    def fields(self, start: int, end: int) -> Any:
+        """Yield ``(field number, start, end)`` of every length-delimited field in ``[start, end)``."""
+        pos = start
+        while pos < end:
+            key, pos = self._varint(pos, end)
+            number, wire_type = key >> 3, key & 7
+            if wire_type == 0:
+                _, pos = self._varint(pos, end)
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 5:
+                pos += 4
+            elif wire_type == 2:
+                length, pos = self._varint(pos, end)
+                if pos + length > end:
+                    raise ExportError(f"{self.path}: not a valid ONNX protobuf (field runs past its message)")
+                yield number, pos, pos + length
+                pos += length
+            else:
+                raise ExportError(f"{self.path}: not a valid ONNX protobuf (wire type {wire_type})")
+            if pos > end:
+                raise ExportError(f"{self.path}: not a valid ONNX protobuf (truncated)")
+
+    def text(self, start: int, end: int) -> str:
+        return bytes(self.buf[start:end]).decode("utf-8", errors="replace")
+
+
+def _external_locations(wire: _Wire, start: int, end: int, kind: str, found: list[tuple[str, str]]) -> None:
+    """Collect ``(tensor name, location)`` of every external-data tensor inside a message of ``kind``."""
+    for number, a, b in wire.fields(start, end):
+        if kind == "model":
+            if number == _MODEL_GRAPH:
+                _external_locations(wire, a, b, "graph", found)
+            elif number == _MODEL_FUNCTIONS:
+                _external_locations(wire, a, b, "function", found)
+        elif kind == "graph":
+            if number == _GRAPH_NODE:
+                _external_locations(wire, a, b, "node", found)
+            elif number == _GRAPH_INITIALIZER:
+                _external_locations(wire, a, b, "tensor", found)
+            elif number == _GRAPH_SPARSE_INITIALIZER:
+                _external_locations(wire, a, b, "sparse", found)
+        elif kind == "function" and number == _FUNCTION_NODE:
+            _external_locations(wire, a, b, "node", found)
+        elif kind == "node" and number == _NODE_ATTRIBUTE:
+            _external_locations(wire, a, b, "attribute", found)
+        elif kind == "attribute":
+            if number in (_ATTR_T, _ATTR_TENSORS):
+                _external_locations(wire, a, b, "tensor", found)
+            elif number in (_ATTR_G, _ATTR_GRAPHS):
+                _external_locations(wire, a, b, "graph", found)
+            elif number in (_ATTR_SPARSE_TENSOR, _ATTR_SPARSE_TENSORS):
+                _external_locations(wire, a, b, "sparse", found)
+        elif kind == "sparse" and number in (_SPARSE_VALUES, _SPARSE_INDICES):
+            _external_locations(wire, a, b, "tensor", found)
+    if kind == "tensor":
+        name, entries = "", {}
+        for number, a, b in wire.fields(start, end):
+            if number == _TENSOR_NAME:
+                name = wire.text(a, b)
+            elif number == _TENSOR_EXTERNAL_DATA:
+                entry = {n: wire.text(x, y) for n, x, y in wire.fields(a, b)}
+                entries[entry.get(_ENTRY_KEY, "")] = entry.get(_ENTRY_VALUE, "")
+        if entries:
+            found.append((name, entries.get("location", "")))
 
 
 def check_external_data(model_path: str | os.PathLike[str]) -> list[str]:
     """Refuse a model whose external-data paths leave its directory; return the data files it uses.
 
     Done before ORT opens the file: an ``.onnx`` file from elsewhere could otherwise make ORT read any file on
-    the machine (``location`` = ``/etc/...`` or ``../../...``).
+    the machine (``location`` = ``/etc/...`` or ``../../...``). The file is memory-mapped and walked in protobuf
+    wire format, so an inline multi-GB model costs no extra memory.
     """
-    import onnx
+    import mmap
 
     path = Path(model_path)
     if not path.is_file():
         raise ExportError(f"{path}: ONNX model file not found")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError, onnx raises its own types
-        raise ExportError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {str(exc)[:200]})") from None
-    graphs = [model.graph] + [f for f in model.functions]
-    tensors: list[Any] = []
-    for g in graphs:
-        if hasattr(g, "initializer"):
-            tensors += _tensors_with_external_data(g)
-        else:  # FunctionProto: only node attributes can hold tensors
-            for node in g.node:
-                for attr in node.attribute:
-                    if attr.HasField("t") and attr.t.data_location == 1:
-                        tensors.append(attr.t)
+    found: list[tuple[str, str]] = []
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise ExportError(f"{path}: empty file, not an ONNX model")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            wire = _Wire(buf, path)
+            _external_locations(wire, 0, len(buf), "model", found)
     root = path.parent
     files: list[str] = []
-    for tensor in tensors:
-        entries = {e.key: e.value for e in tensor.external_data}
-        location = entries.get("location", "")
+    for name, location in found:
         if _escapes(root, location):
             raise ExportError(
-                f"{path}: tensor {tensor.name!r} keeps its data at {location!r}, outside the model directory; "
+                f"{path}: tensor {name!r} keeps its data at {location!r}, outside the model directory; "
                 "external data must be a relative path inside the directory"
             )
         if not (root / location).is_file():
-            raise ExportError(f"{path}: external data file {location!r} of tensor {tensor.name!r} is missing")
+            raise ExportError(f"{path}: external data file {location!r} of tensor {name!r} is missing")
         if location not in files:
             files.append(location)
     return files

@@ -287,11 +287,17 @@ def test_int8_pass_quantizes_weight_matmuls(exported_dir: Path, tmp_path: Path) 
     onnx.checker.check_model(model)
 
 
-def test_external_data_always_stays_inside_the_directory(tiny_ckpt: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def external_dir(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from export.onnx import main
 
-    out = tmp_path / "ext"
+    out = tmp_path_factory.mktemp("ext") / "ext"
     assert main(["--ckpt", str(tiny_ckpt), "--out", str(out), "--external-data", "always", "--no-validate"]) == 0
+    return out
+
+
+def test_external_data_always_stays_inside_the_directory(external_dir: Path) -> None:
+    out = external_dir
     assert check_external_data(out / "model.onnx") == ["model.onnx.data"]
     assert json.loads((out / "glm_config.json").read_text())["external_data"] == ["model.onnx.data"]
     assert (out / "model.onnx").stat().st_size < (out / "model.onnx.data").stat().st_size
@@ -410,3 +416,26 @@ def test_help_shows_an_example(capsys) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     assert "python -m export.onnx --ckpt glm-tiny" in capsys.readouterr().out
+
+
+def test_truncated_model_file_is_a_clear_error(exported_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(exported_dir, bad)
+    data = (bad / "model.onnx").read_bytes()
+    (bad / "model.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ExportError, match="model.onnx"):
+        OnnxBackend(bad)
+
+
+def test_inline_writer_streams_external_data_into_one_equivalent_file(external_dir: Path, tmp_path: Path) -> None:
+    from export.model_dir import inline_external_data
+
+    ext = external_dir
+    inline_external_data(ext / "model.onnx", tmp_path / "inline.onnx")
+    a = onnx.load(str(ext / "model.onnx"))
+    b = onnx.load(str(tmp_path / "inline.onnx"))
+    onnx.checker.check_model(b, full_check=True)
+    assert [t.name for t in a.graph.initializer] == [t.name for t in b.graph.initializer]
+    for x, y in zip(a.graph.initializer, b.graph.initializer, strict=True):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(x), onnx.numpy_helper.to_array(y))
+    assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
