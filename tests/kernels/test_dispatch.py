@@ -16,7 +16,7 @@ from glm_core.errors import ConfigError, KernelUnavailableError
 from glm_core.kernels import AUTO_DISABLED, resolve_impl
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-OP = "bias_gelu"
+OP = "glm_attention"  # an op that no GPU finding disables in auto mode
 
 
 @pytest.fixture
@@ -49,11 +49,13 @@ def test_auto_disabled_entries_fall_back_to_torch_but_triton_still_runs(fake_cud
     assert resolve_impl("triton", "cuda", torch.float32, OP) == "triton"
 
 
-def test_recorded_gpu_finding_keeps_auto_layernorm_on_torch(fake_cuda):
-    # AUTO_DISABLED records the H200 measurement: the fused LayerNorm was slower than eager (see its reason)
+@pytest.mark.parametrize("op", ["add_dropout_layernorm", "bias_gelu"])
+def test_recorded_gpu_finding_keeps_auto_on_torch(fake_cuda, op):
+    # AUTO_DISABLED records the H200 measurements: these fused ops were slower than eager (see their reasons)
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        assert "slower" in AUTO_DISABLED[("add_dropout_layernorm", dtype)]
-        assert resolve_impl("auto", "cuda", dtype, "add_dropout_layernorm") == "torch"
+        assert "slower" in AUTO_DISABLED[(op, dtype)]
+        assert resolve_impl("auto", "cuda", dtype, op) == "torch"
+    assert resolve_impl("auto", "cuda", torch.bfloat16, "glm_attention") == "triton"
 
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
