@@ -47,14 +47,33 @@ StateDict = dict[str, torch.Tensor]
 
 
 # --------------------------------------------------------------------------------------------- reading files
+def _numpy_data_globals() -> list[object]:
+    """numpy's array/dtype reconstructors: data only, no code. The original code saves ``np.random.get_state()``
+    beside ``module`` (spec §4.1), which ``weights_only=True`` refuses unless these are allowed."""
+    import numpy as np
+
+    allowed: list[object] = [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    allowed.append(_reconstruct)
+    # files written under numpy 1.x name the old module path
+    allowed.append((_reconstruct, "numpy.core.multiarray._reconstruct"))
+    return allowed
+
+
 def _torch_load(path: Path) -> object:
     """``torch.load`` with ``weights_only=True``; map every failure to one clear error."""
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else "unsupported pickle content"
+        lines = str(exc).splitlines()
+        offending = next((ln.strip() for ln in lines if "Unsupported global" in ln or "GLOBAL" in ln), "")
+        msg = offending or (lines[0] if lines else "unsupported pickle content")
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
             raise UnsafeCheckpointError(
                 f"{path}: refused to load: the pickle references code outside the tensor allow-list "
@@ -110,16 +129,18 @@ def _read_index(path: Path) -> list[Path]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         weight_map = data["weight_map"]
+        if not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("every weight_map value must be a file name")
         files = sorted(set(weight_map.values()))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: malformed index file; expected JSON with a 'weight_map' object ({exc})") from None
-    root = path.parent.resolve()
+    root = path.parent
     shards = []
     for name in files:
-        shard = (root / name).resolve()
-        if root not in shard.parents:
+        # Names are checked, not resolved: a hub cache snapshot's shards are symlinks into ../../blobs.
+        if os.path.isabs(name) or ".." in Path(name).parts:
             raise CheckpointError(f"{path}: shard {name!r} points outside the checkpoint directory")
-        shards.append(shard)
+        shards.append(root / name)
     return shards
 
 
@@ -178,35 +199,56 @@ def merge_model_parallel(shards: list[StateDict]) -> StateDict:
     """Merge ``R`` model-parallel state dicts into one (spec §4.4, ``change_mp.py`` semantics)."""
     if len(shards) == 1:
         return dict(shards[0])
+    for rank, shard in enumerate(shards[1:], start=1):
+        if set(shard) != set(shards[0]):
+            diff = sorted(set(shards[0]) ^ set(shard))
+            raise CheckpointError(f"model-parallel rank {rank} has different keys than rank 0: {_short(diff)}")
     merged: StateDict = {}
     for key, first in shards[0].items():
         parts = [s[key] for s in shards]
-        if key.endswith("query_key_value.weight") or key.endswith("query_key_value.bias"):
-            # column-parallel with stride 3: each shard is [Q_r; K_r; V_r] -> [cat Q_r; cat K_r; cat V_r]
-            chunks = [p.chunk(3, dim=0) for p in parts]
-            merged[key] = torch.cat([torch.cat([c[i] for c in chunks], dim=0) for i in range(3)], dim=0)
-        elif key.endswith("word_embeddings.weight") or "dense_h_to_4h" in key:
-            merged[key] = torch.cat(parts, dim=0)  # vocab-parallel / column-parallel
-        elif key.endswith("attention.dense.weight") or key.endswith("dense_4h_to_h.weight"):
-            merged[key] = torch.cat(parts, dim=1)  # row-parallel: split on input features
-        else:
-            merged[key] = first  # LayerNorms, position tables, row-parallel biases: replicated
+        try:
+            merged[key] = _merge_key(key, first, parts)
+        except RuntimeError:
+            shapes = ", ".join(f"rank {r}: {tuple(p.shape)}" for r, p in enumerate(parts))
+            raise CheckpointError(f"model-parallel shards of {key!r} cannot be merged ({shapes})") from None
     return merged
+
+
+def _merge_key(key: str, first: torch.Tensor, parts: list[torch.Tensor]) -> torch.Tensor:
+    kind = _parallel_kind(key)
+    if kind == "qkv":
+        # column-parallel with stride 3: each shard is [Q_r; K_r; V_r] -> [cat Q_r; cat K_r; cat V_r]
+        chunks = [p.chunk(3, dim=0) for p in parts]
+        return torch.cat([torch.cat([c[i] for c in chunks], dim=0) for i in range(3)], dim=0)
+    if kind == "rows":
+        return torch.cat(parts, dim=0)  # vocab-parallel / column-parallel
+    if kind == "cols":
+        return torch.cat(parts, dim=1)  # row-parallel: split on input features
+    return first  # LayerNorms, position tables, row-parallel biases: replicated
+
+
+def _parallel_kind(key: str) -> str:
+    """How a parameter is split across model-parallel ranks (spec §4.4)."""
+    if key.endswith("query_key_value.weight") or key.endswith("query_key_value.bias"):
+        return "qkv"
+    if key.endswith("word_embeddings.weight") or "dense_h_to_4h" in key:
+        return "rows"
+    if key.endswith("attention.dense.weight") or key.endswith("dense_4h_to_h.weight"):
+        return "cols"
+    return "replicated"
 
 
 def split_model_parallel(state: StateDict, ranks: int) -> list[StateDict]:
     """Inverse of :func:`merge_model_parallel` (what ``change_mp.py`` does to split a checkpoint)."""
     out: list[StateDict] = [{} for _ in range(ranks)]
     for key, t in state.items():
-        if key.endswith("query_key_value.weight") or key.endswith("query_key_value.bias"):
+        kind = _parallel_kind(key)
+        if kind == "qkv":
             q, k, v = (c.chunk(ranks, dim=0) for c in t.chunk(3, dim=0))
             for r in range(ranks):
                 out[r][key] = torch.cat([q[r], k[r], v[r]], dim=0).clone()
-        elif key.endswith("word_embeddings.weight") or "dense_h_to_4h" in key:
-            for r, part in enumerate(t.chunk(ranks, dim=0)):
-                out[r][key] = part.clone()
-        elif key.endswith("attention.dense.weight") or key.endswith("dense_4h_to_h.weight"):
-            for r, part in enumerate(t.chunk(ranks, dim=1)):
+        elif kind in ("rows", "cols"):
+            for r, part in enumerate(t.chunk(ranks, dim=0 if kind == "rows" else 1)):
                 out[r][key] = part.clone()
         else:
             for r in range(ranks):
@@ -242,10 +284,15 @@ def infer_config(state: StateDict, source: str, gelu: str) -> GLMConfig:
     layer_ids = {int(m.group(1)) for k in state for m in [re.match(r"transformer\.layers\.(\d+)\.", k)] if m}
     if not layer_ids:
         raise CheckpointError(f"{source}: cannot infer the architecture: no transformer.layers.N keys")
-    heads = h // 64  # d = 64 for every released model (spec §1.6)
-    family = {30592: "bert", 50048: "sentencepiece", 50304: "gpt2"}.get(V, "bert")
-    name = next((n for n, p in PRESETS.items() if p["vocab_size"] == V and p["hidden_size"] == h
-                 and p["num_layers"] == len(layer_ids)), "custom")
+    candidates = [n for n, p in PRESETS.items() if p["vocab_size"] == V and p["hidden_size"] == h
+                  and p["num_layers"] == len(layer_ids) and p["max_sequence_length"] == rows - 1]
+    # glm-large / glm-doc have identical shapes; prefer the released blank-infilling name
+    name = candidates[0] if candidates else "custom"
+    preset = PRESETS.get(name)
+    # d = 64 for every released model (spec §1.6); a matched preset also settles the tokenizer family
+    # (glm-roberta-large and glm-2b/10b share V = 50304).
+    heads = preset["num_attention_heads"] if preset else h // 64
+    family = preset["tokenizer_family"] if preset else {30592: "bert", 50048: "sentencepiece", 50304: "gpt2"}.get(V, "bert")
     return GLMConfig(
         vocab_size=V,
         hidden_size=h,
@@ -310,6 +357,7 @@ def load_model(
     device: str | torch.device = "cpu",
     kernels: str = "torch",
     copy_gmask_row: bool | None = None,
+    random_weights: bool = False,
     seed: int = 0,
 ) -> GLMModel:
     """Load a GLM from a checkpoint directory/file or a preset name, in eval mode.
@@ -318,14 +366,22 @@ def load_model(
     bit-match the hub remote code) and ``"tanh"`` for original-layout ones (as trained), spec §1.4.
     ``copy_gmask_row``: for an original glm-10b-chinese checkpoint, copy embedding row 50007 to 50009 as the hub
     conversion does (spec §3.2 trap 3); ``None`` = do it when the inferred model is glm-10b-chinese.
+    ``random_weights``: presets other than ``glm-tiny`` have no weights in this package; with ``True`` they are built
+    with seeded random weights (export and benchmark work), otherwise asking for one is an error.
+    ``dtype="auto"`` keeps the checkpoint's own dtype (e.g. fp16 hub weights stay fp16).
     """
-    torch_dtype = _as_dtype(dtype)
+    torch_dtype = None if dtype == "auto" else _as_dtype(dtype)
     name = os.fspath(path_or_preset)
     if not os.path.exists(name):
         if name in SHIPPED_PRESETS:
             name = str(SHIPPED_PRESETS[name])
         elif name in PRESETS:
-            return _random_preset(name, torch_dtype, gelu, device, kernels, seed)
+            if not random_weights:
+                raise CheckpointError(
+                    f"preset {name!r} has no weights in this package: pass the directory of your {name} checkpoint "
+                    f"(hub or original layout), or ask for seeded random weights explicitly (random_weights=True)"
+                )
+            return _random_preset(name, torch_dtype or torch.float32, gelu, device, kernels, seed)
         elif os.sep not in name and not name.startswith("."):
             raise UnknownPresetError(
                 f"{name!r} is neither an existing checkpoint path nor a known preset; presets: {', '.join(sorted(PRESETS))}"
@@ -363,11 +419,20 @@ def _raw_config_keys(directory: Path) -> set[str]:
         return set()
 
 
-def _assemble(config: GLMConfig, state: StateDict, dtype: torch.dtype, kernels: str) -> GLMModel:
-    """Build on the meta device and adopt the loaded tensors: no second copy of the weights in memory."""
+def _assemble(config: GLMConfig, state: StateDict, dtype: torch.dtype | None, kernels: str) -> GLMModel:
+    """Build on the meta device and adopt the loaded tensors one by one: at most one extra tensor in memory.
+
+    ``dtype=None`` keeps each tensor's stored dtype (all must agree).
+    """
     with torch.device("meta"):
         model = GLMModel(config, kernels=kernels)
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    if dtype is None:
+        dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+        if len(dtypes) > 1:
+            dtype = torch.float32  # mixed files: the one dtype every tensor converts to losslessly enough
+    for key in list(state):
+        tensor = state.pop(key)
+        state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
     model.load_state_dict(state, strict=True, assign=True)
     return model
 
@@ -386,6 +451,7 @@ def _random_preset(name: str, dtype: torch.dtype, gelu: str | None, device: str 
 
 
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """``None`` means float32 (the default of :func:`load_model`)."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
@@ -411,6 +477,9 @@ def save_model(
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    # A stale index or shard from an earlier save would shadow the new weights on reload.
+    for stale in [*HUB_INDEX_FILES, *HUB_WEIGHT_FILES, *(p.name for p in out.glob("model-*-of-*.safetensors"))]:
+        (out / stale).unlink(missing_ok=True)
     state = {prefix + k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
              for k, v in model.state_dict().items()}
     if max_shard_bytes is None or sum(t.numel() * t.element_size() for t in state.values()) <= max_shard_bytes:

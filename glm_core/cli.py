@@ -45,11 +45,11 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     from glm_core.step import TorchStep
     from glm_core.tokenizer import GLMTokenizer
 
-    model = load_model(args.model, dtype=args.dtype)
     tok_dir = Path(SHIPPED_PRESETS.get(args.model, args.model))
-    if not tok_dir.is_dir():
-        raise GLMError(f"{args.model}: no tokenizer files found; pass a checkpoint directory that holds them")
+    if not tok_dir.is_dir():  # checked first: building a large model only to fail here would waste minutes
+        raise GLMError(f"{args.model}: not a checkpoint directory with tokenizer files (or the preset glm-tiny)")
     tokenizer = GLMTokenizer.from_pretrained(tok_dir)
+    model = load_model(tok_dir, dtype=args.dtype)
     backend = TorchStep(model)
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,

@@ -220,6 +220,8 @@ class GLMModel(nn.Module):
             position_ids = torch.stack([pos, torch.zeros_like(pos)], dim=1)
         if tuple(position_ids.shape) != (B, 2, S):
             raise InputError(f"position_ids must be [batch, 2, seq] = [{B}, 2, {S}], got {tuple(position_ids.shape)}")
+        if position_ids.is_floating_point() or position_ids.dtype == torch.bool:
+            raise InputError(f"position_ids must be an integer tensor, got {position_ids.dtype}")
         rows = self.config.num_position_rows
         if bool((position_ids < 0).any()) or bool((position_ids >= rows).any()):
             raise InputError(
@@ -230,6 +232,19 @@ class GLMModel(nn.Module):
         if bool((sep_t < 0).any()) or bool((sep_t > S).any()):
             raise InputError(f"sep must lie in [0, {S}] (chunk-relative, spec §2.1), got {sep_t.tolist()}")
         return position_ids.long(), sep_t
+
+    def _check_past(self, past: PastKeyValues, batch: int) -> None:
+        cfg = self.config
+        if len(past) != cfg.num_layers:
+            raise InputError(f"past_key_values must hold {cfg.num_layers} layers, got {len(past)}")
+        P = past[0][0].shape[2]
+        expected = (batch, cfg.num_attention_heads, P, cfg.head_dim)
+        for i, (k, v) in enumerate(past):
+            if tuple(k.shape) != expected or tuple(v.shape) != expected:
+                raise InputError(
+                    f"past_key_values[{i}] must be key/value of shape [batch, heads, past, head_dim] = {expected}, "
+                    f"got {tuple(k.shape)} / {tuple(v.shape)}"
+                )
 
     # --------------------------------------------------------------- forward
     def forward(
@@ -248,8 +263,8 @@ class GLMModel(nn.Module):
         spec §2.1 form 3) for layouts the ``sep`` rule cannot express, e.g. packed multiple choice (spec §2.4-4).
         """
         past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
-        if past_key_values is not None and len(past_key_values) != self.config.num_layers:
-            raise InputError(f"past_key_values must hold {self.config.num_layers} layers, got {len(past_key_values)}")
+        if past_key_values is not None:
+            self._check_past(past_key_values, input_ids.shape[0])
         position_ids, sep_t = self._check_inputs(input_ids, position_ids, sep, past_len)
         B, S = input_ids.shape
         param = self.word_embeddings.weight

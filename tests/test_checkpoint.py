@@ -166,7 +166,11 @@ def test_convert_cli_merges_and_fails_cleanly(tiny_model, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
-def test_random_preset_and_shipped_preset_names():
+def test_presets_without_weights_need_explicit_random_weights():
+    with pytest.raises(CheckpointError, match="no weights in this package"):
+        load_model("glm-base")
     with pytest.warns(UserWarning, match="seeded random weights"):
-        m = load_model("glm-base", seed=0)
+        m = load_model("glm-base", random_weights=True, seed=0)
     assert m.config.num_layers == 12 and m.config.hidden_size == 768
+    shipped = load_model("glm-tiny")
+    assert shipped.config.hidden_size == 256 and shipped.word_embeddings.weight.dtype == torch.float32
