@@ -1,7 +1,6 @@
 """Regression tests for defects found in a review of the GLM core (checkpoints, convert, CLI, model inputs).
 
-Each test states the behaviour the spec / DESIGN.md asks for. Tests marked ``xfail(strict=True)`` fail today and
-name the defect; they start passing (and then must lose the mark) once it is fixed.
+Each test states the behaviour the spec / DESIGN.md asks for and pins the fix of one defect.
 """
 
 from __future__ import annotations
