@@ -35,6 +35,7 @@ EXAMPLES = """\
 examples:
   python -m export.onnx --ckpt glm-tiny
   python -m export.onnx --ckpt ./checkpoints/glm-large --out ./glm-large-onnx --quantize int4
+  python -m export.onnx --ckpt glm-large --random-weights --no-validate   # pipeline/benchmark run
   python -m export.onnx --ckpt glm-tiny --dtype fp16 --optimize ort --device cuda --overwrite
 """
 
@@ -54,6 +55,7 @@ class ExportOptions:
     external_data: str = "auto"
     device: str = "cpu"
     overwrite: bool = False
+    random_weights: bool = False
     validate: bool = True
     verbose: bool = False
 
@@ -118,6 +120,12 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="execution provider to validate on")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="build a preset without shipped weights (glm-large, ...) from seeded random weights, "
+        "for benchmarks and pipeline tests",
+    )
     parser.add_argument("--no-validate", action="store_true", help="skip the PyTorch-vs-ONNX Runtime validation")
     parser.add_argument("-v", "--verbose", action="store_true", help="stage timings and exporter messages")
     args = parser.parse_args(argv)
@@ -134,6 +142,7 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
         external_data=args.external_data,
         device=args.device,
         overwrite=args.overwrite,
+        random_weights=args.random_weights,
         validate=not args.no_validate,
         verbose=args.verbose,
     )
@@ -167,14 +176,14 @@ def preflight(options: ExportOptions) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- stages
-def load_checkpoint(ckpt: str) -> tuple[Any, Any, list[str]]:
+def load_checkpoint(ckpt: str, random_weights: bool = False) -> tuple[Any, Any, list[str]]:
     """(fp32 model, tokenizer or None, notes). Random-weight presets produce a note, not a silent model."""
     from glm_core.checkpoint import SHIPPED_PRESETS, load_model
 
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load_model(ckpt, dtype="fp32")
+        model = load_model(ckpt, dtype="fp32", random_weights=random_weights)
     notes += [str(w.message) for w in caught if "random weights" in str(w.message)]
     tokenizer = None
     path = Path(ckpt) if Path(ckpt).exists() else SHIPPED_PRESETS.get(ckpt)
@@ -291,7 +300,7 @@ def export(options: ExportOptions) -> dict[str, Any]:
     try:
         with md.StagingDir(options.out, options.overwrite) as staging:
             with clock.stage("load"):
-                model, tokenizer, notes = load_checkpoint(options.ckpt)
+                model, tokenizer, notes = load_checkpoint(options.ckpt, options.random_weights)
                 for note in notes:
                     clock.bar.write(f"note: {note}", file=sys.stderr)
                 config = model.config

@@ -439,3 +439,11 @@ def test_inline_writer_streams_external_data_into_one_equivalent_file(external_d
     for x, y in zip(a.graph.initializer, b.graph.initializer, strict=True):
         np.testing.assert_array_equal(onnx.numpy_helper.to_array(x), onnx.numpy_helper.to_array(y))
     assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
+
+
+def test_preset_without_weights_needs_random_weights_flag(tmp_path: Path, capsys) -> None:
+    from export.onnx import main
+
+    assert main(["--ckpt", "glm-large", "--out", str(tmp_path / "out")]) == 2
+    assert "random" in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
