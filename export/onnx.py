@@ -402,6 +402,15 @@ def summary(report: dict[str, Any], out: Path) -> str:
         grid = validation["grid"]
         worst = max(entry["logits"]["max_abs"] for entry in grid)
         norm = max(entry["logits"]["normalised"] for entry in grid)
+        if validation.get("quantize", "none") != "none":
+            ppl = validation["perplexity"]
+            lines.append(
+                f"  validated on {validation['device']} ({validation['quantize']}): perplexity {ppl['onnx']:.4g} vs "
+                f"torch {ppl['torch']:.4g} (relative change {ppl['rel_delta']:.3g}), "
+                f"top-1 on decided rows {validation['confident_top1']['agreement']:.3f} "
+                f"({validation['confident_top1']['rows']} rows), max|Δlogits| {worst:.3g}"
+            )
+            return "\n".join(lines)
         lines.append(
             f"  validated on {validation['device']}: max|Δlogits| {worst:.3g} (normalised {norm:.3g}), "
             f"top-1 {validation['top1_agreement']:.3f}, incremental max|Δ| {validation['incremental']['max_abs']:.3g}, "
