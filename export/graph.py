@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glm_core.model import GLMModel
+from glm_core.model import GLMModel, visibility_mask
 
 DEFAULT_OPSET = 20  # spec onnx_export §1.4: torch 2.13's default; standard Gelu(tanh) and LayerNormalization
 MIN_OPSET = 18  # torchlib's base opset; lower asks for the version converter (spec §1.4)
@@ -67,14 +67,10 @@ def additive_mask(
     spec glm_reference §2.1 / DESIGN.md: visible iff ``j < P or j-P < sep[b] or j-P <= t``; ``j-P <= t`` already
     covers every past column, so the rule is two comparisons and an ``Or`` (spec onnx_export §3.1).
     """
-    keys = torch.arange(past_len + query_len, device=sep.device) - past_len  # [P+S], chunk-relative key index
-    queries = torch.arange(query_len, device=sep.device)  # [S]
-    causal = keys[None, :] <= queries[:, None]  # [S, P+S]
-    prefix = keys[None, None, :] < sep[:, None, None]  # [B, 1, P+S]
-    visible = causal[None] | prefix  # [B, S, P+S]
+    visible = visibility_mask(sep, query_len, past_len)  # [B, 1, S, P+S], the model's own rule
     zero = torch.zeros((), dtype=dtype, device=sep.device)
     neg = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=sep.device)  # spec §3.4-3: never -inf
-    return torch.where(visible, zero, neg)[:, None]  # [B, 1, S, P+S]
+    return torch.where(visible, zero, neg)  # [B, 1, S, P+S]
 
 
 class GLMExportModule(nn.Module):
