@@ -110,8 +110,14 @@ def time_engine(engine: str, preset: str, batch: int, seq: int, steps: int, warm
     }
 
 
-def run(preset: str = "glm-large", batch: int = 32, seq: int = 512, steps: int = 20, warmup: int = 3,
-        engines: tuple[str, ...] = ("eager", "triton", "compile")) -> dict[str, Any]:
+def run(
+    preset: str = "glm-large",
+    batch: int = 32,
+    seq: int = 512,
+    steps: int = 20,
+    warmup: int = 3,
+    engines: tuple[str, ...] = ("eager", "triton", "compile"),
+) -> dict[str, Any]:
     import gc
 
     import torch

@@ -63,15 +63,37 @@ def main() -> None:
     if args.engine:
         print(json.dumps(_engine(args.engine, args.preset, args.context, args.steps, args.rounds, args.threads)))
         return
-    common = ["--preset", args.preset, "--context", str(args.context), "--steps", str(args.steps),
-              "--rounds", str(args.rounds), "--threads", str(args.threads)]
+    common = [
+        "--preset",
+        args.preset,
+        "--context",
+        str(args.context),
+        "--steps",
+        str(args.steps),
+        "--rounds",
+        str(args.rounds),
+        "--threads",
+        str(args.threads),
+    ]
     kv = run_in_subprocess("benchmarks.kv_cache_decode", ["--engine", "kv", *common])
     mems = run_in_subprocess("benchmarks.kv_cache_decode", ["--engine", "mems", *common])
     ratio = kv["tokens_per_s"]["median"] / mems["tokens_per_s"]["median"]
-    print(json.dumps({"benchmark": "kv_cache_decode", "preset": args.preset, "context": args.context,
-                      "batch": 1, "steps": args.steps, "kv_cache": kv["tokens_per_s"],
-                      "hidden_state_mems": mems["tokens_per_s"], "speedup": round(ratio, 2),
-                      "target": ">= 3x", "machine": machine_info()}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "kv_cache_decode",
+                "preset": args.preset,
+                "context": args.context,
+                "batch": 1,
+                "steps": args.steps,
+                "kv_cache": kv["tokens_per_s"],
+                "hidden_state_mems": mems["tokens_per_s"],
+                "speedup": round(ratio, 2),
+                "target": ">= 3x",
+                "machine": machine_info(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -133,7 +133,9 @@ def _read_index(path: Path) -> list[Path]:
             raise TypeError("every weight_map value must be a file name")
         files = sorted(set(weight_map.values()))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: malformed index file; expected JSON with a 'weight_map' object ({exc})") from None
+        raise CheckpointError(
+            f"{path}: malformed index file; expected JSON with a 'weight_map' object ({exc})"
+        ) from None
     root = path.parent
     shards = []
     for name in files:
@@ -270,7 +272,9 @@ def normalise_keys(state: StateDict, source: str) -> StateDict:
             continue
         out[name] = value
     if stray:
-        warnings.warn(f"{source}: ignoring {len(stray)} non-GLM key(s) (classifier heads): {', '.join(stray[:6])}", stacklevel=3)
+        warnings.warn(
+            f"{source}: ignoring {len(stray)} non-GLM key(s) (classifier heads): {', '.join(stray[:6])}", stacklevel=3
+        )
     return out
 
 
@@ -284,15 +288,23 @@ def infer_config(state: StateDict, source: str, gelu: str) -> GLMConfig:
     layer_ids = {int(m.group(1)) for k in state for m in [re.match(r"transformer\.layers\.(\d+)\.", k)] if m}
     if not layer_ids:
         raise CheckpointError(f"{source}: cannot infer the architecture: no transformer.layers.N keys")
-    candidates = [n for n, p in PRESETS.items() if p["vocab_size"] == V and p["hidden_size"] == h
-                  and p["num_layers"] == len(layer_ids) and p["max_sequence_length"] == rows - 1]
+    candidates = [
+        n
+        for n, p in PRESETS.items()
+        if p["vocab_size"] == V
+        and p["hidden_size"] == h
+        and p["num_layers"] == len(layer_ids)
+        and p["max_sequence_length"] == rows - 1
+    ]
     # glm-large / glm-doc have identical shapes; prefer the released blank-infilling name
     name = candidates[0] if candidates else "custom"
     preset = PRESETS.get(name)
     # d = 64 for every released model (spec §1.6); a matched preset also settles the tokenizer family
     # (glm-roberta-large and glm-2b/10b share V = 50304).
     heads = preset["num_attention_heads"] if preset else h // 64
-    family = preset["tokenizer_family"] if preset else {30592: "bert", 50048: "sentencepiece", 50304: "gpt2"}.get(V, "bert")
+    family = (
+        preset["tokenizer_family"] if preset else {30592: "bert", 50048: "sentencepiece", 50304: "gpt2"}.get(V, "bert")
+    )
     return GLMConfig(
         vocab_size=V,
         hidden_size=h,
@@ -437,7 +449,9 @@ def _assemble(config: GLMConfig, state: StateDict, dtype: torch.dtype | None, ke
     return model
 
 
-def _random_preset(name: str, dtype: torch.dtype, gelu: str | None, device: str | torch.device, kernels: str, seed: int) -> GLMModel:
+def _random_preset(
+    name: str, dtype: torch.dtype, gelu: str | None, device: str | torch.device, kernels: str, seed: int
+) -> GLMModel:
     warnings.warn(
         f"preset {name!r} has no weights in this package; building it with seeded random weights (seed={seed}). "
         "Pass a checkpoint directory to load real weights.",
@@ -456,8 +470,15 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    table = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+    }
     if dtype not in table:
         raise ConfigError(f"unknown dtype {dtype!r}; expected one of fp32, fp16, bf16")
     return table[dtype]
@@ -480,8 +501,10 @@ def save_model(
     # A stale index or shard from an earlier save would shadow the new weights on reload.
     for stale in [*HUB_INDEX_FILES, *HUB_WEIGHT_FILES, *(p.name for p in out.glob("model-*-of-*.safetensors"))]:
         (out / stale).unlink(missing_ok=True)
-    state = {prefix + k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
-             for k, v in model.state_dict().items()}
+    state = {
+        prefix + k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
     if max_shard_bytes is None or sum(t.numel() * t.element_size() for t in state.values()) <= max_shard_bytes:
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     else:
@@ -499,8 +522,10 @@ def save_model(
             fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             save_file(shard, str(out / fname), metadata={"format": "pt"})
             weight_map.update({k: fname for k in shard})
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-                 "weight_map": weight_map}
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+            "weight_map": weight_map,
+        }
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
     model.config.save(out)
     for f in extra_files:
@@ -508,13 +533,22 @@ def save_model(
     return out
 
 
-def save_original(model: GLMModel, directory: str | os.PathLike[str], *, mp_size: int = 1, tag: str = "release",
-                  dtype: torch.dtype | None = torch.float16) -> Path:
+def save_original(
+    model: GLMModel,
+    directory: str | os.PathLike[str],
+    *,
+    mp_size: int = 1,
+    tag: str = "release",
+    dtype: torch.dtype | None = torch.float16,
+) -> Path:
     """Write the original THUDM layout (tracker + ``<tag>/mp_rank_XX_model_states.pt``), e.g. for tests."""
     out = Path(directory)
     (out / tag).mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if dtype is not None else v).detach().cpu() for k, v in model.state_dict().items()}
     for rank, shard in enumerate(split_model_parallel(state, mp_size)):
-        torch.save({"module": shard, "iteration": 0, "mp_world_size": mp_size}, out / tag / f"mp_rank_{rank:02d}_model_states.pt")
+        torch.save(
+            {"module": shard, "iteration": 0, "mp_world_size": mp_size},
+            out / tag / f"mp_rank_{rank:02d}_model_states.pt",
+        )
     (out / "latest_checkpointed_iteration.txt").write_text(tag, encoding="utf-8")
     return out

@@ -19,7 +19,9 @@ from glm_core.errors import GLMError
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="glm-generate", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        prog="glm-generate",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("text", nargs="+", help="text with [MASK]/[sMASK]/[gMASK] blanks (several texts allowed)")
@@ -64,12 +66,14 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     )
     results = []
     for text in args.text:
-        prompt = build_generation_prompt(tokenizer.encode(text), tokenizer.special,
-                                         max_length=model.config.max_sequence_length)
+        prompt = build_generation_prompt(
+            tokenizer.encode(text), tokenizer.special, max_length=model.config.max_sequence_length
+        )
         out = generate(backend, prompt, tokenizer.special, config)
         filled = tokenizer.decode(out.sequence[1:])  # drop [CLS]
-        results.append({"text": text, "filled": filled, "blanks": [tokenizer.decode(b) for b in out.blanks],
-                        "scores": out.scores})
+        results.append(
+            {"text": text, "filled": filled, "blanks": [tokenizer.decode(b) for b in out.blanks], "scores": out.scores}
+        )
     return results
 
 

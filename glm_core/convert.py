@@ -38,8 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def convert(src: str, dst: str, *, dtype: str | None = None, gelu: str | None = None,
-            max_shard_gb: float | None = None, prefix: bool = False, overwrite: bool = False) -> Path:
+def convert(
+    src: str,
+    dst: str,
+    *,
+    dtype: str | None = None,
+    gelu: str | None = None,
+    max_shard_gb: float | None = None,
+    prefix: bool = False,
+    overwrite: bool = False,
+) -> Path:
     from glm_core.checkpoint import SHIPPED_PRESETS, _as_dtype, load_model, save_model
 
     out = Path(dst)
@@ -71,8 +79,15 @@ def convert(src: str, dst: str, *, dtype: str | None = None, gelu: str | None = 
     return out
 
 
-TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "glm_tokenizer.json", "tokenizer_config.json",
-                   "added_tokens.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "glm_tokenizer.json",
+    "tokenizer_config.json",
+    "added_tokens.json",
+    "special_tokens_map.json",
+)
 
 
 def _is_tokenizer_file(path: Path) -> bool:
@@ -83,8 +98,15 @@ def _is_tokenizer_file(path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        out = convert(args.src, args.dst, dtype=args.dtype, gelu=args.gelu, max_shard_gb=args.max_shard_gb,
-                      prefix=args.prefix, overwrite=args.overwrite)
+        out = convert(
+            args.src,
+            args.dst,
+            dtype=args.dtype,
+            gelu=args.gelu,
+            max_shard_gb=args.max_shard_gb,
+            prefix=args.prefix,
+            overwrite=args.overwrite,
+        )
     except GLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -298,11 +298,22 @@ class GLMModel(nn.Module):
             past = None if past_key_values is None else past_key_values[i]
             if self.gradient_checkpointing and self.training:
                 x, present = checkpoint(
-                    self._layer_forward, layer, x, visible, sep_t, past, impl_attn, impl_ln, impl_mlp, use_cache,
+                    self._layer_forward,
+                    layer,
+                    x,
+                    visible,
+                    sep_t,
+                    past,
+                    impl_attn,
+                    impl_ln,
+                    impl_mlp,
+                    use_cache,
                     use_reentrant=False,
                 )
             else:
-                x, present = self._layer_forward(layer, x, visible, sep_t, past, impl_attn, impl_ln, impl_mlp, use_cache)
+                x, present = self._layer_forward(
+                    layer, x, visible, sep_t, past, impl_attn, impl_ln, impl_mlp, use_cache
+                )
             if present is not None:
                 presents.append(present)
 

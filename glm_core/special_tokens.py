@@ -55,7 +55,16 @@ def bert_tokens(convention: str = "original") -> SpecialTokens:
 def gpt2_tokens(convention: str = "original") -> SpecialTokens:
     # spec §3.2, GPT-2 column (glm-2b, glm-10b); identical in both conventions.
     return SpecialTokens(
-        pad=50256, eos=50256, cls=50259, sep=50261, mask=50260, unk=50262, sop=50257, eop=50258, gmask=50263, smask=50264
+        pad=50256,
+        eos=50256,
+        cls=50259,
+        sep=50261,
+        mask=50260,
+        unk=50262,
+        sop=50257,
+        eop=50258,
+        gmask=50263,
+        smask=50264,
     )
 
 
@@ -65,7 +74,9 @@ def roberta_tokens(convention: str = "original") -> SpecialTokens:
     return SpecialTokens(pad=2, eos=2, cls=0, sep=2, mask=mask, unk=3, sop=50265, eop=50266)
 
 
-def sentencepiece_tokens(num_pieces: int = 50000, convention: str = "hf", fix_command_token: bool = True) -> SpecialTokens:
+def sentencepiece_tokens(
+    num_pieces: int = 50000, convention: str = "hf", fix_command_token: bool = True
+) -> SpecialTokens:
     """Command tokens appended after ``num_pieces`` SentencePiece pieces (Chinese models and glm-tiny).
 
     ``fix_command_token=False`` is the original glm-10b-chinese vocabulary (trap 3): gMASK shares eop's id.
@@ -79,7 +90,17 @@ def sentencepiece_tokens(num_pieces: int = 50000, convention: str = "hf", fix_co
         else:
             bad = (n + 9,)  # hub config bad_words_id: the copied row duplicates eop's logit
     return SpecialTokens(
-        pad=n, eos=n, sep=n + 1, cls=n + 2, mask=n + 3, unk=n + 4, sop=n + 6, eop=n + 7, smask=n + 8, gmask=gmask, bad_words=bad
+        pad=n,
+        eos=n,
+        sep=n + 1,
+        cls=n + 2,
+        mask=n + 3,
+        unk=n + 4,
+        sop=n + 6,
+        eop=n + 7,
+        smask=n + 8,
+        gmask=gmask,
+        bad_words=bad,
     )
 
 
@@ -113,7 +134,9 @@ def token_strings_for(family: str) -> dict[str, str]:
     return {**_FAMILY_TOKEN_STRINGS[family], **TOKEN_STRINGS}
 
 
-def special_tokens_for(family: str, convention: str = "original", *, model_name: str = "", num_pieces: int = 50000) -> SpecialTokens:
+def special_tokens_for(
+    family: str, convention: str = "original", *, model_name: str = "", num_pieces: int = 50000
+) -> SpecialTokens:
     if convention not in CONVENTIONS:
         raise ConfigError(f"token convention must be one of {CONVENTIONS}, got {convention!r}")
     if family == "bert":

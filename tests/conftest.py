@@ -10,7 +10,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 
-TINY = dict(vocab_size=320, hidden_size=128, num_layers=2, num_attention_heads=2, max_sequence_length=64)  # d = 64 as in every released GLM
+TINY = dict(
+    vocab_size=320, hidden_size=128, num_layers=2, num_attention_heads=2, max_sequence_length=64
+)  # d = 64 as in every released GLM
 
 
 @pytest.fixture

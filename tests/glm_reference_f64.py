@@ -61,7 +61,13 @@ def glm_forward_f64(
     for layer in range(num_layers):
         p = f"transformer.layers.{layer}."
         a = _ln(x, W[p + "input_layernorm.weight"], W[p + "input_layernorm.bias"])
-        full = a if mems is None else np.concatenate([_ln(mems[layer], W[p + "input_layernorm.weight"], W[p + "input_layernorm.bias"]), a], 1)
+        full = (
+            a
+            if mems is None
+            else np.concatenate(
+                [_ln(mems[layer], W[p + "input_layernorm.weight"], W[p + "input_layernorm.bias"]), a], 1
+            )
+        )
         qkv = full @ W[p + "attention.query_key_value.weight"].T + W[p + "attention.query_key_value.bias"]
         q, k, v = qkv[..., :h], qkv[..., h : 2 * h], qkv[..., 2 * h :]
         q = q[:, -S:]

@@ -45,7 +45,9 @@ def test_three_layouts_load_to_identical_logits(tiny_model, tmp_path):
     original = save_original(half, tmp_path / "orig", mp_size=2, dtype=torch.float16)
     assert len(list(sharded.glob("model-*.safetensors"))) > 1
     assert sorted(p.name for p in (original / "release").iterdir()) == [
-        "mp_rank_00_model_states.pt", "mp_rank_01_model_states.pt"]
+        "mp_rank_00_model_states.pt",
+        "mp_rank_01_model_states.pt",
+    ]
     models = [load_model(p, gelu="tanh") for p in (hub_bin, sharded, original)]
     ref = _logits(half)
     for m in models:
@@ -153,8 +155,11 @@ def test_config_shape_mismatch(tiny_model, tmp_path):
 def test_convert_cli_merges_and_fails_cleanly(tiny_model, tmp_path):
     orig = save_original(tiny_model, tmp_path / "orig", mp_size=2, dtype=None)
     dst = tmp_path / "hub"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "glm_core.convert", *map(str, a)],  # noqa: E731
-                                    capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+
+    def run(*args):
+        cmd = [sys.executable, "-m", "glm_core.convert", *map(str, args)]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+
     ok = run(orig, dst)
     assert ok.returncode == 0, ok.stderr
     assert torch.equal(_logits(load_model(dst, gelu="tanh")), _logits(tiny_model))

@@ -30,8 +30,9 @@ def _inputs(B: int, S: int, V: int, seed: int = 0):
 
 def _reference(model, ids, pos, mask, mems=None):
     cfg = model.config
-    return glm_forward_f64(_weights(model), cfg.num_layers, cfg.num_attention_heads, ids.numpy(), pos.numpy(),
-                           mask, mems, gelu=cfg.gelu)
+    return glm_forward_f64(
+        _weights(model), cfg.num_layers, cfg.num_attention_heads, ids.numpy(), pos.numpy(), mask, mems, gelu=cfg.gelu
+    )
 
 
 @pytest.mark.parametrize("gelu", ["tanh", "erf"])
@@ -68,7 +69,9 @@ def test_past_matches_reference_with_mems(tiny_model):
         first = tiny_model(ids[:, :6], pos[:, :, :6], sep=[4, 6])
         second = tiny_model(ids[:, 6:], pos[:, :, 6:], sep=[0, 2], past_key_values=first.past_key_values)
     _, mems = _reference(tiny_model, ids[:, :6], pos[:, :, :6], sep_mask(np.array([4, 6]), 6, 0))
-    ref, _ = _reference(tiny_model, ids[:, 6:], pos[:, :, 6:], sep_mask(np.array([0, 2]), 4, 6), mems=mems[:-1] + [mems[-1]])
+    ref, _ = _reference(
+        tiny_model, ids[:, 6:], pos[:, :, 6:], sep_mask(np.array([0, 2]), 4, 6), mems=mems[:-1] + [mems[-1]]
+    )
     assert _rel(second.logits.numpy(), ref) <= MAX_REL
     assert second.past_key_values[0][0].shape == (2, 2, 10, 64)
 
@@ -160,8 +163,11 @@ def test_gradient_checkpointing_gives_same_gradients(tiny_config):
     mask[:, 4:] = 1
     grads = []
     for ckpt in (False, True):
-        model = build_model(tiny_config.replace(embedding_dropout_prob=0.0, attention_dropout_prob=0.0,
-                                                output_dropout_prob=0.0), seed=5, gradient_checkpointing=ckpt)
+        model = build_model(
+            tiny_config.replace(embedding_dropout_prob=0.0, attention_dropout_prob=0.0, output_dropout_prob=0.0),
+            seed=5,
+            gradient_checkpointing=ckpt,
+        )
         model.train()
         model.loss(ids, pos, 4, targets, mask).backward()
         grads.append(model.transformer.layers[0].attention.query_key_value.weight.grad.clone())

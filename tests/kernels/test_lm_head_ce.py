@@ -81,7 +81,9 @@ def test_uniform_logits_give_log_vocab(device):
     vocab = 1000
     hidden, _, targets, loss_mask = _inputs(vocab, torch.float32, device)
     weight = torch.zeros(vocab, HIDDEN, device=device)
-    loss, count = partb_lm_head_ce(hidden, weight, targets, loss_mask, chunk_vocab=256, impl="triton", return_count=True)
+    loss, count = partb_lm_head_ce(
+        hidden, weight, targets, loss_mask, chunk_vocab=256, impl="triton", return_count=True
+    )
     assert count == int((loss_mask > 0).sum())
     assert abs(loss.item() - math.log(vocab)) < 1e-6
 

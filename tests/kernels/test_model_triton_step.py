@@ -14,9 +14,18 @@ from glm_core.model import build_model
 
 pytest.importorskip("triton")
 
-CONFIG = GLMConfig(vocab_size=96, hidden_size=64, num_layers=2, num_attention_heads=2, max_sequence_length=32,
-                   embedding_dropout_prob=0.0, attention_dropout_prob=0.0, output_dropout_prob=0.0,
-                   tokenizer_family="sentencepiece", name="step-test")
+CONFIG = GLMConfig(
+    vocab_size=96,
+    hidden_size=64,
+    num_layers=2,
+    num_attention_heads=2,
+    max_sequence_length=32,
+    embedding_dropout_prob=0.0,
+    attention_dropout_prob=0.0,
+    output_dropout_prob=0.0,
+    tokenizer_family="sentencepiece",
+    name="step-test",
+)
 
 
 def _batch():
