@@ -48,7 +48,8 @@ def test_multi_token_scores_equal_summed_log_probs_from_full_logits(tokenizer):
     model = _model().eval()
     items = encode_examples(EXAMPLES, tokenizer)  # "twenty" is two pieces: multi-token scoring, eop appended
     assert not items[0].single_token and items[0].samples[0].targets[-1] == tokenizer.eop_id
-    scores = ClozeScorer(tokenizer).scores(model, items, torch.device("cpu"))
+    with torch.no_grad():
+        scores = ClozeScorer(tokenizer).scores(model, items, torch.device("cpu"))
     for i, item in enumerate(items):
         for c, sample in enumerate(item.samples):
             ids = torch.from_numpy(sample.input_ids)[None]
@@ -67,7 +68,8 @@ def test_single_token_scores_are_the_raw_logits_at_sop(tokenizer):
     items = encode_examples(examples, tokenizer)
     assert items[0].single_token
     sample = items[0].samples[0]
-    scores = ClozeScorer(tokenizer).scores(model, items, torch.device("cpu"))[0]
+    with torch.no_grad():
+        scores = ClozeScorer(tokenizer).scores(model, items, torch.device("cpu"))[0]
     with torch.no_grad():
         logits = model(torch.from_numpy(sample.input_ids)[None], torch.from_numpy(sample.position_ids)[None],
                        sep=sample.sep, use_cache=False).logits[0, sample.sep]  # fmt: skip
