@@ -7,7 +7,10 @@ The corpus describes a small **world** of facts, each a ``(relation, subject, an
 
 - ``capital``: capitals of invented countries (names built from syllables with a seeded draw),
 - ``colour``: colours of everyday things, ``sound``: what animals say, ``opposite``: pairs of opposite words,
-- ``next_day`` / ``next_month`` / ``next_number``: the order of the days, the months and the number words one..twenty.
+- ``next_day`` / ``next_month`` / ``next_number``: the order of the days, the months and the number words one..twenty;
+
+plus background sentences about 1,600 invented people (never asked about; their names give the 2000-piece
+tokenizer enough distinct words to train on).
 
 Every fact is written out through many **training templates** (different phrasings); documents are short paragraphs
 of such sentences, plus plain lists ("Monday, Tuesday, ..."). Two further sets of templates never appear in the
@@ -21,6 +24,7 @@ Command line::
 
     python -m glm_core.corpus corpus --out corpus.txt            # the pretraining corpus (UTF-8 text)
     python -m glm_core.corpus demo --out-dir evaluation/data/demo  # train.jsonl + val.jsonl of the demo task
+    python -m glm_core.corpus tokenizer --out-dir DIR              # glm-tiny's SentencePiece tokenizer
 """
 
 from __future__ import annotations
