@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glm_core.data_files import read_jsonl
 from glm_core.errors import DataError, GLMError
 
 __all__ = [
@@ -120,29 +121,6 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{path}:{number}: not valid JSON ({exc.msg}); expected one sample object per line"
-            ) from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
 def _number(value: Any) -> float | None:
     """A finite-or-infinite float from a JSON number or a numeric string (lm-eval stringifies log-likelihoods)."""
     if isinstance(value, bool):
@@ -213,7 +191,7 @@ def _sample_metric_means(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 def _lm_eval_samples(path: Path) -> dict[str, SampleRecord]:
     samples: dict[str, SampleRecord] = {}
-    for row in _read_jsonl(path):
+    for row in read_jsonl(path):
         key, record = _lm_eval_sample(row, path)
         samples[key] = record
     return samples
@@ -271,7 +249,7 @@ def _load_lm_eval_results(results_path: Path, data: Any = None) -> Run:
 
 def _load_lm_eval(path: Path) -> Run:
     if path.is_file() and _SAMPLES_FILE.match(path.name):
-        rows = _read_jsonl(path)
+        rows = read_jsonl(path)
         task = _SAMPLES_FILE.match(path.name).group("task")  # type: ignore[union-attr]
         samples = {}
         for row in rows:
@@ -338,7 +316,7 @@ def _cached_records(path: Path, data: dict[str, Any], task_id: str) -> list[dict
     }
     found = []
     for candidate in sorted(cache_dir.glob("*.jsonl")):
-        rows = _read_jsonl(candidate)
+        rows = read_jsonl(candidate)
         if rows and all(rows[0].get(k) == v for k, v in wanted.items()):
             found.append((candidate.stat().st_mtime, rows[1:]))
     return max(found, key=lambda f: f[0])[1] if found else None

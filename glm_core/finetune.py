@@ -15,7 +15,6 @@ a space, as the verbalizers of spec §3.2 carry a leading space).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glm_core.data_files import iter_jsonl
 from glm_core.errors import ConfigError, DataError
 from glm_core.layout import GLMInput, build_candidate_sequences, build_single_token_cloze, collate
 from glm_core.model import GLMModel
@@ -57,23 +57,8 @@ class ClozeExample:
 def read_cloze_jsonl(path: str | os.PathLike[str]) -> list[ClozeExample]:
     """Examples of a ``.jsonl`` file; :class:`DataError` naming the line for anything malformed."""
     name = os.fspath(path)
-    if not os.path.isfile(name):
-        raise DataError(f"{name}: task file not found; expected JSON lines with text, choices, label")
-    data = Path(name).read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{name}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
     examples = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{name}:{n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{name}:{n}: expected a JSON object with text, choices, label")
+    for n, row in iter_jsonl(name, kind="task file", record="a JSON object with text, choices, label"):
         text_, choices, label = row.get("text"), row.get("choices"), row.get("label")
         if not isinstance(text_, str) or "[MASK]" not in text_:
             raise DataError(f"{name}:{n}: 'text' must be a string holding [MASK]")

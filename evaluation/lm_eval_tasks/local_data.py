@@ -8,10 +8,10 @@ module by its file path, so it only imports what is importable from anywhere.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from glm_core import data_files
 from glm_core.errors import DataError
 
 _HERE = Path(__file__).resolve().parent
@@ -22,23 +22,7 @@ DEMO_VAL_FILE = _HERE.parent / "data" / "demo" / "val.jsonl"
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Records of a JSON-lines file (blank lines skipped); :class:`DataError` naming the file and line otherwise."""
-    if not path.is_file():
-        raise DataError(f"{path}: task data file not found; expected a JSON-lines file")
-    rows: list[dict[str, Any]] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
-        rows.append(row)
+    rows = data_files.read_jsonl(path, kind="task data file")
     if not rows:
         raise DataError(f"{path}: no records; expected at least one JSON object")
     return rows

@@ -11,14 +11,14 @@ A task runs in three stages, so that bad input fails before a model is loaded an
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evaluation.scoring import Scorer
+from glm_core.data_files import iter_jsonl
 from glm_core.errors import DataError
 from glm_core.special_tokens import SpecialTokens
 from glm_core.tokenizer import GLMTokenizer
@@ -103,28 +103,6 @@ def find_data_file(data_dir: Path, candidates: Sequence[str], task: str) -> Path
             return path
     looked = ", ".join(str(data_dir / c) for c in candidates)
     raise DataError(f"task {task!r}: data file not found; looked for {looked}")
-
-
-def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for every non-blank line; DataError naming file and line on bad JSON."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(
-                        f"{path}:{number}: malformed JSON line ({exc.msg}); expected one JSON object per line"
-                    ) from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
-                yield number, obj
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def read_jsonl(path: Path, limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
