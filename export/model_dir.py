@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from evaluation.backends.onnx import CONFIG_FORMAT_VERSION, MODEL_FILE
+from glm_core.atomic import make_staging_dir, move_into_place
 from glm_core.config import GLMConfig
 from glm_core.errors import ExportError
 from glm_core.special_tokens import SpecialTokens
@@ -238,27 +238,17 @@ class StagingDir:
         self.overwrite = overwrite
         check_output_path(out, overwrite)
         try:
-            self.path = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+            self.path = make_staging_dir(out)
         except OSError as exc:
             raise ExportError(f"{out.parent}: cannot create a directory there ({exc.strerror})") from None
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.path, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
         self.work = self.path / ".work"  # intermediate files; removed before commit
         self.work.mkdir()
 
     def commit(self) -> Path:
         shutil.rmtree(self.work, ignore_errors=True)
-        old = None
-        if self.out.exists():
-            if not self.overwrite:
-                raise ExportError(f"{self.out}: exists (appeared during the export); pass --overwrite to replace it")
-            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
-            os.rmdir(old)
-            os.replace(self.out, old)
-        os.replace(self.path, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if self.out.exists() and not self.overwrite:
+            raise ExportError(f"{self.out}: exists (appeared during the export); pass --overwrite to replace it")
+        move_into_place(self.path, self.out)
         return self.out
 
     def discard(self) -> None:

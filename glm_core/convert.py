@@ -7,11 +7,10 @@ Exit status 2 with one line on stderr for any user error.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from glm_core.atomic import staged_directory
 from glm_core.errors import GLMError
 
 EXAMPLE = """example:
@@ -61,21 +60,14 @@ def convert(
     src_dir = Path(SHIPPED_PRESETS.get(src, src))
     src_dir = src_dir if src_dir.is_dir() else src_dir.parent
     tokenizer_files = [p for p in sorted(src_dir.iterdir()) if _is_tokenizer_file(p)] if src_dir.is_dir() else []
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    max_bytes = None if max_shard_gb is None else int(max_shard_gb * 2**30)
     try:
-        max_bytes = None if max_shard_gb is None else int(max_shard_gb * 2**30)
-        save_model(model, tmp, max_shard_bytes=max_bytes, prefix="glm." if prefix else "", extra_files=tokenizer_files)
-        if out.is_dir() and not out.is_symlink():
-            shutil.rmtree(out)
-        elif out.exists() or out.is_symlink():
-            out.unlink()
-        tmp.rename(out)
+        with staged_directory(out) as tmp:
+            save_model(
+                model, tmp, max_shard_bytes=max_bytes, prefix="glm." if prefix else "", extra_files=tokenizer_files
+            )
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise GLMError(f"{out}: could not write the converted checkpoint ({exc.strerror or exc})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

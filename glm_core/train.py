@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from glm_core.atomic import make_staging_dir, staged_directory
 from glm_core.config import PRESETS, GLMConfig
 from glm_core.errors import CheckpointError, ConfigError, GLMError
 from glm_core.model import KERNEL_CHOICES, GLMModel, build_model
@@ -351,8 +352,7 @@ def _write_checkpoint(
         glm = _unwrap(model)
         root = final.parent
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
-        try:
+        with staged_directory(final) as tmp:  # a rerun of the same step swaps, never leaves a partial directory
             _save_weights(glm.config, model_state, tmp, torch.float32, tokenizer)
             torch.save(
                 {
@@ -367,16 +367,6 @@ def _write_checkpoint(
                 },
                 tmp / TRAIN_STATE_FILE,
             )
-            if final.exists():  # a rerun of the same step: swap, never leave a partial directory in place
-                old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=root))
-                os.replace(final, old / final.name)
-                os.replace(tmp, final)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         _atomic_write_text(root / LATEST_FILE, final.name + "\n")
         _prune_checkpoints(root, keep)
     _barrier(ctx)
@@ -426,7 +416,7 @@ def publish_model(
         _barrier(ctx)
         return None
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}-", dir=directory.parent))
+    tmp = make_staging_dir(directory)
     try:
         _save_weights(_unwrap(model).config, model_state, tmp, dtype, tokenizer)
         if not directory.exists():

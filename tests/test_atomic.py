@@ -1,0 +1,87 @@
+"""``glm_core.atomic``: a directory written beside its target replaces it whole, or not at all."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from glm_core import atomic
+from glm_core.atomic import make_staging_dir, move_into_place, staged_directory
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_staged_directory_becomes_the_target(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with staged_directory(out) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".tmp-out-")
+        (tmp / "a.txt").write_text("new")
+    assert _tree(out) == {"a.txt": b"new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_staged_directory_replaces_an_existing_one_whole(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with staged_directory(out) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert _tree(out) == {"a.txt": b"new"}  # nothing of the old directory is left in it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_failed_write_leaves_the_target_as_it_was(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(OSError, match="disk full"), staged_directory(out) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise OSError("disk full")
+    assert _tree(out) == {"old.txt": b"old"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_staging_dir_has_the_permissions_of_a_new_directory(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        staging = make_staging_dir(tmp_path / "out")
+        plain = tmp_path / "plain"
+        plain.mkdir()
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(staging.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o755
+
+
+def test_a_file_or_a_dangling_link_at_the_target_is_replaced(tmp_path: Path) -> None:
+    for name, make in (("file", lambda p: p.write_text("x")), ("link", lambda p: p.symlink_to(tmp_path / "gone"))):
+        out = tmp_path / name
+        make(out)
+        staging = make_staging_dir(out)
+        (staging / "a.txt").write_text("new")
+        move_into_place(staging, out)
+        assert out.is_dir() and not out.is_symlink() and _tree(out) == {"a.txt": b"new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "link"]
+
+
+def test_the_old_target_is_put_back_when_the_new_one_cannot_be_moved_in(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    staging = make_staging_dir(out)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(src) == staging:
+            raise OSError("rename refused")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(OSError, match="rename refused"):
+        move_into_place(staging, out)
+    assert _tree(out) == {"old.txt": b"old"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", staging.name])
