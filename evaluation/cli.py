@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from evaluation.backends import BACKENDS, load_backend
 from evaluation.runner import evaluate, format_table, read_tasks
 from evaluation.tasks import GROUPS, expand_task_list, task_names
+from glm_core.atomic import write_text_atomically
 from glm_core.errors import GLMError
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -62,22 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise GLMError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -107,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         settings={"limit": args.limit, "split": args.split, "data_dir": str(args.data_dir), "device": args.device},
     )
     if args.output is not None:
-        _write_json_atomically(args.output, results)
+        write_text_atomically(args.output, json.dumps(results, indent=2) + "\n")
     print(format_table(results))
     return 0
 

@@ -29,12 +29,12 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glm_core.atomic import write_text_atomically
 from glm_core.data_files import read_jsonl
 from glm_core.errors import DataError, GLMError
 
@@ -619,20 +619,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------------
@@ -702,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     text = json.dumps(report, indent=2, sort_keys=True) + "\n" if args.format == "json" else render_markdown(report)
     if args.output:
-        _write_atomically(Path(args.output), text)
+        write_text_atomically(Path(args.output), text)
     elif not args.quiet:
         sys.stdout.write(text)
     return 0 if report["ok"] else 1

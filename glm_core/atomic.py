@@ -1,4 +1,4 @@
-"""Writing directories that are never seen half-written: write beside the target, then rename (torch-free).
+"""Writing files and directories that are never seen half-written: write beside the target, then rename (torch-free).
 
 A rename within one directory is atomic, so a reader (or a rerun after a crash or a full disk) finds either the old
 content or the new one, never a mix. Temporary names start with a dot and sit beside the target; they are removed
@@ -14,7 +14,40 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["make_staging_dir", "move_into_place", "staged_directory"]
+__all__ = [
+    "make_staging_dir",
+    "move_into_place",
+    "staged_directory",
+    "write_bytes_atomically",
+    "write_text_atomically",
+]
+
+
+def write_bytes_atomically(path: str | os.PathLike[str], data: bytes) -> None:
+    """``path`` holds ``data``, or what it held before if writing fails; missing parent directories are made.
+
+    The temporary file is ``.<name>.<random>.tmp`` (a ``.tmp`` file is ignored by model hashing), flushed to disk
+    before the rename.
+    """
+    target = Path(path)
+    directory = target.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
+    """:func:`write_bytes_atomically` of ``text`` as UTF-8, line ends written as given (``\\n`` stays ``\\n``)."""
+    write_bytes_atomically(path, text.encode("utf-8"))
 
 
 def make_staging_dir(target: Path) -> Path:

@@ -39,6 +39,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from glm_core.atomic import write_text_atomically
+
 DEFAULT_SEED = 1234
 DEFAULT_NUM_DOCUMENTS = 20000
 NUM_COUNTRIES = 16
@@ -397,23 +399,9 @@ def sentence_lines(documents: Sequence[str] | Iterator[str]) -> Iterator[str]:
             yield doc[start:].strip()
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_corpus(path: str, num_documents: int = DEFAULT_NUM_DOCUMENTS, seed: int = DEFAULT_SEED) -> str:
     """Write the corpus as UTF-8 text, documents separated by a blank line (the format ``pretrain_data`` reads)."""
-    _atomic_write_text(path, "\n\n".join(generate_documents(num_documents, seed)) + "\n")
+    write_text_atomically(path, "\n\n".join(generate_documents(num_documents, seed)) + "\n")
     return path
 
 
@@ -452,7 +440,7 @@ def write_demo_task(out_dir: str, seed: int = DEFAULT_SEED) -> list[str]:
     for split in ("train", "val"):
         lines = [json.dumps(q, ensure_ascii=False) for q in demo_questions(split, seed)]
         path = os.path.join(out_dir, f"{split}.jsonl")
-        _atomic_write_text(path, "\n".join(lines) + "\n")
+        write_text_atomically(path, "\n".join(lines) + "\n")
         paths.append(path)
     return paths
 

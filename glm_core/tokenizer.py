@@ -24,13 +24,13 @@ import json
 import operator
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from typing import Any
 
 import sentencepiece as spm
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from glm_core.atomic import write_bytes_atomically
 from glm_core.errors import ConfigError, TokenizerError
 from glm_core.special_tokens import CONVENTIONS, SpecialTokens, special_tokens_for, token_strings_for
 
@@ -139,19 +139,6 @@ def _read_json_object(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TokenizerError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------------- backends
@@ -662,7 +649,7 @@ class GLMTokenizer:
         files = self._backend.files()
         for name, data in files.items():
             target = os.path.join(path, name)
-            _atomic_write(target, data)
+            write_bytes_atomically(target, data)
             written.append(target)
         meta: dict[str, Any] = {
             "format_version": META_FORMAT_VERSION,
@@ -679,7 +666,7 @@ class GLMTokenizer:
         if isinstance(self._backend, _SentencePieceBackend):
             meta["model_file"] = self._backend.file_name
         target = os.path.join(path, META_FILE)
-        _atomic_write(target, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        write_bytes_atomically(target, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8"))
         written.append(target)
         return written
 
@@ -857,7 +844,7 @@ def train_sentencepiece(
     out = os.fspath(out_dir)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, model_prefix + ".model")
-    _atomic_write(path, model.getvalue())
+    write_bytes_atomically(path, model.getvalue())
     return path
 
 

@@ -30,7 +30,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from glm_core.atomic import make_staging_dir, staged_directory
+from glm_core.atomic import make_staging_dir, staged_directory, write_text_atomically
 from glm_core.config import PRESETS, GLMConfig
 from glm_core.errors import CheckpointError, ConfigError, GLMError
 from glm_core.model import KERNEL_CHOICES, GLMModel, build_model
@@ -367,7 +366,7 @@ def _write_checkpoint(
                 },
                 tmp / TRAIN_STATE_FILE,
             )
-        _atomic_write_text(root / LATEST_FILE, final.name + "\n")
+        write_text_atomically(root / LATEST_FILE, final.name + "\n")
         _prune_checkpoints(root, keep)
     _barrier(ctx)
     return final if ctx.is_main else None
@@ -392,13 +391,6 @@ def _prune_checkpoints(root: Path, keep: int) -> None:
     steps = sorted(p for p in root.glob("step_*") if p.is_dir())
     for old in steps[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def publish_model(
@@ -472,7 +464,7 @@ def _restore_log(log_path: Path, step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             continue
-    _atomic_write_text(log_path, "".join(k + "\n" for k in kept))
+    write_text_atomically(log_path, "".join(k + "\n" for k in kept))
 
 
 def train(

@@ -1,4 +1,4 @@
-"""``glm_core.atomic``: a directory written beside its target replaces it whole, or not at all."""
+"""``glm_core.atomic``: a file or directory written beside its target replaces it whole, or not at all."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from glm_core import atomic
-from glm_core.atomic import make_staging_dir, move_into_place, staged_directory
+from glm_core.atomic import (
+    make_staging_dir,
+    move_into_place,
+    staged_directory,
+    write_bytes_atomically,
+    write_text_atomically,
+)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -85,3 +91,27 @@ def test_the_old_target_is_put_back_when_the_new_one_cannot_be_moved_in(tmp_path
         move_into_place(staging, out)
     assert _tree(out) == {"old.txt": b"old"}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", staging.name])
+
+
+# ---------------------------------------------------------------------------------------------------------- files
+def test_write_text_atomically_makes_parents_and_keeps_line_ends(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "out.txt"
+    write_text_atomically(path, "caf\u00e9\nline two\n")
+    assert path.read_bytes() == "caf\u00e9\nline two\n".encode()  # UTF-8, "\n" written as "\n"
+    write_bytes_atomically(str(path), b"\x00\xff")
+    assert path.read_bytes() == b"\x00\xff"
+    assert [p.name for p in path.parent.iterdir()] == ["out.txt"]
+
+
+def test_a_failed_file_write_keeps_the_old_content_and_leaves_no_temp_file(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "out.json"
+    path.write_text("old")
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic.os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        write_text_atomically(path, "new")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
