@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -227,9 +227,9 @@ class PretrainSampler:
         rng = np.random.default_rng([self.seed, int(step), int(index)])
         text = self.window_tokens(int(step) * global_batch_size + index)
         if objective == "token":
-            return self._token_sample(text, rng)
+            return self._span_sample(text, rng, self._token_spans, "token")
         if objective == "sentence":
-            return self._sentence_sample(text, rng)
+            return self._span_sample(text, rng, self._sentence_spans, "sentence")
         return self._document_sample(text, rng, fraction)
 
     def global_batch(self, step: int, global_batch_size: int) -> list[GLMInput]:
@@ -275,11 +275,29 @@ class PretrainSampler:
             spans += [(start + a, start + b) for a, b in found]
         return spans
 
-    def _token_sample(self, text: np.ndarray, rng: np.random.Generator) -> GLMInput:
+    def _sentence_spans(self, text: np.ndarray, rng: np.random.Generator) -> list[tuple[int, int]]:
+        """Whole-sentence spans per document (spec §5); a document's trailing ``eos`` is no sentence."""
+        spans: list[tuple[int, int]] = []
+        for start, end in self._documents(text):
+            doc = text[start : end - int(text[end - 1] == self.tokens.eos)].tolist()
+            if not doc:
+                continue
+            found = sample_sentence_spans(doc, sorted(self.sentence_ends), rng, self.masking.gap_sentence_ratio)
+            spans += [(start + a, start + b) for a, b in found]
+        return spans
+
+    def _span_sample(
+        self,
+        text: np.ndarray,
+        rng: np.random.Generator,
+        draw_spans: Callable[[np.ndarray, np.random.Generator], list[tuple[int, int]]],
+        objective: str,
+    ) -> GLMInput:
+        """The token or sentence objective: spans from ``draw_spans``, masked with ``objective``'s mask token."""
         # The corrupted sample has 1 + |text| + 2 * #spans tokens (one mask in A, one sop in B per span): shorten the
         # window until it fits seq_length, drawing fresh spans each time (at most a few rounds).
         for _ in range(8):
-            spans = self._token_spans(text, rng)
+            spans = draw_spans(text, rng)
             overflow = 1 + len(text) + 2 * len(spans) - self.seq_length
             if overflow <= 0:
                 break
@@ -289,28 +307,8 @@ class PretrainSampler:
         if not spans:  # nothing maskable (tiny window): predict the last token so the sample still trains
             spans = [(len(text) - 1, len(text))]
         shifted = [(a + 1, b + 1) for a, b in spans]  # past [CLS]
-        return corrupt(self._with_cls(text), shifted, self._order(len(spans), rng), self.tokens, self.mask_id("token"))
-
-    def _sentence_sample(self, text: np.ndarray, rng: np.random.Generator) -> GLMInput:
-        for _ in range(8):
-            spans: list[tuple[int, int]] = []
-            for start, end in self._documents(text):
-                doc = text[start : end - int(text[end - 1] == self.tokens.eos)].tolist()  # eos is no sentence
-                if not doc:
-                    continue
-                found = sample_sentence_spans(doc, sorted(self.sentence_ends), rng, self.masking.gap_sentence_ratio)
-                spans += [(start + a, start + b) for a, b in found]
-            overflow = 1 + len(text) + 2 * len(spans) - self.seq_length
-            if overflow <= 0:
-                break
-            text = text[: len(text) - overflow]
-        else:
-            spans = _drop_until_fits(spans, len(text), self.seq_length)
-        if not spans:
-            spans = [(len(text) - 1, len(text))]
-        shifted = [(a + 1, b + 1) for a, b in spans]
         return corrupt(
-            self._with_cls(text), shifted, self._order(len(spans), rng), self.tokens, self.mask_id("sentence")
+            self._with_cls(text), shifted, self._order(len(spans), rng), self.tokens, self.mask_id(objective)
         )
 
     def _document_sample(self, text: np.ndarray, rng: np.random.Generator, fraction: float) -> GLMInput:
