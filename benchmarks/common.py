@@ -37,6 +37,18 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def run_conditions(load_at_start: tuple[float, float, float]) -> dict[str, Any]:
+    """The machine and its 1/5/15-minute load averages at the start and end of the run, for a results file.
+
+    A load above ~0.5 at either end means other jobs shared the machine while it was measured.
+    """
+    return {
+        "machine": machine_info(),
+        "load_average_1_5_15_min_at_end": os.getloadavg(),
+        "load_average_1_5_15_min_at_start": load_at_start,
+    }
+
+
 def summarize(samples: list[float], discard_first: bool = True) -> dict[str, float]:
     """Median/min/max after discarding the first (warm-up) round."""
     kept = samples[1:] if discard_first and len(samples) > 1 else samples

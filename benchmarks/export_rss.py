@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine_info
+from benchmarks.common import run_conditions
 
 BASELINE = "import torch, onnx, onnxruntime, onnxscript, numpy; import export.onnx"
 
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--preset", default="glm-large")
     parser.add_argument("--validate", action="store_true", help="also measure an export with full validation")
     args = parser.parse_args()
-    load_at_start = os.getloadavg()  # > ~0.5 means other jobs shared the machine during the run
+    load_at_start = os.getloadavg()
 
     from glm_core.config import GLMConfig
 
@@ -95,9 +95,7 @@ def main() -> None:
                 "runs": rows,
                 "target": "peak RSS <= 3x weight bytes",
                 "target_met": rows["no_validate"]["ratio_to_weight_bytes"] <= 3.0,
-                "machine": machine_info(),
-                "load_average_1_5_15_min_at_end": os.getloadavg(),
-                "load_average_1_5_15_min_at_start": load_at_start,
+                **run_conditions(load_at_start),
             },
             indent=2,
         )

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import machine_info, run_in_subprocess, summarize
+from benchmarks.common import run_conditions, run_in_subprocess, summarize
 
 PRESET = "glm-base"
 PREFILL, PAST = 128, 128
@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--skip-int8", action="store_true")
     parser.add_argument("--engine", help="internal: run one engine in this process (torch | bandwidth | DIR)")
     args = parser.parse_args()
-    load_at_start = os.getloadavg()  # > ~0.5 means other jobs shared the machine during the run
+    load_at_start = os.getloadavg()
     if args.engine == "torch":
         print(json.dumps(engine_torch(args.threads, args.rounds, args.steps)))
         return
@@ -245,9 +245,7 @@ def main() -> None:
                 "bandwidth": bandwidth,
                 "engines": rows,
                 "targets_met": targets,
-                "machine": machine_info(),
-                "load_average_1_5_15_min_at_end": os.getloadavg(),
-                "load_average_1_5_15_min_at_start": load_at_start,
+                **run_conditions(load_at_start),
             },
             indent=2,
         )
