@@ -330,6 +330,7 @@ class _GLMLMBase(TemplateLM):
             top_k=int(gen.get("top_k") or 0),
             top_p=float(gen.get("top_p") or 1.0),
             seed=int(gen.get("seed", self.seed)),
+            vocab_size=len(self.glm_tokenizer),
         )
         return config, until
 

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
         length_penalty=args.length_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size,
         seed=args.seed,
+        vocab_size=len(tokenizer),
     )
     results = []
     for text in args.text:

@@ -87,6 +87,7 @@ class GenerationConfig:
     no_repeat_ngram_size: int = 0
     seed: int | None = None
     bad_words: tuple[int, ...] = ()
+    vocab_size: int | None = None  # ids >= this (the embedding's padding rows, spec §1.6) are never generated
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "sample", "beam"):
@@ -103,6 +104,8 @@ class GenerationConfig:
             raise ConfigError(f"num_beams must be >= 1, got {self.num_beams}")
         if self.min_length < 0 or self.no_repeat_ngram_size < 0:
             raise ConfigError("min_length and no_repeat_ngram_size must be >= 0")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise ConfigError(f"vocab_size must be >= 1 (or None), got {self.vocab_size}")
 
 
 @dataclass
@@ -161,6 +164,8 @@ def process_logits(
         out[list(banned_ngram_tokens(history, config.no_repeat_ngram_size))] = -np.inf
     if banned:
         out[list(banned)] = -np.inf
+    if config.vocab_size is not None:
+        out[config.vocab_size :] = -np.inf  # padding rows of the embedding table are no tokens
     return out
 
 

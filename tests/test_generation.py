@@ -549,3 +549,15 @@ def _sep_visible(s: GLMInput) -> np.ndarray:
     n = len(s)
     i, j = np.arange(n)[:, None], np.arange(n)[None, :]
     return ((j < s.sep) | (j <= i))[None]
+
+
+def test_padding_rows_above_the_vocabulary_are_never_generated():
+    """Embedding tables are padded to a multiple of 128 (spec §1.6); those rows are no tokens."""
+    from glm_core.generation import GenerationConfig, process_logits
+
+    scores = np.zeros(10)
+    scores[8] = 5.0  # the best logit sits in a padding row
+    config = GenerationConfig(vocab_size=8)
+    out = process_logits(scores, [], 0, config, stop_ids=[], banned=[])
+    assert np.isneginf(out[8:]).all() and np.isfinite(out[:8]).all()
+    assert int(np.argmax(out)) < 8

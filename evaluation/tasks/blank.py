@@ -62,7 +62,10 @@ class BlankInfilling(Task):
         for ex, prompt in zip(examples, prompts, strict=True):
             budget = max(1, (ctx.max_length - len(prompt)) // max(len(prompt.mask_positions), 1))
             config = GenerationConfig(
-                max_new_tokens=min(MAX_BLANK_TOKENS, budget), strategy="greedy", no_repeat_ngram_size=NO_REPEAT_NGRAM
+                max_new_tokens=min(MAX_BLANK_TOKENS, budget),
+                strategy="greedy",
+                no_repeat_ngram_size=NO_REPEAT_NGRAM,
+                vocab_size=len(tok),
             )
             [result] = generate_batch(ctx.backend, [prompt], ctx.special, config)
             records.append(

@@ -112,6 +112,7 @@ class Summarization(Task):
             length_penalty=s.length_penalty,
             min_length=min(s.min_length, max_new),
             no_repeat_ngram_size=s.no_repeat_ngram_size,
+            vocab_size=len(ctx.tokenizer),
         )
         results = generate_batch(ctx.backend, prompts, ctx.special, config)
         return [
