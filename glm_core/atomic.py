@@ -27,13 +27,17 @@ def write_bytes_atomically(path: str | os.PathLike[str], data: bytes) -> None:
     """``path`` holds ``data``, or what it held before if writing fails; missing parent directories are made.
 
     The temporary file is ``.<name>.<random>.tmp`` (a ``.tmp`` file is ignored by model hashing), flushed to disk
-    before the rename.
+    before the rename. The file gets ordinary permissions (``0o666`` less the umask), not ``mkstemp``'s private
+    ``0o600``: model directories are shared artefacts.
     """
     target = Path(path)
     directory = target.parent
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

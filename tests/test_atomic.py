@@ -115,3 +115,17 @@ def test_a_failed_file_write_keeps_the_old_content_and_leaves_no_temp_file(tmp_p
         write_text_atomically(path, "new")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from glm_core.atomic import write_text_atomically
+
+    umask = os.umask(0o022)
+    try:
+        write_text_atomically(tmp_path / "f.json", "{}")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644
