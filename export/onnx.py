@@ -2,8 +2,10 @@
 
 Stages: load the checkpoint -> PyTorch reference outputs -> trace (``torch.onnx.export(dynamo=True)``, graph.py)
 -> optional passes (fusion, fp16, int8/int4; export/passes/) -> write the model directory (model_dir.py) ->
-validate it with ONNX Runtime in a separate process (validate.py) -> rename into place. Any failure, validation
-included, prints one line, exits with status 2 and leaves nothing at ``--out``.
+rename into place. Validation (validate.py, ONNX Runtime in a separate process) runs after every stage that changes
+the graph (spec onnx_export §6: each pass re-validated): the traced graph against the fp32 gates, then the graph
+after each pass against the gates of its precision at that point; the first stage that fails names itself. Any
+failure, validation included, prints one line, exits with status 2 and leaves nothing at ``--out``.
 
 Large models (see export/README.md): the torch model is the only full copy of the weights held while tracing; the
 exported program is written straight to disk (external data above protobuf's 2 GB limit) and freed before any
@@ -21,11 +23,12 @@ import logging
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,11 @@ examples:
 _QUANTIZER_LOGGERS = ("onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.quantization.quantize")
 TOKENIZER_FILES = ("glm_tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt")
 VALIDATION_TIMEOUT_S = 3600
+# Intermediate stages (the traced graph before passes, a graph between two passes) of models with more fp32 weight
+# bytes than this are validated with validate.py's reduced checks (REDUCED_GRID, no greedy generation): each check
+# loads a fresh ONNX Runtime session, and only the shipped model needs every figure.
+REDUCED_CHECKS_ABOVE_BYTES = 1024**3
+TRACE_STAGE = "trace"
 
 
 @dataclass
@@ -239,25 +247,190 @@ def exporter_quiet(verbose: bool) -> Iterator[None]:
             lg.setLevel(level)
 
 
-def run_passes(model: Any, options: ExportOptions, num_layers: int, work: Path) -> tuple[Any, dict[str, Any]]:
-    figures: dict[str, Any] = {}
+# ---------------------------------------------------------------------------------------------------- passes
+@dataclass(frozen=True)
+class Precision:
+    """What a graph computes in at one stage: its glm_config.json fields and so its validation gate."""
+
+    dtype: str = "fp32"
+    optimize: str = "none"
+    quantize: str = "none"
+
+    @property
+    def kv_dtype(self) -> str:
+        return "float16" if self.dtype == "fp16" else "float32"
+
+
+@dataclass(frozen=True)
+class GraphPass:
+    name: str  # the stage name in the report: fusion, fp16, int8, int4
+    flag: str  # the option that asked for it
+    after: Precision  # the graph's precision once the pass ran
+
+    @property
+    def label(self) -> str:
+        return f"the {self.name} pass ({self.flag})"
+
+
+def plan_passes(options: ExportOptions) -> list[GraphPass]:
+    """The passes the options ask for, in the order they run: fusion, fp16, quantization (spec onnx_export §6)."""
+    plan: list[GraphPass] = []
+    precision = Precision()
     if options.optimize == "ort":
+        precision = replace(precision, optimize="ort")
+        plan.append(GraphPass("fusion", "--optimize ort", precision))
+    if options.dtype == "fp16":
+        precision = replace(precision, dtype="fp16")
+        plan.append(GraphPass("fp16", "--dtype fp16", precision))
+    if options.quantize != "none":
+        precision = replace(precision, quantize=options.quantize)
+        plan.append(GraphPass(options.quantize, f"--quantize {options.quantize}", precision))
+    return plan
+
+
+def apply_pass(
+    graph_pass: GraphPass, model: Any, options: ExportOptions, num_layers: int, work: Path
+) -> tuple[Any, dict[str, Any]]:
+    """Run one pass on an in-memory ``onnx.ModelProto``; returns the new model and the pass's figures."""
+    if graph_pass.name == "fusion":
         from export.passes.fusion import fuse_for_ort
 
-        model, figures["fusion"] = fuse_for_ort(model, num_layers)
-    if options.dtype == "fp16":
+        return fuse_for_ort(model, num_layers)
+    if graph_pass.name == "fp16":
         from export.passes.fp16 import convert_to_fp16
 
-        model, figures["fp16"] = convert_to_fp16(model, options.device)
-    if options.quantize == "int8":
+        return convert_to_fp16(model, options.device)
+    if graph_pass.name == "int8":
         from export.passes.quantize import quantize_int8
 
-        model, figures["int8"] = quantize_int8(model, work)
-    elif options.quantize == "int4":
+        return quantize_int8(model, work)
+    if graph_pass.name == "int4":
         from export.passes.quantize import quantize_int4
 
-        model, figures["int4"] = quantize_int4(model)
-    return model, figures
+        return quantize_int4(model)
+    raise ExportError(f"unknown graph pass {graph_pass.name!r}")
+
+
+def write_glm_config(
+    directory: Path,
+    config: Any,
+    options: ExportOptions,
+    precision: Precision,
+    special: Any,
+    has_tokenizer: bool,
+    data_files: list[str],
+) -> dict[str, Any]:
+    """Write ``glm_config.json`` for the graph in ``directory`` at ``precision``; returns its contents."""
+    from export import model_dir as md
+
+    glm_config = md.model_config(
+        config,
+        model_name=model_name(options.ckpt),
+        dtype=precision.dtype,
+        kv_dtype=precision.kv_dtype,
+        opset=options.opset,
+        optimize=precision.optimize,
+        quantize=precision.quantize,
+        special=special,
+        has_tokenizer=has_tokenizer,
+        external_data=data_files,
+        device=options.device,
+    )
+    (directory / "glm_config.json").write_text(json.dumps(glm_config, indent=2) + "\n", encoding="utf-8")
+    return glm_config
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+def failure_line(failures: list[str], shown: int = 3) -> str:
+    """The first ``shown`` failures on one line, with a count of the rest."""
+    line = "; ".join(failures[:shown])
+    if len(failures) > shown:
+        line += f" (and {len(failures) - shown} more)"
+    return line
+
+
+@dataclass
+class StageValidator:
+    """Validates the model directory of each stage against the one PyTorch reference, each in its own process.
+
+    ``reduce_intermediate``: intermediate stages get validate.py's reduced checks (large models, see
+    REDUCED_CHECKS_ABOVE_BYTES); the final model always gets every check.
+    """
+
+    reference: Path
+    work: Path
+    device: str
+    reduce_intermediate: bool
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+    def check(self, after: str, label: str, model_dir: Path, final: bool) -> dict[str, Any]:
+        from export.validate import validate_in_subprocess
+
+        reduced = self.reduce_intermediate and not final
+        report_path = self.work / f"validation-{after}.json"
+        figures = validate_in_subprocess(
+            model_dir, self.reference, report_path, self.device, VALIDATION_TIMEOUT_S, reduced=reduced
+        )
+        figures = {"after": after, **figures}
+        self.stages.append(figures)
+        if not figures["passed"]:
+            raise ExportError(f"validation failed after {label}: {failure_line(figures['failures'])}")
+        return figures
+
+    def report(self) -> dict[str, Any]:
+        """The final model's figures at the top level (as before per-stage validation), plus every stage's."""
+        final = self.stages[-1]
+        return {**final, "final": final["after"], "stages": self.stages}
+
+
+def run_pass_stages(
+    plan: list[GraphPass],
+    source: Path,
+    options: ExportOptions,
+    config: Any,
+    special: Any,
+    staging: Any,
+    clock: StageClock,
+    validator: StageValidator | None,
+) -> tuple[list[str], dict[str, Any]]:
+    """Apply ``plan`` to the graph at ``source``; returns the final model's data files and every pass's figures.
+
+    The last pass writes into the staging directory (validated after ``write``). With validation, every other pass
+    writes its graph into a stage directory of the work dir with its own glm_config.json, validates it, and the
+    next pass reads it back from disk: saving with external data empties the in-memory initializers, and the
+    process holds no graph while the validation process holds its ONNX Runtime session. Without validation the
+    passes run back to back in memory.
+    """
+    import onnx
+
+    from export import model_dir as md
+
+    figures: dict[str, Any] = {}
+    data_files: list[str] = []
+    graph = None
+    for index, graph_pass in enumerate(plan):
+        last = index == len(plan) - 1
+        with clock.stage(f"pass:{graph_pass.name}"), exporter_quiet(options.verbose):
+            if graph is None:
+                graph = onnx.load(str(source))  # the only copy of the weights in this process
+                if source.parent != staging.path:
+                    shutil.rmtree(source.parent)  # the stage's files are read; keep the disk to two copies
+            graph, figures[graph_pass.name] = apply_pass(graph_pass, graph, options, config.num_layers, staging.work)
+            if not last and validator is None:
+                continue
+            target = staging.path if last else staging.work / graph_pass.name
+            target.mkdir(exist_ok=True)
+            mode = options.external_data if last else "auto"
+            external = md.use_external_data(md.initializer_bytes(graph), mode)
+            data_files = md.save_model_file(graph, target, external)
+            graph = None
+            gc.collect()
+            source = target / md.MODEL_FILE
+        if not last and validator is not None:
+            write_glm_config(target, config, options, graph_pass.after, special, False, data_files)
+            with clock.stage(f"validate:{graph_pass.name}"):
+                validator.check(graph_pass.name, graph_pass.label, target, final=False)
+    return data_files, figures
 
 
 def versions() -> dict[str, str]:
@@ -288,14 +461,14 @@ def peak_rss_bytes() -> int:
 def export(options: ExportOptions) -> dict[str, Any]:
     """Run every stage; returns the export report. Raises GLMError on anything a user can fix."""
     preflight(options)
-    import onnx
-
     from export import model_dir as md
     from export.graph import GLMExportModule, export_program, release_exporter_caches
-    from export.validate import make_reference, validate_in_subprocess
+    from export.validate import make_reference
 
-    passes = options.optimize != "none" or options.dtype != "fp32" or options.quantize != "none"
-    clock = StageClock(total=6 + int(options.validate), verbose=options.verbose)
+    plan = plan_passes(options)
+    validations = (1 + len(plan)) if options.validate else 0  # the traced graph, then each pass
+    # load, trace, write, report; the reference; the passes or the inline rewrite; the validations
+    clock = StageClock(total=4 + int(options.validate) + max(len(plan), 1) + validations, verbose=options.verbose)
     report: dict[str, Any] = {"options": {k: str(v) for k, v in options.__dict__.items()}}
     try:
         with md.StagingDir(options.out, options.overwrite) as staging:
@@ -309,6 +482,9 @@ def export(options: ExportOptions) -> dict[str, Any]:
             if options.validate:
                 with clock.stage("reference"):
                     make_reference(model, reference, special=special, tokenizer=tokenizer)
+            # With passes, the traced graph is an intermediate stage: its own directory in the work dir.
+            trace_dir = staging.work / TRACE_STAGE if plan else staging.path
+            trace_dir.mkdir(exist_ok=True)
             with clock.stage("trace"), exporter_quiet(options.verbose):
                 wrapper = GLMExportModule(model)
                 nbytes = weight_bytes(model) + int(wrapper.lm_head.numel() * wrapper.lm_head.element_size())
@@ -322,20 +498,25 @@ def export(options: ExportOptions) -> dict[str, Any]:
                 # Always streamed to disk as external data: an inline save would serialise every weight into one
                 # in-memory protobuf while the torch model is still alive (measured: 4.3x the weight bytes of
                 # peak RSS for glm-large, vs 1.4x this way).
-                raw = (staging.work if passes else staging.path) / md.MODEL_FILE
+                raw = trace_dir / md.MODEL_FILE
                 program.save(str(raw), external_data=True)
                 del program, wrapper, model
                 release_exporter_caches()
+            validator = None
+            if options.validate:
+                reduce = nbytes > REDUCED_CHECKS_ABOVE_BYTES
+                validator = StageValidator(reference, staging.work, options.device, reduce_intermediate=reduce)
+            trace_label = "trace (the exported graph, before any pass)"
             data_files = [md.DATA_FILE]
             inline = not md.use_external_data(nbytes, options.external_data)
-            if passes:
-                with clock.stage("passes"), exporter_quiet(options.verbose):
-                    graph = onnx.load(str(raw))  # the torch model is gone: this is now the only copy
-                    graph, report["passes"] = run_passes(graph, options, config.num_layers, staging.work)
-                    external = md.use_external_data(md.initializer_bytes(graph), options.external_data)
-                    data_files = md.save_model_file(graph, staging.path, external)
-                    del graph
-                    gc.collect()
+            if plan:
+                if validator is not None:
+                    write_glm_config(trace_dir, config, options, Precision(), special, False, data_files)
+                    with clock.stage(f"validate:{TRACE_STAGE}"):
+                        validator.check(TRACE_STAGE, trace_label, trace_dir, final=False)
+                data_files, report["passes"] = run_pass_stages(
+                    plan, raw, options, config, special, staging, clock, validator
+                )
             elif inline:
                 with clock.stage("inline"):
                     staged = staging.work / md.MODEL_FILE
@@ -344,35 +525,22 @@ def export(options: ExportOptions) -> dict[str, Any]:
                     md.inline_external_data(staged, staging.path / md.MODEL_FILE)
                     data_files = []
             with clock.stage("write"):
-                kv_dtype = "float16" if options.dtype == "fp16" else "float32"
-                glm_config = md.model_config(
-                    config,
-                    model_name=model_name(options.ckpt),
-                    dtype=options.dtype,
-                    kv_dtype=kv_dtype,
-                    opset=options.opset,
-                    optimize=options.optimize,
-                    quantize=options.quantize,
-                    special=special,
-                    has_tokenizer=tokenizer is not None,
-                    external_data=data_files,
-                    device=options.device,
+                precision = plan[-1].after if plan else Precision()
+                has_tokenizer = tokenizer is not None
+                glm_config = write_glm_config(
+                    staging.path, config, options, precision, special, has_tokenizer, data_files
                 )
-                (staging.path / "glm_config.json").write_text(json.dumps(glm_config, indent=2) + "\n", encoding="utf-8")
                 if tokenizer is not None:
                     tokenizer.save_pretrained(staging.path)
                 if data_files:  # what we wrote must not point outside the directory (an inline file cannot)
                     from evaluation.backends.onnx import check_external_data
 
                     check_external_data(staging.path / md.MODEL_FILE)
-            if options.validate:
-                with clock.stage("validate"):
-                    validation = validate_in_subprocess(
-                        staging.path, reference, staging.work / "validation.json", options.device, VALIDATION_TIMEOUT_S
-                    )
-                    report["validation"] = validation
-                    if not validation["passed"]:
-                        raise ExportError("validation failed: " + "; ".join(validation["failures"]))
+            if validator is not None:
+                final, label = (plan[-1].name, plan[-1].label) if plan else (TRACE_STAGE, trace_label)
+                with clock.stage(f"validate:{final}"):
+                    validator.check(final, label, staging.path, final=True)
+                report["validation"] = validator.report()
             with clock.stage("report"):
                 report.update(
                     {
@@ -391,6 +559,15 @@ def export(options: ExportOptions) -> dict[str, Any]:
     return report
 
 
+def _stage_figure(stage: dict[str, Any]) -> str:
+    """``fp16 max|Δlogits| 2.1e-03`` (elementwise stages) or ``int4 perplexity ×1.012`` (quantized stages)."""
+    if stage.get("quantize", "none") != "none":
+        ppl = stage["perplexity"]
+        return f"{stage['after']} perplexity ×{ppl['onnx'] / ppl['torch']:.3f}"
+    worst = max(entry["logits"]["max_abs"] for entry in stage["grid"])
+    return f"{stage['after']} max|Δlogits| {worst:.2g}"
+
+
 def summary(report: dict[str, Any], out: Path) -> str:
     lines = [f"wrote {out}"]
     sizes = report.get("files", {})
@@ -399,6 +576,9 @@ def summary(report: dict[str, Any], out: Path) -> str:
         lines.append(f"  size {total / 1e6:.1f} MB ({', '.join(sorted(sizes))})")
     validation = report.get("validation")
     if validation:
+        stages = validation.get("stages", [])
+        if len(stages) > 1:
+            lines.append("  validated after each stage: " + ", ".join(_stage_figure(stage) for stage in stages))
         grid = validation["grid"]
         worst = max(entry["logits"]["max_abs"] for entry in grid)
         norm = max(entry["logits"]["normalised"] for entry in grid)

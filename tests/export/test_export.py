@@ -127,6 +127,7 @@ def test_export_report_has_every_validation_figure(exported_dir: Path) -> None:
     assert any(p > 0 and S == 1 for _, S, _, p in cases)  # a decode step
     assert all(c["logits"]["max_abs"] <= 1e-4 and c["logits"]["normalised"] <= 1e-5 for c in validation["grid"])
     assert validation["incremental"]["ok"] and validation["generation"]["identical"]
+    assert [s["after"] for s in validation["stages"]] == ["trace"] and validation["final"] == "trace"  # no passes
     assert {"torch", "onnx", "onnxruntime", "onnxscript"} <= set(report["versions"])
     assert report["files"]["model.onnx"] > 0 and "trace" in report["timings_s"]
 
@@ -261,6 +262,13 @@ def test_fused_fp16_export_validates(tiny_ckpt: Path, tmp_path: Path) -> None:
     assert cfg["kv_dtype"] == "float16" and cfg["optimize"] == "ort"
     report = json.loads((out / "export_report.json").read_text())
     assert report["validation"]["passed"] and report["validation"]["tolerance"]["atol"] == 5e-2
+    # spec §6: each pass re-validated, with the gate of the graph's precision at that point
+    stages = report["validation"]["stages"]
+    assert [s["after"] for s in stages] == ["trace", "fusion", "fp16"] and report["validation"]["final"] == "fp16"
+    assert [s["dtype"] for s in stages] == ["fp32", "fp32", "fp16"]
+    assert [s["tolerance"]["atol"] for s in stages] == [1e-4, 1e-4, 5e-2]
+    assert all(s["passed"] and s["checks"] == "full" for s in stages)
+    assert stages[-1]["grid"] == report["validation"]["grid"]  # the top level is the shipped model's figures
     logits, present = OnnxBackend(out).step(np.array([[1, 2, 3]]), positions(1, 0, 3), np.array([1]), None)
     assert logits.dtype == np.float32 and present[0].numpy().dtype == np.float16
 
@@ -276,6 +284,10 @@ def test_int4_export_quantizes_every_weight_matmul_including_the_head(tiny_ckpt:
     inits = {t.name for t in graph.initializer}
     assert not [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits]
     validation = json.loads((out / "export_report.json").read_text())["validation"]
+    trace, int4 = validation["stages"]
+    assert (trace["after"], trace["quantize"], trace["tolerance"]["atol"]) == ("trace", "none", 1e-4)
+    assert (int4["after"], int4["quantize"], int4["tolerance"]) == ("int4", "int4", None)
+    assert trace["passed"] and int4["passed"] and int4["quant_gate"] == validation["quant_gate"]
     gate = validation["quant_gate"]
     assert validation["passed"] and validation["perplexity"]["rel_delta"] <= gate["max_ppl_rel_delta"]
     confident = validation["confident_top1"]
@@ -393,7 +405,7 @@ def test_failed_validation_exits_2_and_leaves_nothing(tiny_ckpt: Path, tmp_path:
 
     monkeypatch.setattr(export.validate, "validate_in_subprocess", failing)
     assert main(["--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "out")]) == 2
-    assert "validation failed: grid B=1" in _one_error_line(capsys)
+    assert "validation failed after trace (the exported graph, before any pass): grid B=1" in _one_error_line(capsys)
     assert list(tmp_path.iterdir()) == []
 
 
