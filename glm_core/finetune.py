@@ -8,16 +8,24 @@ turned into it by their patterns). Scores, as the original ``--cloze-eval`` comp
 - **multi-token**: one sequence per choice, score = sum of log-softmax over the choice's tokens (plus ``eop`` when
   ``append_eop``, as SuperGLUE PVPs do; ``glm_core.layout.build_candidate_sequences``).
 
-The loss of an example is ``CE(scores, label)``; :class:`ClozeTask` feeds the training loop of
-:mod:`glm_core.train`, :class:`ClozeEvaluator` reports accuracy. Choices are encoded as ``" " + choice`` (a word after
+Multi-token scores may be length-normalised, ``sum / len**length_penalty`` over the scored tokens (incl. eop);
+WSC uses ``length_penalty = 1`` (the mean), every other task 0 (the sum) (spec §6.1).
+
+The loss of an example is ``CE(scores, label)`` (``loss="ce"``), or for WSC ``-score(label) + CE(scores, label)``
+(``loss="mix"``, GLM:finetune_glm.py:140-156); :class:`ClozeTask` feeds the training loop of :mod:`glm_core.train`,
+:class:`ClozeEvaluator` reports accuracy or a task's own metric. Choices are encoded as ``" " + choice`` (a word after
 a space, as the verbalizers of spec §3.2 carry a leading space).
+
+Supported tasks (``glm-train finetune --task``): ``demo``, any cloze ``.jsonl``, and through the evaluation package's
+SuperGLUE patterns BoolQ, CB, COPA (training adds the swapped-choice copies), MultiRC, ReCoRD (training: the gold plus
+at most 9 sampled negatives; evaluation: EM/F1), RTE, WiC and WSC (``mix`` loss, mean log-prob).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +42,18 @@ from glm_core.train import model_call
 
 SCORE_PAD = -10000.0  # spec §2.4-2: padded (missing) choices get -10000
 EVAL_BATCH_EXAMPLES = 32
+LOSSES = ("ce", "mix")  # spec §6.1: CE over the choice scores; WSC's mix = -score(gold) + CE
 
 __all__ = [
     "ClozeEvaluator",
     "ClozeExample",
     "ClozeItem",
     "ClozeScorer",
+    "ClozeSplit",
     "ClozeTask",
+    "LOSSES",
+    "Metric",
+    "cloze_losses",
     "encode_examples",
     "load_task_examples",
     "read_cloze_jsonl",
@@ -94,11 +107,16 @@ def load_task_examples(
 @dataclass
 class ClozeItem:
     """One scored unit, already laid out: ``samples`` is one ``[CLS] A [eos] [sop]`` input (single-token cloze,
-    scored at the ids ``choice_ids[i][0]``) or one input per choice (multi-token); ``label`` indexes the choices."""
+    scored at the ids ``choice_ids[i][0]``) or one input per choice (multi-token); ``label`` indexes the choices.
+
+    ``length_penalty`` divides a multi-token score by ``len**length_penalty`` (spec §6.1: WSC 1, else 0); ``meta`` holds
+    what a task's own metric needs (ReCoRD: candidate texts and gold answers; WSC: the example's true/false label)."""
 
     samples: list[GLMInput]
     choice_ids: list[list[int]]
     label: int
+    length_penalty: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def single_token(self) -> bool:
@@ -164,6 +182,8 @@ class ClozeScorer:
             raw = model_call(model, _single_token_scores, tensors, verbalizers.to(device))  # [N, C]
         else:
             per_sample = model_call(model, _candidate_log_likelihood, tensors)  # [sum C]
+            divisors = torch.tensor(_length_divisors(encoded), dtype=per_sample.dtype, device=per_sample.device)
+            per_sample = per_sample / divisors  # spec §6.1: sum / len**length_penalty
             raw = torch.full((len(encoded), width), SCORE_PAD, device=per_sample.device)
             valid = torch.zeros((len(encoded), width), dtype=torch.bool)
             offset = 0
@@ -173,6 +193,16 @@ class ClozeScorer:
                 valid[i, :n] = True
                 offset += n
         return torch.where(valid.to(raw.device), raw, torch.full_like(raw, SCORE_PAD))
+
+
+def _length_divisors(encoded: Sequence[ClozeItem]) -> list[float]:
+    """``len**length_penalty`` per candidate sequence, ``len`` = its scored tokens (incl. eop); 1 for a plain sum."""
+    out = []
+    for e in encoded:
+        for sample in e.samples:
+            n = float(np.sum(sample.loss_mask > 0))
+            out.append(n**e.length_penalty if e.length_penalty else 1.0)
+    return out
 
 
 def _single_token_scores(glm: GLMModel, batch: dict[str, torch.Tensor], verbalizers: torch.Tensor) -> torch.Tensor:
@@ -197,9 +227,35 @@ def _candidate_log_likelihood(glm: GLMModel, batch: dict[str, torch.Tensor]) -> 
 
 
 # ------------------------------------------------------------------------------------------------------- training
+Metric = Callable[[Sequence[ClozeItem], Sequence[int]], dict[str, float]]  # (items, argmax predictions) -> metrics
+
+
+@dataclass
+class ClozeSplit:
+    """One split of a fine-tuning task: its items, the training loss (:data:`LOSSES`) and, for evaluation, the task's
+    own metric (``None``: accuracy of the argmax against ``item.label``)."""
+
+    items: list[ClozeItem]
+    loss: str = "ce"
+    metric: Metric | None = None
+
+
+def cloze_losses(scores: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
+    """``[N]`` per-example losses from ``[N, C]`` scores (spec §6.1, GLM:finetune_glm.py:140-156):
+    ``ce`` = CE(scores, label); ``mix`` = -scores[label] + CE(scores, label)."""
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown fine-tuning loss {loss!r}; expected one of {', '.join(LOSSES)}")
+    ce = F.cross_entropy(scores, labels, reduction="none")  # [N]
+    if loss == "ce":
+        return ce
+    gold = scores.gather(1, labels[:, None])[:, 0]  # [N]
+    return ce - gold
+
+
 class ClozeTask:
     """Fine-tuning data for :func:`glm_core.train.train`: step ``k``'s global batch is items
-    ``perm_e[(k * B + i) % N]`` (epoch permutations seeded by ``(seed, e)``), sliced per rank and micro-batch."""
+    ``perm_e[(k * B + i) % N]`` (epoch permutations seeded by ``(seed, e)``), sliced per rank and micro-batch;
+    the loss is ``loss`` (:data:`LOSSES`) over the items' choice scores."""
 
     def __init__(
         self,
@@ -211,9 +267,12 @@ class ClozeTask:
         *,
         seed: int = 0,
         name: str = "cloze",
+        loss: str = "ce",
     ) -> None:
         if not items:
             raise DataError("fine-tuning needs at least one training example")
+        if loss not in LOSSES:
+            raise ConfigError(f"unknown fine-tuning loss {loss!r}; expected one of {', '.join(LOSSES)}")
         if len({item.single_token for item in items}) > 1:
             raise DataError("a fine-tuning task mixes single-token and multi-token items; expected one kind")
         self.encoded = list(items)
@@ -224,6 +283,7 @@ class ClozeTask:
         self.global_batch_size = micro_batch_size * grad_accum * world_size
         self.seed = seed
         self.name = name
+        self.loss = loss
 
     def _example_index(self, global_index: int) -> int:
         epoch, i = divmod(global_index, len(self.encoded))
@@ -244,37 +304,51 @@ class ClozeTask:
         encoded = [self.encoded[int(i)] for i in batch["index"]]
         scores = self.scorer.scores(model, encoded, device)  # [N, C]
         labels = torch.tensor([e.label for e in encoded], device=scores.device)
-        return F.cross_entropy(scores.float(), labels, reduction="sum")  # spec §6.1: CE over the choice scores
+        return cloze_losses(scores.float(), labels, self.loss).sum()  # spec §6.1: CE (or mix) over the choice scores
 
     def describe(self) -> dict[str, Any]:
         return {
             "task": f"finetune:{self.name}",
             "items": len(self.encoded),
             "single_token": self.single_token,
+            "loss": self.loss,
             "seed": self.seed,
         }
 
 
 class ClozeEvaluator:
-    """``evaluate(model) -> {"<name>_accuracy": ..., "<name>_items": ...}`` for the training loop's hook."""
+    """``evaluate(model) -> {"<name>_<metric>": ..., "<name>_items": ...}`` for the training loop's hook: accuracy of
+    the argmax against ``item.label``, or the metrics of ``metric(items, predictions)`` (ReCoRD EM/F1, WSC)."""
 
-    def __init__(self, items: Sequence[ClozeItem], tokenizer: Any, *, name: str = "cloze") -> None:
+    def __init__(
+        self, items: Sequence[ClozeItem], tokenizer: Any, *, name: str = "cloze", metric: Metric | None = None
+    ) -> None:
         if not items:
             raise DataError("no evaluation examples")
         self.name = name
         self.scorer = ClozeScorer(tokenizer)
         self.encoded = list(items)
+        self.metric = metric
 
-    def __call__(self, model: GLMModel) -> dict[str, Any]:
+    def predictions(self, model: nn.Module) -> list[int]:
+        """The argmax choice of every item, in order."""
         device = next(model.parameters()).device
-        correct = 0
+        out: list[int] = []
         with torch.no_grad():
             for start in range(0, len(self.encoded), EVAL_BATCH_EXAMPLES):
                 chunk = self.encoded[start : start + EVAL_BATCH_EXAMPLES]
                 scores = self.scorer.scores(model, chunk, device)
-                predictions = scores.argmax(dim=1).cpu().tolist()
-                correct += sum(int(p == e.label) for p, e in zip(predictions, chunk, strict=True))
-        return {f"{self.name}_accuracy": correct / len(self.encoded), f"{self.name}_items": len(self.encoded)}
+                out.extend(int(p) for p in scores.argmax(dim=1).cpu().tolist())
+        return out
+
+    def __call__(self, model: GLMModel) -> dict[str, Any]:
+        predictions = self.predictions(model)
+        if self.metric is None:
+            correct = sum(int(p == e.label) for p, e in zip(predictions, self.encoded, strict=True))
+            values = {"accuracy": correct / len(self.encoded)}
+        else:
+            values = self.metric(self.encoded, predictions)
+        return {**{f"{self.name}_{k}": v for k, v in values.items()}, f"{self.name}_items": len(self.encoded)}
 
 
 def encode_examples(

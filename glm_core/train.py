@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -756,10 +757,22 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--eval-tasks", default="demo", help="evaluation tasks run by the eval hook ('' for none)")
     pre.add_argument("--eval-data-dir", default="evaluation/data")
     pre.add_argument("--eval-limit", type=int, default=None, help="examples per evaluation task")
-    ft = sub.add_parser("finetune", help="cloze fine-tuning: CE over verbalizer / candidate scores (spec §6.1)")
+    ft = sub.add_parser(
+        "finetune",
+        help="cloze fine-tuning: CE over verbalizer / candidate scores (spec §6.1)",
+        description=(
+            "Cloze fine-tuning (spec §6.1). Tasks: demo; a cloze .jsonl ({text, choices, label}); the SuperGLUE "
+            "tasks boolq, cb, multirc, rte, wic (single-token verbalizers, CE), copa (two candidates +eop, CE; "
+            "training adds swapped-choice copies), wsc (span1 vs negatives +eop, mean log-prob, loss -score(gold) "
+            "+ CE; trains on the label-true examples) and record (passage entities +eop, CE; training: gold plus "
+            "at most 9 sampled negatives; evaluation EM/F1), with the evaluation package's patterns."
+        ),
+    )
     _add_common(ft)
     ft.add_argument(
-        "--task", required=True, help="demo, boolq|cb|copa|multirc|rte|wic (optionally :PATTERN), or a .jsonl"
+        "--task",
+        required=True,
+        help="demo, boolq|cb|copa|multirc|record|rte|wic|wsc (optionally :PATTERN), or a .jsonl",
     )
     ft.add_argument("--data-dir", default="evaluation/data")
     ft.add_argument(
@@ -943,26 +956,84 @@ def evaluation_factory(args: argparse.Namespace) -> EvaluateFactory:
     return factory
 
 
-TaskLoader = Callable[[str, Any, int], list[Any]]  # (split, tokenizer, max_length) -> list[ClozeItem]
-FINETUNE_EVALUATION_TASKS = ("boolq", "cb", "copa", "multirc", "rte", "wic")
+TaskLoader = Callable[[str, Any, int, bool], Any]  # (split, tokenizer, max_length, training) -> ClozeSplit
+FINETUNE_EVALUATION_TASKS = ("boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc")
+RECORD_TRAIN_CANDIDATES = 10  # spec §6.1: the gold plus at most 9 negatives per correct answer (dataset.py:806-861)
+WSC_TRAIN_NEGATIVES = 9  # the original WSC reader splits longer negative lists into lists of 9 (training only)
+
+
+def copa_training_examples(examples: Sequence[Any]) -> list[Any]:
+    """spec §6.1: the COPA training examples, then a copy of each with ``choice1``/``choice2`` swapped and the label
+    flipped (GLM:tasks/superglue/dataset.py:608-620). Training only: evaluation scores the examples as given."""
+    mirrored = []
+    for ex in examples:
+        d = ex.data
+        data = {**d, "choice1": d["choice2"], "choice2": d["choice1"], "label": 1 - int(d["label"])}
+        mirrored.append(dataclasses.replace(ex, key=f"{ex.key}-swapped", data=data))
+    return [*examples, *mirrored]
+
+
+def wsc_training_examples(examples: Sequence[Any]) -> list[Any]:
+    """The original WSC training set under ``--wsc-negative`` (spec §6.1): only the examples whose span1 is the
+    pronoun's referent (label true), so that candidate 0 is the gold; more than 9 negatives are split into lists of 9,
+    the last one filled up from the start of the list."""
+    out = []
+    for ex in examples:
+        if ex.data["label"] != 1:
+            continue
+        negatives = list(ex.data["negatives"])
+        if len(negatives) <= WSC_TRAIN_NEGATIVES:
+            out.append(ex)
+            continue
+        for i in range(0, len(negatives), WSC_TRAIN_NEGATIVES):
+            chunk = negatives[i : i + WSC_TRAIN_NEGATIVES]
+            chunk += negatives[: WSC_TRAIN_NEGATIVES - len(chunk)]
+            out.append(dataclasses.replace(ex, key=f"{ex.key}-n{i}", data={**ex.data, "negatives": chunk}))
+    return out
+
+
+def record_training_examples(examples: Sequence[Any], rng: np.random.Generator) -> list[Any]:
+    """ReCoRD training (spec §6.1, GLM:tasks/superglue/dataset.py:806-861): one example per gold answer whose
+    candidates are that answer first, then the passage entities that are no gold answer, cut to
+    :data:`RECORD_TRAIN_CANDIDATES` - 1 after a shuffle by ``rng`` when there are more."""
+    out = []
+    for ex in examples:
+        answers = ex.data["answers"]
+        others = [e for e in ex.data["entities"] if e not in answers]
+        for a, answer in enumerate(answers):
+            negatives = list(others)
+            if len(negatives) > RECORD_TRAIN_CANDIDATES - 1:
+                rng.shuffle(negatives)
+                negatives = negatives[: RECORD_TRAIN_CANDIDATES - 1]
+            data = {**ex.data, "entities": [answer, *negatives]}
+            out.append(dataclasses.replace(ex, key=f"{ex.key}-a{a}", data=data))
+    return out
 
 
 def evaluation_task_loader(args: argparse.Namespace) -> TaskLoader | None:
     """For ``finetune --task NAME`` with a task of the evaluation package: its examples laid out by its own
-    patterns and verbalizers (spec §6.1), as fine-tuning items. Called from :func:`main` only (DESIGN.md layers).
+    patterns, verbalizers and candidates (spec §6.1), as a :class:`~glm_core.finetune.ClozeSplit`. Called from
+    :func:`main` only (DESIGN.md layers).
 
     Single-token tasks give one item per scored unit (MultiRC: per answer option) with the verbalizer ids as
-    choices; COPA gives one sequence per candidate (+eop). WSC and ReCoRD, whose training losses differ
-    (spec §6.1), are not supported. The original COPA training doubles the data with swapped choices; not done here.
+    choices. COPA, WSC and ReCoRD give one sequence per candidate (+eop), built by the task's ``samples``:
+
+    - COPA: CE over the two summed scores; training adds the swapped-choice copies (:func:`copa_training_examples`);
+    - WSC: candidate 0 is span1, then the negatives, scored by their mean log-prob (length penalty 1); loss ``mix``;
+      training keeps the label-true examples (:func:`wsc_training_examples`); evaluation: accuracy of
+      "candidate 0 wins" against the label;
+    - ReCoRD: CE over summed scores; training candidates per :func:`record_training_examples` (seeded by
+      ``--seed``); evaluation over all passage entities, EM/F1 against the gold answers.
     """
     if getattr(args, "command", "") != "finetune" or args.task == "demo" or args.task.endswith(".jsonl"):
         return None
     from types import SimpleNamespace
 
+    from evaluation import metrics
     from evaluation.tasks import get_task
     from evaluation.tasks.cloze import ClozeClassificationTask, MultipleChoiceTask, encode_candidate
     from glm_core.errors import DataError
-    from glm_core.finetune import ClozeItem
+    from glm_core.finetune import ClozeItem, ClozeSplit
 
     task = get_task(args.task)
     if task.name not in FINETUNE_EVALUATION_TASKS:
@@ -971,26 +1042,63 @@ def evaluation_task_loader(args: argparse.Namespace) -> TaskLoader | None:
             f"{', '.join(FINETUNE_EVALUATION_TASKS)}"
         )
 
-    def load(split: str, tokenizer: Any, max_length: int) -> list[Any]:
+    def wsc_accuracy(items: Sequence[Any], predictions: Sequence[int]) -> dict[str, float]:
+        # spec §6.1: the prediction is True iff candidate 0 (span1) wins (GLM:tasks/eval_utils.py:189-190)
+        preds = [int(p == 0) for p in predictions]
+        return {"accuracy": metrics.accuracy(preds, [item.meta["label"] for item in items])}
+
+    def record_em_f1(items: Sequence[Any], predictions: Sequence[int]) -> dict[str, float]:
+        texts = [item.meta["candidates"][p] for item, p in zip(items, predictions, strict=True)]
+        return metrics.record_scores(texts, [item.meta["answers"] for item in items])
+
+    def no_label(split: str, key: str) -> DataError:
+        return DataError(f"task {task.name!r}, split {split!r}: example {key!r} has no label")
+
+    def candidate_item(ex: Any, ctx: Any, training: bool) -> Any:
+        samples = task.samples(ex, ctx)
+        choices = [encode_candidate(c, ctx.tokenizer) for c in task.candidates(ex)]
+        meta: dict[str, Any] = {}
+        if task.name == "wsc":
+            label, meta = 0, {"label": int(ex.data["label"])}  # candidate 0 = span1, the gold of training examples
+        elif task.name == "record":
+            entities, answers = ex.data["entities"], ex.data["answers"]
+            # training: the gold answer is candidate 0; evaluation: the first entity that is a gold answer
+            label = 0 if training else next((i for i, e in enumerate(entities) if e in answers), 0)
+            meta = {"candidates": list(entities), "answers": list(answers)}
+        else:
+            label = int(ex.data["label"])
+        return ClozeItem(samples, choices, label, length_penalty=float(task.length_penalty), meta=meta)
+
+    def load(split: str, tokenizer: Any, max_length: int, training: bool) -> ClozeSplit:
         examples = task.read(Path(args.data_dir), split, None)
+        for ex in examples:
+            if task.name == "record":
+                if not ex.data["answers"]:
+                    raise DataError(f"task 'record', split {split!r}: query {ex.key!r} has no gold answers")
+            elif isinstance(task, MultipleChoiceTask) and ex.data.get("label") is None:
+                raise no_label(split, ex.key)
+        if training and task.name == "copa":
+            examples = copa_training_examples(examples)
+        elif training and task.name == "wsc":
+            examples = wsc_training_examples(examples)
+        elif training and task.name == "record":
+            examples = record_training_examples(examples, np.random.default_rng([args.seed, 0x5EC0]))
         ctx = SimpleNamespace(tokenizer=tokenizer, special=tokenizer.special, max_length=max_length)
         items = []
         for ex in examples:
-            samples = task.samples(ex, ctx)
             if isinstance(task, ClozeClassificationTask):
+                samples = task.samples(ex, ctx)
                 verbalizers = task.verbalizer_ids(tokenizer)
                 per_unit = 1 if all(len(v) == 1 for v in verbalizers) else len(verbalizers)
                 for u, (_, gold) in enumerate(task.units(ex)):
                     if gold is None:
-                        raise DataError(f"task {task.name!r}, split {split!r}: example {ex.key!r} has no label")
+                        raise no_label(split, ex.key)
                     items.append(ClozeItem(samples[u * per_unit : (u + 1) * per_unit], verbalizers, int(gold)))
             elif isinstance(task, MultipleChoiceTask):
-                label = ex.data.get("label")
-                if label is None:
-                    raise DataError(f"task {task.name!r}, split {split!r}: example {ex.key!r} has no label")
-                choices = [encode_candidate(c, tokenizer) for c in task.candidates(ex)]
-                items.append(ClozeItem(samples, choices, int(label)))
-        return items
+                items.append(candidate_item(ex, ctx, training))
+        loss = "mix" if task.name == "wsc" else "ce"  # spec §6.1: WSC --loss-func mix
+        metric = {"wsc": wsc_accuracy, "record": record_em_f1}.get(task.name)
+        return ClozeSplit(items, loss=loss, metric=metric)
 
     return load
 
@@ -1038,9 +1146,14 @@ def run(
     else:
         from glm_core.finetune import ClozeEvaluator, ClozeTask, encode_examples, load_task_examples
 
+        loss, metric = "ce", None
         if task_loader is not None:  # a task of the evaluation package (SuperGLUE), laid out by its patterns
-            train_items = task_loader(args.train_split, tokenizer, seq_length)
-            val_items = [] if args.no_eval else task_loader(args.val_split, tokenizer, seq_length)
+            train_split = task_loader(args.train_split, tokenizer, seq_length, True)
+            train_items, loss = train_split.items, train_split.loss
+            val_items = []
+            if not args.no_eval:
+                val_split = task_loader(args.val_split, tokenizer, seq_length, False)
+                val_items, metric = val_split.items, val_split.metric
         else:
             train_examples, val_examples = load_task_examples(args.task, args.data_dir, args.val_file)
             # one scoring mode for train and val (single-token only if every choice of both is one token)
@@ -1050,9 +1163,18 @@ def run(
             train_items, val_items = items[: len(train_examples)], items[len(train_examples) :]
         name = Path(args.task).stem if args.task.endswith(".jsonl") else args.task
         task = ClozeTask(
-            train_items, tokenizer, args.micro_batch_size, args.grad_accum, ctx.world_size, seed=args.seed, name=name
+            train_items,
+            tokenizer,
+            args.micro_batch_size,
+            args.grad_accum,
+            ctx.world_size,
+            seed=args.seed,
+            name=name,
+            loss=loss,
         )
-        evaluate = None if (args.no_eval or not val_items) else ClozeEvaluator(val_items, tokenizer, name=name)
+        evaluate = (
+            None if (args.no_eval or not val_items) else ClozeEvaluator(val_items, tokenizer, name=name, metric=metric)
+        )
 
     resume = _resume_path(args)
     meta = {
