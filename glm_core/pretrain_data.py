@@ -21,8 +21,20 @@ Objectives (spec §5; one per batch, probabilities ``bert_prob`` / ``gap_sentenc
   ``1 - gpt_infill_prob``, otherwise at a uniformly random start.
 
 Spans become Part B in shuffled order (``shuffle_spans``); ``glm_core.layout.corrupt`` builds tokens, 2-D positions,
-targets and the Part-B-only loss mask, and ``glm_core.layout.collate`` pads to ``seq_length``. Not implemented:
-``block_mask_prob`` ([dBLOCK], 10B models only), ``short_seq_prob`` and ``single_span_prob``.
+targets and the Part-B-only loss mask, and ``glm_core.layout.collate`` pads to ``seq_length``.
+
+Options of the 10B recipes (spec §5; all 0 by default, and at 0 they draw nothing, so batches stay bit for bit):
+
+- ``short_seq_prob``: with this probability a *batch* (one draw per step, as the original draws once per batch) uses
+  chunks of a shared target length ``L`` uniform over ``[min(32, w - 1), w - 1]`` (``w`` = window) instead of whole
+  windows; each sample's chunk starts at a random sentence start and ends at the last sentence end within ``L``
+  tokens (unaligned ``L`` tokens when that would keep fewer than ``L // 2``). Unlike the original, which cuts each
+  sample into several chunks, every sample keeps exactly one chunk, so the global batch size never changes.
+- ``single_span_prob``: token objective only; with this probability a sample gets one Poisson span instead of the
+  15 % budget.
+- ``block_mask_prob``: token objective only (the original's ``task == 'bert'``); each Part-B *input* token after a
+  block's ``[sop]`` is replaced by ``[dBLOCK]`` with this probability; ``[sop]``, targets and Part A are unchanged.
+  The id comes from :func:`dblock_id` (spec §3.2 row "dBLOCK (train only)").
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ __all__ = [
     "OBJECTIVES",
     "MaskingConfig",
     "PretrainSampler",
+    "dblock_id",
     "read_corpus",
     "sentence_end_ids",
     "tokenize_documents",
@@ -79,9 +92,19 @@ class MaskingConfig:
     gpt_infill_prob: float = 0.5
     shuffle_spans: bool = True
     task_mask: bool = True  # False: [MASK] for every objective (GLM-Base/Large/RoBERTa, spec §5)
+    block_mask_prob: float = 0.0  # Part-B inputs -> [dBLOCK] (10B/Chinese: 0.1)
+    short_seq_prob: float = 0.0  # batches of shorter, sentence-aligned chunks (10B: 0.02)
+    single_span_prob: float = 0.0  # one Poisson span instead of the 15 % budget (10B 1024 continuation: 0.05)
 
     def __post_init__(self) -> None:
-        for name in ("bert_prob", "gap_sentence_prob", "gpt_infill_prob"):
+        for name in (
+            "bert_prob",
+            "gap_sentence_prob",
+            "gpt_infill_prob",
+            "block_mask_prob",
+            "short_seq_prob",
+            "single_span_prob",
+        ):
             _check_probability(name, getattr(self, name), closed=True)
         for name in ("bert_ratio", "gap_sentence_ratio", "gpt_min_ratio"):
             _check_probability(name, getattr(self, name), closed=False)
@@ -109,6 +132,25 @@ def _check_probability(name: str, value: float, closed: bool) -> None:
     if not ok:
         interval = "[0, 1]" if closed else "(0, 1)"
         raise ConfigError(f"{name} must lie in {interval}, got {value!r}")
+
+
+def dblock_id(family: str, tokens: SpecialTokens) -> int | None:
+    """The train-only ``[dBLOCK]`` id of a tokenizer (spec §3.2), or ``None`` when the family has none.
+
+    GPT-2: 50265 (after sMASK). SentencePiece (Chinese, glm-tiny): ``n + 10`` with ``--fix-command-token``, ``n + 9``
+    without it in the original vocabulary (there gMASK = eop). The hub table of glm-10b-chinese uses ``n + 9`` for
+    its copied gMASK row (``bad_words``), so that table has no free dBLOCK id. BERT and RoBERTa: none.
+    """
+    if family == "gpt2":
+        return 50265
+    if family != "sentencepiece":
+        return None
+    n = tokens.pad  # command tokens follow the n pieces; pad is the first
+    if tokens.gmask == tokens.eop:
+        return n + 9  # original glm-10b-chinese vocabulary, no --fix-command-token
+    if tokens.bad_words:
+        return None  # hub glm-10b-chinese: n + 9 is its gMASK
+    return n + 10
 
 
 # ------------------------------------------------------------------------------------------------------- corpus
@@ -170,6 +212,7 @@ class PretrainSampler:
         *,
         seed: int = 0,
         sentence_ends: Sequence[int] = (),
+        dblock: int | None = None,
     ) -> None:
         self.masking = masking or MaskingConfig()
         if isinstance(seq_length, bool) or not isinstance(seq_length, int) or seq_length < 8:
@@ -191,6 +234,12 @@ class PretrainSampler:
                 raise ConfigError(
                     "the tokenizer has no [sMASK]/[gMASK]; use task_mask=False or bert_prob=1.0 (spec §5)"
                 )
+        if self.masking.block_mask_prob > 0 and dblock is None:
+            raise ConfigError(
+                f"block_mask_prob={self.masking.block_mask_prob} needs a [dBLOCK] id, but the tokenizer has none "
+                "(spec §3.2: GPT-2 and SentencePiece tokenizers only); use block_mask_prob=0"
+            )
+        self.dblock = dblock
         self._permutations: dict[int, np.ndarray] = {}
 
     # ----------------------------------------------------------------------------------------- windows
@@ -219,18 +268,47 @@ class PretrainSampler:
         fraction = float(rng.uniform(m.gpt_min_ratio, 1.0))
         return objective, fraction
 
+    def short_length(self, step: int) -> int | None:
+        """The step's shared chunk length when it is a short-sequence batch (``short_seq_prob``), else ``None``."""
+        p = self.masking.short_seq_prob
+        if p <= 0:
+            return None  # no draw: batches are those of a sampler without the option
+        rng = np.random.default_rng([self.seed, int(step), 0x5407])
+        if float(rng.random()) >= p:
+            return None
+        low = min(32, self.window - 1)  # GLM:blocklm_utils.py:283: randrange(32, seq_length - 1)
+        return int(rng.integers(low, self.window))  # low .. window - 1
+
     def sample(self, step: int, index: int, global_batch_size: int) -> GLMInput:
         """Sample ``index`` (0-based, < ``global_batch_size``) of step ``step``'s global batch."""
         if not 0 <= index < global_batch_size:
             raise ConfigError(f"sample index {index} outside the global batch of {global_batch_size}")
         objective, fraction = self.batch_plan(step)
-        rng = np.random.default_rng([self.seed, int(step), int(index)])
-        text = self.window_tokens(int(step) * global_batch_size + index)
+        text, rng = self._text_and_generator(step, index, global_batch_size)
         if objective == "token":
-            return self._span_sample(text, rng, self._token_spans, "token")
+            sample = self._span_sample(text, rng, self._token_spans, "token")
+            return self._block_mask(sample, rng)
         if objective == "sentence":
             return self._span_sample(text, rng, self._sentence_spans, "sentence")
         return self._document_sample(text, rng, fraction)
+
+    def sample_text(self, step: int, index: int, global_batch_size: int) -> np.ndarray:
+        """The tokens sample ``index`` of step ``step`` is cut from: its window, or its chunk in a short batch.
+
+        The sample itself holds a prefix of these (the token and sentence objectives shorten the text until the
+        corrupted sample fits ``seq_length``; the document objective keeps ``seq_length - 3`` tokens).
+        """
+        return self._text_and_generator(step, index, global_batch_size)[0]
+
+    def _text_and_generator(
+        self, step: int, index: int, global_batch_size: int
+    ) -> tuple[np.ndarray, np.random.Generator]:
+        rng = np.random.default_rng([self.seed, int(step), int(index)])
+        text = self.window_tokens(int(step) * global_batch_size + index)
+        length = self.short_length(step)
+        if length is not None:
+            text = self._short_chunk(text, length, rng)
+        return text, rng
 
     def global_batch(self, step: int, global_batch_size: int) -> list[GLMInput]:
         return [self.sample(step, i, global_batch_size) for i in range(global_batch_size)]
@@ -260,20 +338,73 @@ class PretrainSampler:
     def _order(self, count: int, rng: np.random.Generator) -> list[int]:
         return rng.permutation(count).tolist() if self.masking.shuffle_spans else list(range(count))
 
+    def _is_sentence_end(self, token: int) -> bool:
+        return int(token) in self.sentence_ends
+
+    def _short_chunk(self, text: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+        """A sentence-aligned chunk of at most ``length`` tokens (spec §5 ``short_seq_prob``)."""
+        if length >= len(text):
+            return text
+        start = int(rng.integers(0, len(text) - length))
+        # move left to a sentence start: not an eos itself, and right after a sentence end (or eos)
+        while start > 0 and (text[start] == self.tokens.eos or not self._is_sentence_end(text[start - 1])):
+            start -= 1
+        end = start + length
+        while end > start and not self._is_sentence_end(text[end - 1]):
+            end -= 1
+        if end - start < length // 2:  # no sentence end close enough: keep the unaligned chunk
+            end = start + length
+        return text[start:end]
+
+    def _block_mask(self, sample: GLMInput, rng: np.random.Generator) -> GLMInput:
+        """Part-B span inputs (block position >= 2, i.e. after each ``[sop]``) -> ``[dBLOCK]`` w.p. ``block_mask_prob``."""
+        p = self.masking.block_mask_prob
+        if p <= 0:
+            return sample  # no draw
+        span_inputs = np.flatnonzero(sample.position_ids[1] >= 2)  # Part A has block position 0, sop has 1
+        hit = span_inputs[rng.random(len(span_inputs)) < p]
+        sample.input_ids[hit] = self.dblock  # GLM:blocklm_utils.py:195-198; targets are a separate array
+        return sample
+
     def _token_spans(self, text: np.ndarray, rng: np.random.Generator) -> list[tuple[int, int]]:
-        """Token-level spans per document (spec §5), never covering a document's trailing ``eos``."""
+        """Token-level spans per document (spec §5), never covering a document's trailing ``eos``.
+
+        With probability ``single_span_prob`` the sample instead gets one span of Poisson length (spec §5).
+        """
+        m = self.masking
+        if m.single_span_prob > 0 and float(rng.random()) < m.single_span_prob:
+            return self._single_span(text, rng)
         spans: list[tuple[int, int]] = []
         for start, end in self._documents(text):
             maskable = end - start - int(text[end - 1] == self.tokens.eos)
             if maskable < MIN_DOCUMENT_TOKENS:
                 continue
-            m = self.masking
             try:
                 found = sample_spans(maskable, rng, m.bert_ratio, m.poisson_lambda, m.max_span)
             except LayoutError:
                 continue  # a short document where the drawn spans cannot be placed: leave it unmasked
             spans += [(start + a, start + b) for a, b in found]
         return spans
+
+    def _single_span(self, text: np.ndarray, rng: np.random.Generator) -> list[tuple[int, int]]:
+        """One span of Poisson(λ) length (1..max_span), placed uniformly inside one document of the window."""
+        m = self.masking
+        ks = np.arange(1, m.max_span + 1)
+        log_pmf = ks * math.log(m.poisson_lambda) - m.poisson_lambda - np.array([math.lgamma(k + 1) for k in ks])
+        weights = np.exp(log_pmf - log_pmf.max())
+        length = int(rng.choice(ks, p=weights / weights.sum()))
+        documents = []
+        for start, end in self._documents(text):
+            maskable = end - start - int(text[end - 1] == self.tokens.eos)
+            if maskable >= MIN_DOCUMENT_TOKENS:
+                documents.append((start, maskable))
+        if not documents:
+            return []
+        # the original places the span in the longest document segment of the sample (GLM:blocklm_utils.py:120-131)
+        start, maskable = max(documents, key=lambda d: d[1])
+        length = min(length, maskable - 1)  # at least one token of the document stays in Part A
+        offset = int(rng.integers(0, maskable - length + 1))
+        return [(start + offset, start + offset + length)]
 
     def _sentence_spans(self, text: np.ndarray, rng: np.random.Generator) -> list[tuple[int, int]]:
         """Whole-sentence spans per document (spec §5); a document's trailing ``eos`` is no sentence."""

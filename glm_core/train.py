@@ -754,6 +754,13 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--gpt-infill-prob", type=float, default=0.5)
     pre.add_argument("--no-shuffle-spans", action="store_true")
     pre.add_argument("--no-task-mask", action="store_true", help="[MASK] for every objective (GLM-Base/Large)")
+    pre.add_argument(
+        "--block-mask-prob", type=float, default=0.0, help="token objective: Part-B inputs -> [dBLOCK] (10B: 0.1)"
+    )
+    pre.add_argument(
+        "--short-seq-prob", type=float, default=0.0, help="share of batches of shorter sentence-aligned chunks"
+    )
+    pre.add_argument("--single-span-prob", type=float, default=0.0, help="token objective: one Poisson span per sample")
     pre.add_argument("--eval-tasks", default="demo", help="evaluation tasks run by the eval hook ('' for none)")
     pre.add_argument("--eval-data-dir", default="evaluation/data")
     pre.add_argument("--eval-limit", type=int, default=None, help="examples per evaluation task")
@@ -1122,6 +1129,7 @@ def run(
         from glm_core.pretrain_data import (
             MaskingConfig,
             PretrainSampler,
+            dblock_id,
             read_corpus,
             sentence_end_ids,
             tokenize_documents,
@@ -1136,10 +1144,25 @@ def run(
             gpt_infill_prob=args.gpt_infill_prob,
             shuffle_spans=not args.no_shuffle_spans,
             task_mask=not args.no_task_mask,
+            block_mask_prob=args.block_mask_prob,
+            short_seq_prob=args.short_seq_prob,
+            single_span_prob=args.single_span_prob,
         )
+        dblock = dblock_id(tokenizer.family, tokenizer.special)
+        if masking.block_mask_prob > 0 and dblock is not None and dblock >= config.vocab_size:
+            raise ConfigError(
+                f"--block-mask-prob needs the [dBLOCK] row {dblock}, but the model's vocab_size is {config.vocab_size}; "
+                "expected a model whose embedding table holds it (spec §3.2)"
+            )
         stream = tokenize_documents(read_corpus(args.corpus), tokenizer, source=args.corpus)
         sampler = PretrainSampler(
-            stream, tokenizer.special, seq_length, masking, seed=args.seed, sentence_ends=sentence_end_ids(tokenizer)
+            stream,
+            tokenizer.special,
+            seq_length,
+            masking,
+            seed=args.seed,
+            sentence_ends=sentence_end_ids(tokenizer),
+            dblock=dblock,
         )
         task: TrainingTask = PretrainTask(sampler, args.micro_batch_size, args.grad_accum, ctx.world_size)
         evaluate = evaluate_factory(tokenizer) if evaluate_factory is not None else None

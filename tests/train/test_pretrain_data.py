@@ -6,6 +6,7 @@ must give the original window exactly.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 
@@ -14,8 +15,15 @@ import pytest
 
 from glm_core.errors import ConfigError, DataError
 from glm_core.layout import GLMInput
-from glm_core.pretrain_data import MaskingConfig, PretrainSampler, read_corpus, sentence_end_ids, tokenize_documents
-from glm_core.special_tokens import sentencepiece_tokens
+from glm_core.pretrain_data import (
+    MaskingConfig,
+    PretrainSampler,
+    dblock_id,
+    read_corpus,
+    sentence_end_ids,
+    tokenize_documents,
+)
+from glm_core.special_tokens import sentencepiece_tokens, special_tokens_for
 
 TOKENS = sentencepiece_tokens(100)  # command tokens at 100..109, text ids below 100
 EOS = TOKENS.eos
@@ -33,8 +41,11 @@ def _stream(num_docs: int = 400, seed: int = 0) -> np.ndarray:
     return np.asarray(out)
 
 
+DBLOCK = dblock_id("sentencepiece", TOKENS)  # 110
+
+
 def _sampler(masking: MaskingConfig | None = None, seq_length: int = 96, seed: int = 3) -> PretrainSampler:
-    return PretrainSampler(_stream(), TOKENS, seq_length, masking, seed=seed, sentence_ends=[PERIOD])
+    return PretrainSampler(_stream(), TOKENS, seq_length, masking, seed=seed, sentence_ends=[PERIOD], dblock=DBLOCK)
 
 
 def _reconstruct(sample: GLMInput) -> tuple[list[int], list[list[int]]]:
@@ -224,6 +235,143 @@ def test_masking_config_rejects_impossible_ratios():
         MaskingConfig(bert_prob=0.8, gap_sentence_prob=0.4)
     with pytest.raises(ConfigError, match="bert_ratio"):
         MaskingConfig(bert_ratio=0.0)
+
+
+# ---------------------------------------------------------------------------------------------- 10B-recipe options
+def _batch_digest(sampler: PretrainSampler, steps: int = 12, global_batch: int = 4) -> str:
+    digest = hashlib.sha256()
+    for step in range(steps):
+        batch = sampler.batch(step, global_batch)
+        for key in sorted(batch):
+            digest.update(key.encode())
+            digest.update(batch[key].tobytes())
+    return digest.hexdigest()
+
+
+def test_options_at_zero_reproduce_the_batches_of_the_sampler_without_them():
+    # Digest of the sampler's batches before block_mask_prob / short_seq_prob / single_span_prob existed (same
+    # corpus, seed and mixture: token, sentence and document steps all occur in steps 0..11).
+    before = "e1f196e976d571dd719e3c33edbade65768c5869d06ea9957ca6221709fffb56"
+    masking = MaskingConfig(bert_prob=0.4, gap_sentence_prob=0.3)
+    assert {_sampler(masking, seed=5).batch_plan(s)[0] for s in range(12)} == {"token", "sentence", "document"}
+    assert _batch_digest(_sampler(masking, seed=5)) == before
+    explicit = MaskingConfig(
+        bert_prob=0.4, gap_sentence_prob=0.3, block_mask_prob=0.0, short_seq_prob=0.0, single_span_prob=0.0
+    )
+    assert _batch_digest(_sampler(explicit, seed=5)) == before
+
+
+def test_block_mask_replaces_half_of_the_span_inputs_after_sop_and_keeps_targets():
+    plain = _sampler(seed=7)
+    masked = _sampler(MaskingConfig(block_mask_prob=0.5), seed=7)
+    replaced = total = 0
+    for step in range(12):
+        for i in range(4):
+            a, b = plain.sample(step, i, 4), masked.sample(step, i, 4)
+            # same spans, positions, targets and Part A: only Part-B inputs may differ
+            np.testing.assert_array_equal(a.targets, b.targets)
+            np.testing.assert_array_equal(a.position_ids, b.position_ids)
+            np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
+            assert a.sep == b.sep
+            np.testing.assert_array_equal(a.input_ids[: a.sep], b.input_ids[: b.sep])
+            part_b_a, part_b_b = a.input_ids[a.sep :], b.input_ids[b.sep :]
+            is_sop = part_b_a == TOKENS.sop
+            np.testing.assert_array_equal(part_b_b[is_sop], part_b_a[is_sop])  # sop is never replaced
+            span_a, span_b = part_b_a[~is_sop], part_b_b[~is_sop]
+            changed = span_b != span_a
+            assert (span_b[changed] == DBLOCK).all()
+            replaced += int(changed.sum())
+            total += len(span_a)
+    # binomial: ~600 span tokens, standard deviation of the fraction <= 0.021; 0.08 is > 3.5 sigma
+    assert total > 400
+    assert replaced / total == pytest.approx(0.5, abs=0.08)
+
+
+def test_block_mask_leaves_sentence_and_document_objectives_alone():
+    # GLM:blocklm_utils.py:195-198 applies [dBLOCK] to the token-level ('bert') objective only
+    for mix in (dict(bert_prob=0.0, gap_sentence_prob=1.0), dict(bert_prob=0.0, gap_sentence_prob=0.0)):
+        plain = _sampler(MaskingConfig(**mix)).batch(3, 4)
+        masked = _sampler(MaskingConfig(**mix, block_mask_prob=0.5)).batch(3, 4)
+        for key in plain:
+            np.testing.assert_array_equal(plain[key], masked[key])
+
+
+def test_block_mask_without_a_dblock_id_is_a_config_error():
+    with pytest.raises(ConfigError, match="dBLOCK"):
+        PretrainSampler(_stream(), TOKENS, 96, MaskingConfig(block_mask_prob=0.1), sentence_ends=[PERIOD])
+    with pytest.raises(ConfigError, match="block_mask_prob"):
+        MaskingConfig(block_mask_prob=1.5)
+
+
+def test_dblock_ids_follow_the_spec_table():
+    # spec §3.2 row "dBLOCK (train only)"
+    assert dblock_id("gpt2", special_tokens_for("gpt2")) == 50265
+    assert dblock_id("sentencepiece", special_tokens_for("sentencepiece", model_name="glm-large-chinese")) == 50010
+    assert dblock_id(
+        "sentencepiece", special_tokens_for("sentencepiece", "original", model_name="glm-10b-chinese")
+    ) == (50009)
+    # the hub glm-10b-chinese table uses 50009 for its gMASK: no free dBLOCK id
+    assert dblock_id("sentencepiece", special_tokens_for("sentencepiece", "hf", model_name="glm-10b-chinese")) is None
+    assert dblock_id("bert", special_tokens_for("bert")) is None
+    assert dblock_id("roberta", special_tokens_for("roberta")) is None
+
+
+def test_short_sequences_are_shorter_sentence_aligned_chunks_of_the_window():
+    sampler = _sampler(MaskingConfig(short_seq_prob=1.0), seq_length=128)
+    lengths = set()
+    for step in range(10):
+        chunk_length = sampler.short_length(step)
+        assert chunk_length is not None and 32 <= chunk_length <= sampler.window - 1
+        for i in range(4):
+            chunk = sampler.sample_text(step, i, 4).tolist()
+            window = _window(sampler, step, i, 4)
+            lengths.add(len(chunk))
+            assert chunk_length // 2 <= len(chunk) <= chunk_length < len(window)
+            # a contiguous piece of the window that starts at a sentence start and ends at a sentence end
+            starts = [k for k in range(len(window) - len(chunk) + 1) if window[k : k + len(chunk)] == chunk]
+            assert any(k == 0 or window[k - 1] in (PERIOD, EOS) for k in starts), "starts a sentence"
+            assert chunk[0] != EOS and chunk[-1] in (PERIOD, EOS), "ends a sentence"
+            # the sample is built from (a prefix of) the chunk
+            text, _ = _reconstruct(sampler.sample(step, i, 4))
+            assert text[1:] == chunk[: len(text) - 1]
+    assert len(lengths) > 3
+
+
+def test_short_sequence_batches_occur_at_the_configured_rate():
+    sampler = _sampler(MaskingConfig(short_seq_prob=0.3))
+    short = sum(sampler.short_length(step) is not None for step in range(1000))
+    # binomial standard deviation over 1000 draws is 0.0145: 0.05 is > 3 sigma
+    assert short / 1000 == pytest.approx(0.3, abs=0.05)
+
+
+def test_single_span_gives_exactly_one_poisson_span_per_sample():
+    sampler = _sampler(MaskingConfig(single_span_prob=1.0), seq_length=128)
+    lengths: Counter[int] = Counter()
+    for step in range(60):
+        for i in range(4):
+            sample = sampler.sample(step, i, 4)
+            text, spans = _reconstruct(sample)
+            assert text[1:] == _window(sampler, step, i, 4)[: len(text) - 1]
+            assert len(spans) == 1 and EOS not in spans[0]
+            assert list(sample.input_ids[: sample.sep]).count(TOKENS.mask) == 1
+            lengths[len(spans[0])] += 1
+    # independent reference: the mean of Poisson(3) restricted to 1..39; 240 spans, standard error ~0.1
+    pmf = np.array([math.exp(k * math.log(3.0) - 3.0 - math.lgamma(k + 1)) for k in range(1, 40)])
+    expected_mean = float((np.arange(1, 40) * pmf).sum() / pmf.sum())
+    observed_mean = sum(k * c for k, c in lengths.items()) / sum(lengths.values())
+    assert abs(observed_mean - expected_mean) < 0.4
+
+
+def test_recipe_options_keep_batches_a_function_of_seed_and_step_for_any_world_size():
+    masking = MaskingConfig(
+        bert_prob=0.5, gap_sentence_prob=0.3, block_mask_prob=0.1, short_seq_prob=0.5, single_span_prob=0.3
+    )
+    sampler = _sampler(masking, seed=9)
+    for step in (1, 4, 9):
+        whole = sampler.batch(step, 8)
+        parts = [_sampler(masking, seed=9).batch(step, 8, rank=r, world_size=4) for r in range(4)]
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
 
 
 # ---------------------------------------------------------------------------------------------- corpus files
