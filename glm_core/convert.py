@@ -47,7 +47,7 @@ def convert(
     prefix: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    from glm_core.checkpoint import SHIPPED_PRESETS, _as_dtype, load_model, save_model
+    from glm_core.checkpoint import SHIPPED_PRESETS, load_model, save_model
 
     out = Path(dst)
     if out.exists() and not overwrite:
@@ -56,7 +56,7 @@ def convert(
     if not parent.is_dir():
         raise GLMError(f"{parent}: parent directory of the output does not exist")
     # Without --dtype the weights keep their stored dtype (an fp16 glm-10b stays 19.8 GB, not 39.6 GB).
-    model = load_model(src, dtype="auto" if dtype is None else _as_dtype(dtype), gelu=gelu)
+    model = load_model(src, dtype=dtype or "auto", gelu=gelu)
     src_dir = Path(SHIPPED_PRESETS.get(src, src))
     src_dir = src_dir if src_dir.is_dir() else src_dir.parent
     tokenizer_files = [p for p in sorted(src_dir.iterdir()) if _is_tokenizer_file(p)] if src_dir.is_dir() else []

@@ -62,6 +62,22 @@ def visibility_mask(sep: torch.Tensor, query_len: int, past_len: int) -> torch.T
     return (causal[None] | prefix)[:, None]  # [B, 1, S, P+S]
 
 
+def glm_attention_math(
+    q: torch.Tensor,  # [B, H, S, D]
+    k: torch.Tensor,  # [B, H, P+S, D]
+    v: torch.Tensor,  # [B, H, P+S, D]
+    visible: torch.Tensor,  # bool [B|1, 1, S, P+S]
+    dropout_p: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
+    """spec §1.3: scores = Q·(K/sqrt(d))ᵀ, masked scores set to exactly -65504, softmax (fp32), dropout, ·V."""
+    scores = torch.matmul(q, (k / math.sqrt(q.shape[-1])).transpose(-1, -2))  # [B, H, S, P+S]
+    scores = torch.where(visible, scores, torch.full((), MASK_VALUE, dtype=scores.dtype, device=scores.device))
+    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    probs = F.dropout(probs, p=dropout_p, training=training)
+    return torch.matmul(probs, v)  # [B, H, S, D]
+
+
 class GLMAttention(nn.Module):
     def __init__(self, config: GLMConfig) -> None:
         super().__init__()
@@ -97,11 +113,7 @@ class GLMAttention(nn.Module):
 
             ctx = glm_attention(q, k, v, sep, dropout_p=p, training=self.training, impl="triton")
         else:
-            scores = torch.matmul(q, (k / math.sqrt(self.head_dim)).transpose(-1, -2))  # 1/sqrt(d) on K, [B,H,S,P+S]
-            scores = torch.where(visible, scores, torch.full((), MASK_VALUE, dtype=scores.dtype, device=scores.device))
-            probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
-            probs = F.dropout(probs, p=p, training=self.training)
-            ctx = torch.matmul(probs, v)  # [B, H, S, D]
+            ctx = glm_attention_math(q, k, v, visible, dropout_p=p, training=self.training)  # [B, H, S, D]
         B, H, S, D = ctx.shape
         ctx = ctx.transpose(1, 2).reshape(B, S, H * D)  # [B, S, h]
         return self.dense(ctx), present
@@ -432,9 +444,7 @@ class GLMModel(nn.Module):
             q, k, v = qkv.chunk(3, dim=-1)
             q = attn._split_heads(q[:, mem_len:])
             k, v = attn._split_heads(k), attn._split_heads(v)
-            scores = torch.matmul(q, (k / math.sqrt(attn.head_dim)).transpose(-1, -2))
-            scores = torch.where(visible, scores, torch.full((), MASK_VALUE, dtype=scores.dtype))
-            ctx = torch.matmul(torch.softmax(scores.float(), -1).to(v.dtype), v)
+            ctx = glm_attention_math(q, k, v, visible)
             ctx = ctx.transpose(1, 2).reshape(B, S, -1)
             x = x + attn.dense(ctx)
             x = x + layer.mlp(layer.post_attention_layernorm(x), "torch")
