@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # The recipe that produced glm_core/assets/glm-tiny (also in its README.md).
-CORPUS_COMMAND = "python -m glm_core.corpus corpus --out runs/corpus.txt"
+CORPUS_COMMAND = "python -m training.corpus corpus --out runs/corpus.txt"
 PRETRAIN_COMMAND = (
     "OMP_NUM_THREADS=1 glm-train pretrain --model glm-tiny --from-scratch --seed 1234 --corpus runs/corpus.txt "
     "--out runs/glm-tiny-pretrain --steps 1500 --seq-length 128 --micro-batch-size 16 --lr 1e-3 --warmup-ratio 0.05 "

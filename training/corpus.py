@@ -22,9 +22,9 @@ guarantees across versions; the same seed gives the same world, corpus and quest
 
 Command line::
 
-    python -m glm_core.corpus corpus --out corpus.txt            # the pretraining corpus (UTF-8 text)
-    python -m glm_core.corpus demo --out-dir evaluation/data/demo  # train.jsonl + val.jsonl of the demo task
-    python -m glm_core.corpus tokenizer --out-dir DIR              # glm-tiny's SentencePiece tokenizer
+    python -m training.corpus corpus --out corpus.txt            # the pretraining corpus (UTF-8 text)
+    python -m training.corpus demo --out-dir evaluation/data/demo  # train.jsonl + val.jsonl of the demo task
+    python -m training.corpus tokenizer --out-dir DIR              # glm-tiny's SentencePiece tokenizer
 """
 
 from __future__ import annotations
@@ -468,9 +468,9 @@ def train_tokenizer(
 # ---------------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m glm_core.corpus",
+        prog="python -m training.corpus",
         description="Write glm-tiny's synthetic pretraining corpus or its demo cloze task (deterministic).",
-        epilog="example: python -m glm_core.corpus corpus --out runs/corpus.txt --num-documents 20000",
+        epilog="example: python -m training.corpus corpus --out runs/corpus.txt --num-documents 20000",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p_corpus = sub.add_parser("corpus", help="write the pretraining corpus (UTF-8, blank line between documents)")

@@ -12,7 +12,7 @@ Multi-token scores may be length-normalised, ``sum / len**length_penalty`` over 
 WSC uses ``length_penalty = 1`` (the mean), every other task 0 (the sum) (spec §6.1).
 
 The loss of an example is ``CE(scores, label)`` (``loss="ce"``), or for WSC ``-score(label) + CE(scores, label)``
-(``loss="mix"``, GLM:finetune_glm.py:140-156); :class:`ClozeTask` feeds the training loop of :mod:`glm_core.train`,
+(``loss="mix"``, GLM:finetune_glm.py:140-156); :class:`ClozeTask` feeds the training loop of :mod:`training.loop`,
 :class:`ClozeEvaluator` reports accuracy or a task's own metric. Choices are encoded as ``" " + choice`` (a word after
 a space, as the verbalizers of spec §3.2 carry a leading space).
 
@@ -38,7 +38,7 @@ from glm_core.data_files import iter_jsonl
 from glm_core.errors import ConfigError, DataError
 from glm_core.layout import GLMInput, build_candidate_sequences, build_single_token_cloze, collate
 from glm_core.model import GLMModel
-from glm_core.train import model_call
+from training.distributed import model_call
 
 SCORE_PAD = -10000.0  # spec §2.4-2: padded (missing) choices get -10000
 EVAL_BATCH_EXAMPLES = 32
@@ -253,7 +253,7 @@ def cloze_losses(scores: torch.Tensor, labels: torch.Tensor, loss: str) -> torch
 
 
 class ClozeTask:
-    """Fine-tuning data for :func:`glm_core.train.train`: step ``k``'s global batch is items
+    """Fine-tuning data for :func:`training.loop.train`: step ``k``'s global batch is items
     ``perm_e[(k * B + i) % N]`` (epoch permutations seeded by ``(seed, e)``), sliced per rank and micro-batch;
     the loss is ``loss`` (:data:`LOSSES`) over the items' choice scores."""
 

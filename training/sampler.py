@@ -40,10 +40,8 @@ Options of the 10B recipes (spec §5; all 0 by default, and at 0 they draw nothi
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Protocol
 
 import numpy as np
 
@@ -52,7 +50,6 @@ from glm_core.layout import GLMInput, collate, corrupt, sample_sentence_spans, s
 from glm_core.special_tokens import SpecialTokens
 
 OBJECTIVES = ("token", "sentence", "document")
-SENTENCE_END_CHARACTERS = ".?!;:。？！；…\n"  # spec §5: a token containing one of these ends a sentence
 MIN_DOCUMENT_TOKENS = 2  # a document segment shorter than this gets no token-level span
 
 __all__ = [
@@ -60,21 +57,7 @@ __all__ = [
     "MaskingConfig",
     "PretrainSampler",
     "dblock_id",
-    "read_corpus",
-    "sentence_end_ids",
-    "tokenize_documents",
 ]
-
-
-class TextTokenizer(Protocol):
-    """What this module needs from :class:`glm_core.tokenizer.GLMTokenizer`."""
-
-    special: SpecialTokens
-    base_vocab_size: int
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def convert_ids_to_tokens(self, ids: int) -> str: ...
 
 
 # ------------------------------------------------------------------------------------------------------- config
@@ -151,52 +134,6 @@ def dblock_id(family: str, tokens: SpecialTokens) -> int | None:
     if tokens.bad_words:
         return None  # hub glm-10b-chinese: n + 9 is its gMASK
     return n + 10
-
-
-# ------------------------------------------------------------------------------------------------------- corpus
-def read_corpus(path: str | os.PathLike[str]) -> list[str]:
-    """Documents of a UTF-8 text file, split at blank lines; :class:`DataError` when missing, not UTF-8 or empty."""
-    name = os.fspath(path)
-    if not os.path.isfile(name):
-        raise DataError(f"{name}: corpus file not found; expected a UTF-8 text file")
-    with open(name, "rb") as fh:
-        data = fh.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{name}: corpus is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            "expected UTF-8 text"
-        ) from None
-    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-    documents = [block.strip() for block in text.split("\n\n")]
-    documents = [d for d in documents if d]
-    if not documents:
-        raise DataError(f"{name}: corpus is empty; expected UTF-8 text, documents separated by blank lines")
-    return documents
-
-
-def tokenize_documents(documents: Iterable[str], tokenizer: TextTokenizer, source: str = "corpus") -> np.ndarray:
-    """The token stream: each document's ids followed by ``eos`` (int32 ``[N]``)."""
-    eos = tokenizer.special.eos
-    pieces: list[np.ndarray] = []
-    for doc in documents:
-        ids = tokenizer.encode(doc)
-        if ids:
-            pieces.append(np.asarray([*ids, eos], dtype=np.int32))
-    if not pieces:
-        raise DataError(f"{source}: no tokens after tokenization; expected non-empty documents")
-    return np.concatenate(pieces)
-
-
-def sentence_end_ids(tokenizer: TextTokenizer) -> list[int]:
-    """Ids of the pieces that end a sentence (spec §5: tokens holding . ? ! ; : 。 ？ ！ ； … or a newline) + eos."""
-    ends = [
-        i
-        for i in range(tokenizer.base_vocab_size)
-        if any(ch in SENTENCE_END_CHARACTERS for ch in tokenizer.convert_ids_to_tokens(i))
-    ]
-    return [*ends, tokenizer.special.eos]
 
 
 # ------------------------------------------------------------------------------------------------------- sampler

@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from glm_core.checkpoint import SHIPPED_PRESETS
 from glm_core.config import GLMConfig
 from glm_core.errors import DataError
-from glm_core.finetune import ClozeEvaluator, ClozeExample, ClozeScorer, ClozeTask, encode_examples, read_cloze_jsonl
 from glm_core.model import build_model
 from glm_core.tokenizer import GLMTokenizer
-from glm_core.train import RECORD_TRAIN_CANDIDATES, TrainConfig, evaluation_task_loader, train
+from training.config import TrainConfig
+from training.finetune import ClozeEvaluator, ClozeExample, ClozeScorer, ClozeTask, encode_examples, read_cloze_jsonl
+from training.loop import train
+from training.superglue import RECORD_TRAIN_CANDIDATES, evaluation_task_loader
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "evaluation" / "data" / "demo"
@@ -96,7 +98,7 @@ def test_fine_tuning_fits_a_handful_of_demo_questions(tokenizer, tmp_path):
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "glm_core.train", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "training", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=240)  # fmt: skip
 
 

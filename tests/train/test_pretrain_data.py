@@ -15,15 +15,9 @@ import pytest
 
 from glm_core.errors import ConfigError, DataError
 from glm_core.layout import GLMInput
-from glm_core.pretrain_data import (
-    MaskingConfig,
-    PretrainSampler,
-    dblock_id,
-    read_corpus,
-    sentence_end_ids,
-    tokenize_documents,
-)
 from glm_core.special_tokens import sentencepiece_tokens, special_tokens_for
+from training.data import read_corpus, sentence_end_ids, tokenize_documents
+from training.sampler import MaskingConfig, PretrainSampler, dblock_id
 
 TOKENS = sentencepiece_tokens(100)  # command tokens at 100..109, text ids below 100
 EOS = TOKENS.eos

@@ -1,6 +1,6 @@
 """glm-train end to end on a tiny GLM: DDP equivalence, exact resume, atomic checkpoints, bad input (exit 2).
 
-Every run is a real ``python -m glm_core.train`` / ``torchrun`` process on the CPU (gloo), a few steps long.
+Every run is a real ``python -m training`` / ``torchrun`` process on the CPU (gloo), a few steps long.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def setup(tmp_path_factory):
     save_model(build_model(config, seed=0), model_dir)
     for name in TOKENIZER_FILES:
         shutil.copy(SHIPPED_PRESETS["glm-tiny"] / name, model_dir / name)
-    from glm_core.corpus import write_corpus
+    from training.corpus import write_corpus
 
     corpus = write_corpus(str(root / "corpus.txt"), num_documents=300)
     return {"root": root, "model": model_dir, "corpus": Path(corpus)}
@@ -64,9 +64,9 @@ def _args(setup, out: Path, *extra: str) -> list[str]:
 def _run(args: list[str], env: dict[str, str] | None = None, torchrun: int = 0) -> subprocess.CompletedProcess[str]:
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(torchrun),
-               "--master-port", "29517", "-m", "glm_core.train", *args]  # fmt: skip
+               "--master-port", "29517", "-m", "training", *args]  # fmt: skip
     else:
-        cmd = [sys.executable, "-m", "glm_core.train", *args]
+        cmd = [sys.executable, "-m", "training", *args]
     return subprocess.run(cmd, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=240)
 
 
@@ -203,26 +203,30 @@ def test_resume_with_a_mismatched_config_exits_2_and_leaves_the_checkpoint_untou
 
 
 def test_failed_checkpoint_write_leaves_no_partial_directory(setup, tmp_path, monkeypatch):
-    from glm_core import train as train_module
-    from glm_core.pretrain_data import PretrainSampler, read_corpus, sentence_end_ids, tokenize_documents
     from glm_core.tokenizer import GLMTokenizer
+    from training import checkpointing as checkpoint_io
+    from training.config import TrainConfig
+    from training.data import read_corpus, sentence_end_ids, tokenize_documents
+    from training.loop import train
+    from training.sampler import PretrainSampler
+    from training.tasks import PretrainTask
 
     tokenizer = GLMTokenizer.from_pretrained(setup["model"])
     stream = tokenize_documents(read_corpus(setup["corpus"]), tokenizer)
     sampler = PretrainSampler(stream, tokenizer.special, 32, seed=0, sentence_ends=sentence_end_ids(tokenizer))
     config = GLMConfig.from_hf_config(setup["model"])
     out = tmp_path / "run"
-    cfg = train_module.TrainConfig(steps=2, micro_batch_size=2, save_every=1, log_every=1)
-    train_module.train(build_model(config, seed=0), train_module.PretrainTask(sampler, 2, 1, 1), cfg, out_dir=out,
+    cfg = TrainConfig(steps=2, micro_batch_size=2, save_every=1, log_every=1)
+    train(build_model(config, seed=0), PretrainTask(sampler, 2, 1, 1), cfg, out_dir=out,
                        progress=False)  # fmt: skip
     good = _tree_digest(out / "checkpoints")
 
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(train_module.torch, "save", broken_save)
+    monkeypatch.setattr(checkpoint_io.torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        train_module.train(build_model(config, seed=0), train_module.PretrainTask(sampler, 2, 1, 1), cfg,
+        train(build_model(config, seed=0), PretrainTask(sampler, 2, 1, 1), cfg,
                            out_dir=tmp_path / "run", progress=False)  # fmt: skip
     # the earlier checkpoints are intact, nothing half-written was left beside them
     assert _tree_digest(out / "checkpoints") == good
@@ -230,7 +234,7 @@ def test_failed_checkpoint_write_leaves_no_partial_directory(setup, tmp_path, mo
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor():
-    from glm_core.train import CosineWithWarmup
+    from training.config import CosineWithWarmup
 
     schedule = CosineWithWarmup(warmup=10, total=110, min_ratio=0.1)
     assert schedule(0) == pytest.approx(0.1) and schedule(9) == pytest.approx(1.0)
@@ -239,9 +243,12 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor():
 
 
 def _in_process_losses(setup, tmp_path, name: str, precision: str = "fp32", checkpointing: bool = False) -> list[float]:
-    from glm_core import train as train_module
-    from glm_core.pretrain_data import PretrainSampler, read_corpus, sentence_end_ids, tokenize_documents
     from glm_core.tokenizer import GLMTokenizer
+    from training.config import TrainConfig
+    from training.data import read_corpus, sentence_end_ids, tokenize_documents
+    from training.loop import train
+    from training.sampler import PretrainSampler
+    from training.tasks import PretrainTask
 
     tokenizer = GLMTokenizer.from_pretrained(setup["model"])
     stream = tokenize_documents(read_corpus(setup["corpus"]), tokenizer)
@@ -250,9 +257,9 @@ def _in_process_losses(setup, tmp_path, name: str, precision: str = "fp32", chec
         embedding_dropout_prob=0.0, attention_dropout_prob=0.0, output_dropout_prob=0.0
     )
     model = build_model(config, seed=0, gradient_checkpointing=checkpointing)
-    cfg = train_module.TrainConfig(steps=3, micro_batch_size=2, precision=precision)
-    task = train_module.PretrainTask(sampler, 2, 1, 1)
-    return train_module.train(model, task, cfg, out_dir=tmp_path / name, progress=False).losses
+    cfg = TrainConfig(steps=3, micro_batch_size=2, precision=precision)
+    task = PretrainTask(sampler, 2, 1, 1)
+    return train(model, task, cfg, out_dir=tmp_path / name, progress=False).losses
 
 
 def test_gradient_checkpointing_changes_no_number(setup, tmp_path):

@@ -1,0 +1,7 @@
+"""``python -m training`` = ``glm-train``."""
+
+import sys
+
+from training.cli import main
+
+sys.exit(main())

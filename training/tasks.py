@@ -1,0 +1,64 @@
+"""What the loop trains on: the :class:`TrainingTask` protocol and blank-infilling pretraining (spec §5)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from glm_core.model import GLMModel
+from training.distributed import model_call
+
+
+# ==================================================================================================== tasks
+class TrainingTask(Protocol):
+    """What the loop trains on: this rank's micro-batches of a step, and the loss of one micro-batch."""
+
+    def micro_batches(self, step: int, rank: int, world_size: int) -> list[dict[str, Any]]: ...
+
+    def count(self, batch: dict[str, Any]) -> float:
+        """What the loss of ``batch`` sums over (Part-B tokens, examples)."""
+        ...
+
+    def loss_sum(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+        """Summed loss over the micro-batch; ``model`` is called through :func:`model_call`."""
+        ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def _part_b_loss(glm: GLMModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return glm.loss(batch["input_ids"], batch["position_ids"], batch["sep"], batch["targets"], batch["loss_mask"])
+
+
+class PretrainTask:
+    """Blank-infilling pretraining on a :class:`~training.sampler.PretrainSampler` (spec §5)."""
+
+    def __init__(self, sampler: Any, micro_batch_size: int, grad_accum: int, world_size: int) -> None:
+        self.sampler = sampler
+        self.micro_batch_size = micro_batch_size
+        self.grad_accum = grad_accum
+        self.global_batch_size = micro_batch_size * grad_accum * world_size
+
+    def micro_batches(self, step: int, rank: int, world_size: int) -> list[dict[str, Any]]:
+        mine = self.sampler.batch(step, self.global_batch_size, rank, world_size)  # [B_rank, S] arrays
+        size = self.micro_batch_size
+        return [{k: v[i * size : (i + 1) * size] for k, v in mine.items()} for i in range(self.grad_accum)]
+
+    def count(self, batch: dict[str, Any]) -> float:
+        return float(batch["loss_mask"].sum())
+
+    def loss_sum(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+        tensors = {k: torch.from_numpy(v).to(device) for k, v in batch.items() if k != "lengths"}
+        mean = model_call(model, _part_b_loss, tensors)
+        return mean * self.count(batch)  # spec §5: token CE over Part B; summed here, normalised by the global count
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "task": "pretrain",
+            "seq_length": self.sampler.seq_length,
+            "masking": self.sampler.masking.to_dict(),
+            "corpus_tokens": int(len(self.sampler.stream)),
+            "seed": self.sampler.seed,
+        }
