@@ -3,7 +3,7 @@
 GLM-Large dimensions (24 x 1024, 16 heads, vocab 30592), batch 32 x 512, bf16 autocast, dropout on, AdamW(fused).
 Tokens/s and MFU with FLOPs/token = 6·N + 12·L·h·T (N = all parameters; spec fused_ops §5.1) against the card's
 dense bf16 peak. Each engine is timed on fresh inputs after warm-up (compilation excluded); the median step time of
-the timed steps is reported. Used by ``benchmarks/gpu_kernels.py``; runnable alone:
+the timed steps is reported. Used by ``python -m benchmarks.gpu_kernels``; runnable alone:
 
     python -m benchmarks.gpu_train_step [--preset glm-large] [--batch 32] [--seq 512] [--steps 20]
 """

@@ -1,4 +1,5 @@
-"""``benchmarks/gpu_kernels.py --smoke`` runs end to end (CPU: tiny shapes, Triton interpreted) and reports fully.
+"""``python -m benchmarks.gpu_kernels --smoke`` runs end to end (CPU: tiny shapes, Triton interpreted) and reports
+fully.
 
 The GPU benchmark runs once or twice on a borrowed machine with a hard time limit, so every code path that can run
 without CUDA is exercised here: correctness vs float64 for every (op, dtype), the timing sections, the training
@@ -18,7 +19,6 @@ import pytest
 pytestmark = pytest.mark.triton
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = REPO_ROOT / "benchmarks" / "gpu_kernels.py"
 SECTIONS = ("ceilings", "correctness", "layernorm", "bias_gelu", "attention", "lm_head_ce", "train_step")
 OPS = ("add_dropout_layernorm", "bias_gelu", "glm_attention", "partb_lm_head_ce")
 TIMING_SECTIONS = ("layernorm", "bias_gelu", "attention", "lm_head_ce")
@@ -31,7 +31,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
     # the script sets TRITON_INTERPRET itself when there is no CUDA; on a GPU machine the compiled kernels must run
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out_dir)],
+        [sys.executable, "-m", "benchmarks.gpu_kernels", "--smoke", "--out", str(out_dir)],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
     path = out_dir / "gpu_kernels.json"
@@ -124,7 +124,7 @@ def test_visible_pair_count_matches_the_dense_glm_mask():
     # the attention TFLOP/s use visible FLOPs (spec §5.1 op 3): count j < max(sep, i + 1) independently
     import torch
 
-    from benchmarks.gpu_kernels import visible_pairs
+    from benchmarks.gpu_kernels.attention import visible_pairs
 
     seq = 37
     seps = [0, 1, 15, 16, 36, 37]
