@@ -1,54 +1,159 @@
-"""Training checkpoints: write, find, resume; the final model in the hub layout."""
+"""Training checkpoints as sharded ``torch.distributed.checkpoint`` (DCP) directories; export to the hub layout.
+
+A checkpoint is ``OUT/checkpoints/step_XXXXXXX/``:
+
+- the DCP files (``.metadata`` + ``__<rank>_<n>.distcp``): model and optimizer state. Every rank writes and reads
+  only its own shard (FSDP: its DTensor shards; DDP: the replicated tensors, written once), no rank gathers the
+  full state, and DCP reshards on load, so a run resumes on another number of processes;
+- ``train_state.json``: step, scheduler, grad scaler, the run's settings (``meta``), the world size it was written by;
+- ``rng/rank_XXXXX.pt``: each rank's torch RNG states (plain tensors, read with ``weights_only=True``);
+- ``config.json`` and the tokenizer files, so ``glm-train export`` needs nothing else.
+
+Writing is atomic: every rank writes into ``.tmp-step_XXXXXXX`` beside the target, rank 0 renames it into place
+once all ranks are done and only then points ``checkpoints/latest`` at it, so a killed save leaves the previous
+checkpoint valid (the half-written staging directory is removed by the next save).
+
+Reading never unpickles arbitrary objects: DCP's ``.metadata`` goes through an unpickler that admits only DCP's own
+metadata classes and plain containers (:class:`SafeFileSystemReader`), and the non-tensor optimizer entries (learning
+rates, betas) are read with ``torch.load(weights_only=True)`` (:class:`SafeLoadPlanner`).
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from glm_core.atomic import make_staging_dir, staged_directory, write_text_atomically
+from glm_core.atomic import make_staging_dir, write_text_atomically
 from glm_core.config import GLMConfig
 from glm_core.errors import CheckpointError
 from glm_core.model import GLMModel
 from training.distributed import DistContext, barrier, unwrap
 
-TRAIN_STATE_FILE = "train_state.pt"
+STATE_FILE = "train_state.json"
+RNG_DIR = "rng"
 LATEST_FILE = "latest"
-STATE_FORMAT_VERSION = 1
+STATE_FORMAT_VERSION = 2  # 1: a train_state.pt beside full hub-layout weights (no longer read)
+MODEL_KEY, OPTIM_KEY = "model", "optim"
+
+__all__ = [
+    "STATE_FILE",
+    "SafeFileSystemReader",
+    "export_checkpoint",
+    "find_latest_checkpoint",
+    "load_checkpoint",
+    "publish_model",
+    "read_train_state",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 
-# ==================================================================================================== checkpoints
+# ==================================================================================================== safe reading
+_METADATA_MODULES = (
+    "torch.distributed.checkpoint.metadata",
+    "torch.distributed.checkpoint.planner",
+    "torch.distributed.checkpoint.filesystem",
+    "torch.distributed.checkpoint._extension",
+)
+_METADATA_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # a layout by its name, from a fixed table
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Admits DCP's metadata dataclasses, dtypes and plain containers; anything else is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in _METADATA_MODULES or (module, name) in _METADATA_GLOBALS:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in checkpoint metadata")
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """DCP's file reader with a restricted unpickler for ``.metadata`` (tensor data is read with weights_only)."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        path = Path(self.path) / ".metadata"
+        if not path.is_file():
+            raise CheckpointError(f"{self.path}: not a training checkpoint (no DCP .metadata)")
+        try:
+            with open(path, "rb") as fh:
+                metadata = _MetadataUnpickler(fh).load()
+        except Exception as exc:  # noqa: BLE001 - a refused global or a truncated file: one clear error
+            raise CheckpointError(f"{path}: cannot read the checkpoint metadata ({str(exc)[:200]})") from None
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """Non-tensor entries (optimizer hyper-parameters) are read with ``torch.load(weights_only=True)``."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        obj = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            from torch.distributed.checkpoint._nested_dict import set_element  # noqa: PLC0415
+
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+# ==================================================================================================== finding
 def find_latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
     root = Path(out_dir) / "checkpoints"
     latest = root / LATEST_FILE
     if latest.is_file():
         name = latest.read_text(encoding="utf-8").strip()
-        if name and (root / name / TRAIN_STATE_FILE).is_file():
+        if name and (root / name / STATE_FILE).is_file():
             return root / name
-    found = sorted(p for p in root.glob("step_*") if (p / TRAIN_STATE_FILE).is_file()) if root.is_dir() else []
+    found = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file()) if root.is_dir() else []
     return found[-1] if found else None
 
 
-def load_train_state(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(checkpoint) / TRAIN_STATE_FILE
+def read_train_state(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
+    """``train_state.json`` of a checkpoint; :class:`CheckpointError` when missing, corrupt or of another format."""
+    path = Path(checkpoint) / STATE_FILE
     if not path.is_file():
-        raise CheckpointError(f"{checkpoint}: not a training checkpoint (no {TRAIN_STATE_FILE})")
+        old = Path(checkpoint) / "train_state.pt"
+        hint = (
+            " (a checkpoint of an older format: train_state.pt; export its weights with glm-convert)"
+            if old.is_file()
+            else ""
+        )
+        raise CheckpointError(f"{checkpoint}: not a training checkpoint (no {STATE_FILE}){hint}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt or unsafe file
-        raise CheckpointError(f"{path}: cannot read the training state ({str(exc).splitlines()[0][:200]})") from None
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read the training state ({exc})") from None
     if not isinstance(state, dict) or state.get("format_version") != STATE_FORMAT_VERSION:
         raise CheckpointError(f"{path}: unknown training-state format; expected format_version {STATE_FORMAT_VERSION}")
     return state
 
 
+# ==================================================================================================== RNG
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     state = {"torch_cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -62,23 +167,18 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["torch_cuda"], device)
 
 
-def gather_rng_states(ctx: DistContext) -> list[dict[str, torch.Tensor]]:
-    mine = rng_state(ctx.device)
-    if not ctx.distributed:
-        return [mine]
-    gathered: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(gathered, {k: v.cpu() for k, v in mine.items()})
-    return gathered
+def _rng_file(directory: Path, rank: int) -> Path:
+    return directory / RNG_DIR / f"rank_{rank:05d}.pt"
 
 
-def _full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Unsharded model and optimizer state (parameter names as keys), on the CPU; a collective under FSDP."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+# ==================================================================================================== save
+def _sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """This rank's model and optimizer state, keyed by parameter name; no gather (FSDP keeps DTensor shards)."""
+    model_state, optim_state = get_state_dict(model, optimizer)
+    return {MODEL_KEY: model_state, OPTIM_KEY: optim_state}
 
-    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-
-def write_checkpoint(
+def save_checkpoint(
     out_dir: Path,
     step: int,
     model: nn.Module,
@@ -89,49 +189,53 @@ def write_checkpoint(
     tokenizer: Any,
     ctx: DistContext,
     keep: int,
-) -> Path | None:
-    """Write ``checkpoints/step_XXXXXXX`` atomically (temp dir + rename); rank 0 writes, every rank takes part."""
-    model_state, optim_state = _full_state_dicts(model, optimizer)
-    rng_states = gather_rng_states(ctx)
-    final = out_dir / "checkpoints" / f"step_{step:07d}"
+) -> Path:
+    """Write ``checkpoints/step_XXXXXXX`` (see the module docstring); every rank calls it."""
+    root = out_dir / "checkpoints"
+    final = root / f"step_{step:07d}"
+    staging = root / f".tmp-{final.name}"
     if ctx.is_main:
-        glm = unwrap(model)
-        root = final.parent
         root.mkdir(parents=True, exist_ok=True)
-        with staged_directory(final) as tmp:  # a rerun of the same step swaps, never leaves a partial directory
-            _save_weights(glm.config, model_state, tmp, torch.float32, tokenizer)
-            torch.save(
-                {
-                    "format_version": STATE_FORMAT_VERSION,
-                    "step": step,
-                    "optimizer": optim_state,
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else {},
-                    "rng": rng_states,
-                    "world_size": ctx.world_size,
-                    "meta_json": json.dumps(meta, sort_keys=True),
-                },
-                tmp / TRAIN_STATE_FILE,
-            )
+        for stale in root.glob(".tmp-step_*"):  # a save killed earlier
+            shutil.rmtree(stale, ignore_errors=True)
+        staging.mkdir()
+    barrier(ctx)
+    try:
+        dcp.save(_sharded_state(model, optimizer), checkpoint_id=staging, no_dist=not ctx.distributed)
+        rng_path = _rng_file(staging, ctx.rank)
+        rng_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.cpu() for k, v in rng_state(ctx.device).items()}, rng_path)
+        barrier(ctx)
+        if ctx.is_main:
+            glm = unwrap(model)
+            glm.config.save(staging)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
+            state = {
+                "format_version": STATE_FORMAT_VERSION,
+                "step": step,
+                "world_size": ctx.world_size,
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "meta": meta,
+            }
+            write_text_atomically(staging / STATE_FILE, json.dumps(state, sort_keys=True, indent=1) + "\n")
+            if final.exists():  # a rerun of the same step: swap, never leave a partial directory
+                old = make_staging_dir(final)
+                os.replace(final, old / final.name)
+                os.replace(staging, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, final)
+    except BaseException:
+        if ctx.is_main:  # the previous checkpoint stays the newest; no partial directory is left
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if ctx.is_main:
         write_text_atomically(root / LATEST_FILE, final.name + "\n")
         _prune_checkpoints(root, keep)
     barrier(ctx)
-    return final if ctx.is_main else None
-
-
-def _save_weights(
-    config: GLMConfig, state: dict[str, torch.Tensor], directory: Path, dtype: torch.dtype, tokenizer: Any
-) -> None:
-    """Hub layout through ``glm_core.checkpoint.save_model`` (+ tokenizer files)."""
-    from glm_core.checkpoint import save_model
-
-    with torch.device("meta"):
-        holder = GLMModel(config)
-    weights = {k.removeprefix("glm."): v.detach().to("cpu") for k, v in state.items()}  # ModelCall's prefix
-    holder.load_state_dict(weights, strict=True, assign=True)
-    save_model(holder, directory, dtype=dtype)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
+    return final
 
 
 def _prune_checkpoints(root: Path, keep: int) -> None:
@@ -140,69 +244,111 @@ def _prune_checkpoints(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def publish_model(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    directory: Path,
-    dtype: torch.dtype,
-    tokenizer: Any,
-    ctx: DistContext,
-) -> Path | None:
-    """Write the final model (hub layout + tokenizer) to ``directory``: files go to a temp dir, then are moved in
-    one by one (other files already there, e.g. a model card, stay)."""
-    model_state, _ = _full_state_dicts(model, optimizer)
-    if not ctx.is_main:
-        barrier(ctx)
-        return None
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_staging_dir(directory)
-    try:
-        _save_weights(unwrap(model).config, model_state, tmp, dtype, tokenizer)
-        if not directory.exists():
-            os.replace(tmp, directory)
-        else:
-            for item in sorted(tmp.iterdir()):
-                os.replace(item, directory / item.name)
-            tmp.rmdir()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    barrier(ctx)
-    return directory
-
-
-def resume_from(
+# ==================================================================================================== load
+def load_checkpoint(
     checkpoint: Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler | None,
     ctx: DistContext,
+    seed: int,
 ) -> int:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    """Restore a checkpoint into the (wrapped) model and optimizer of this run; returns the step to continue from.
 
-    from glm_core.checkpoint import read_hub_state_dict
-
-    state = load_train_state(checkpoint)
-    weights = {"glm." + k: v for k, v in read_hub_state_dict(checkpoint).items()}  # ModelCall's parameter names
-    set_state_dict(
-        model,
-        optimizer,
-        model_state_dict=weights,
-        optim_state_dict=state["optimizer"],
-        options=StateDictOptions(full_state_dict=True, strict=True),
-    )
+    Each rank reads only what its own shard needs; the checkpoint may come from another number of processes. RNG
+    states are restored per rank when the world size is unchanged; otherwise the dropout streams are reseeded from
+    ``(seed, step, rank)`` and the run says that it is not bit-exact.
+    """
+    state = read_train_state(checkpoint)
+    SafeFileSystemReader(checkpoint).read_metadata()  # a refused or corrupt .metadata: one clear error first
+    sharded = _sharded_state(model, optimizer)
+    try:
+        dcp.load(
+            sharded,
+            storage_reader=SafeFileSystemReader(checkpoint),
+            planner=SafeLoadPlanner(),
+            no_dist=not ctx.distributed,
+        )
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - missing shard files, shapes of another model
+        raise CheckpointError(f"{checkpoint}: cannot load the checkpoint ({str(exc).splitlines()[0][:300]})") from None
+    set_state_dict(model, optimizer, model_state_dict=sharded[MODEL_KEY], optim_state_dict=sharded[OPTIM_KEY])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
-    rng = state["rng"]
-    if len(rng) == ctx.world_size:
-        set_rng_state(rng[ctx.rank], ctx.device)
+    step = int(state["step"])
+    rng_path = _rng_file(checkpoint, ctx.rank)
+    if int(state["world_size"]) == ctx.world_size and rng_path.is_file():
+        set_rng_state(torch.load(rng_path, map_location="cpu", weights_only=True), ctx.device)
     else:
-        torch.manual_seed(int(state["step"]) * 1000 + ctx.rank)
+        torch.manual_seed(seed + 1_000_003 * step + ctx.rank)
         if ctx.is_main:
             print(
-                f"glm-train: warning: {checkpoint} was written by {len(rng)} process(es), this run has "
-                f"{ctx.world_size}: dropout streams are reseeded, the run is not bit-exact",
+                f"glm-train: warning: {checkpoint} was written by {state['world_size']} process(es), this run has "
+                f"{ctx.world_size}: dropout streams are reseeded from --seed, the run is not bit-exact",
                 file=sys.stderr,
             )
-    return int(state["step"])
+    return step
+
+
+# ==================================================================================================== export
+def export_checkpoint(
+    checkpoint: str | os.PathLike[str], directory: str | os.PathLike[str], dtype: torch.dtype = torch.float32
+) -> Path:
+    """Write a training checkpoint's model as a hub-layout directory (safetensors + config.json + tokenizer).
+
+    Runs in one process whatever the number of processes that wrote the checkpoint (DCP reads every shard); the
+    weights go to a staging directory first, then are moved in one by one (other files already in ``directory``,
+    e.g. a model card, stay).
+    """
+    from glm_core.checkpoint import save_model
+
+    source = Path(checkpoint)
+    read_train_state(source)
+    SafeFileSystemReader(source).read_metadata()  # a refused or corrupt .metadata: one clear error first
+    config = GLMConfig.from_hf_config(str(source))
+    with torch.device("meta"):
+        glm = GLMModel(config)
+    glm.to_empty(device="cpu")
+    state = {"glm." + k: v for k, v in glm.state_dict().items()}  # ModelCall's parameter names
+    try:
+        dcp.load(
+            {MODEL_KEY: state}, storage_reader=SafeFileSystemReader(source), planner=SafeLoadPlanner(), no_dist=True
+        )
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(
+            f"{source}: cannot read the model from the checkpoint ({str(exc).splitlines()[0][:300]})"
+        ) from None
+    glm.load_state_dict({k.removeprefix("glm."): v for k, v in state.items()}, strict=True)
+    out = Path(directory)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_staging_dir(out)
+    try:
+        save_model(glm, tmp, dtype=dtype)
+        for item in sorted(source.iterdir()):
+            if (
+                item.is_file()
+                and item.name not in (STATE_FILE, "config.json", ".metadata")
+                and not item.name.endswith(".distcp")
+            ):
+                shutil.copy2(item, tmp / item.name)  # tokenizer files
+        if not out.exists():
+            os.replace(tmp, out)
+        else:
+            for item in sorted(tmp.iterdir()):
+                os.replace(item, out / item.name)
+            tmp.rmdir()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def publish_model(checkpoint: Path, directory: Path, dtype: torch.dtype, ctx: DistContext) -> Path | None:
+    """The end of a run: rank 0 exports the final checkpoint to ``directory`` (read back from disk, no gather)."""
+    result = export_checkpoint(checkpoint, directory, dtype) if ctx.is_main else None
+    barrier(ctx)
+    return result

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from glm_core.config import PRESETS, GLMConfig
 from glm_core.errors import CheckpointError, ConfigError, GLMError
 from glm_core.model import KERNEL_CHOICES, build_model
-from training.checkpointing import TRAIN_STATE_FILE, find_latest_checkpoint, load_train_state
+from training.checkpointing import STATE_FILE, export_checkpoint, find_latest_checkpoint, read_train_state
 from training.config import PRECISIONS, TrainConfig
 from training.distributed import init_distributed
 from training.evaluation_hook import EvaluateFactory, evaluation_factory
@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  glm-train pretrain --model glm-tiny --from-scratch --corpus runs/corpus.txt --out runs/tiny \\\n"
             "      --steps 1000 --seq-length 128 --micro-batch-size 16\n"
             "  torchrun --nproc-per-node 2 -m training pretrain ...   (DDP; gloo on CPU, nccl on CUDA)\n"
-            "  glm-train finetune --model runs/tiny/final --task demo --data-dir evaluation/data --out runs/ft --steps 200"
+            "  glm-train finetune --model runs/tiny/final --task demo --data-dir evaluation/data --out runs/ft --steps 200\n"
+            "  glm-train export runs/tiny runs/tiny-hub --dtype fp16   (newest checkpoint -> hub layout)"
         ),
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="end multi-token candidates with eop (SuperGLUE PVPs do, spec §2.4-2)",
     )
+    exp = sub.add_parser(
+        "export",
+        help="a training checkpoint -> hub-layout model directory (safetensors + config.json + tokenizer)",
+        description=(
+            "Write the model of a training checkpoint (sharded torch.distributed.checkpoint files, written by any "
+            "number of processes) as a hub-layout directory that glm_core.load_model, export.onnx and the "
+            "evaluation harness read. Runs in one process."
+        ),
+    )
+    exp.add_argument("run_dir", help="a run directory (its newest checkpoint) or a checkpoint directory step_N")
+    exp.add_argument("out", help="output directory (hub layout)")
+    exp.add_argument("--step", type=int, default=None, help="export checkpoints/step_N instead of the newest")
+    exp.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    exp.add_argument("--overwrite", action="store_true", help="replace the weights of an existing OUT")
     return parser
 
 
@@ -251,20 +266,31 @@ def _resume_path(args: argparse.Namespace) -> Path | None:
             raise CheckpointError(f"--resume auto: no checkpoint under {args.out}/checkpoints")
         return found
     path = Path(args.resume)
-    if not (path / TRAIN_STATE_FILE).is_file():
-        raise CheckpointError(
-            f"{path}: not a training checkpoint (no {TRAIN_STATE_FILE}); expected OUT/checkpoints/step_N"
-        )
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"{path}: not a training checkpoint (no {STATE_FILE}); expected OUT/checkpoints/step_N")
     return path
 
 
 RESUME_MUST_MATCH = ("model_config", "task", "train")
-RESUME_MAY_CHANGE = ("log_every", "save_every", "eval_every", "keep_checkpoints")  # bookkeeping, not the run
+# bookkeeping, not the run; the split of the global batch into processes x micro-batches x accumulation may change
+RESUME_MAY_CHANGE = ("log_every", "save_every", "eval_every", "keep_checkpoints", "micro_batch_size", "grad_accum")
+
+
+def _global_batch(meta: dict[str, Any]) -> int:
+    train = meta.get("train") or {}
+    return int(train.get("micro_batch_size", 0)) * int(train.get("grad_accum", 0)) * int(meta.get("world_size", 1))
 
 
 def _check_resume(path: Path, meta: dict[str, Any]) -> None:
     """The resumed run must be the same run: architecture, data/objective and optimisation settings."""
-    stored = json.loads(load_train_state(path)["meta_json"])
+    stored = read_train_state(path)["meta"]
+    old_batch, new_batch = _global_batch(stored), _global_batch(meta)
+    if old_batch != new_batch:
+        raise ConfigError(
+            f"{path}: cannot resume: the global batch was {old_batch} samples ({stored.get('world_size', 1)} "
+            f"process(es) x micro-batch x grad-accum), this run has {new_batch}; keep it by choosing --grad-accum "
+            "(and --micro-batch-size) for this number of processes"
+        )
     for key in RESUME_MUST_MATCH:
         old, new = stored.get(key), meta.get(key)
         if key == "train" and isinstance(old, dict) and isinstance(new, dict):
@@ -400,7 +426,7 @@ def run(
         tokenizer=tokenizer,
         fsdp=args.fsdp,
         final_dir=final_dir,
-        final_dtype={"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.final_dtype],
+        final_dtype=DTYPES[args.final_dtype],
         progress=not args.quiet,
     )
     summary = {
@@ -421,10 +447,38 @@ def run(
     return summary
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def run_export(args: argparse.Namespace) -> dict[str, Any]:
+    """``glm-train export RUN_DIR OUT``: the checkpoint's model in the hub layout."""
+    source = Path(args.run_dir)
+    if args.step is not None:
+        source = source / "checkpoints" / f"step_{args.step:07d}"
+    elif not (source / STATE_FILE).is_file():
+        found = find_latest_checkpoint(source)
+        if found is None:
+            raise CheckpointError(
+                f"{args.run_dir}: no training checkpoint; expected a run directory with checkpoints/ or OUT/checkpoints/step_N"
+            )
+        source = found
+    read_train_state(source)  # a clear error before anything is written
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CheckpointError(f"{out} already exists; pass --overwrite to replace its weights, or choose a new OUT")
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out} is a file; expected a directory path")
+    export_checkpoint(source, out, DTYPES[args.dtype])
+    return {"command": "export", "checkpoint": str(source), "out": str(out), "dtype": args.dtype}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        summary = run(args, evaluation_factory(args), evaluation_task_loader(args))
+        if args.command == "export":
+            summary = run_export(args)
+        else:
+            summary = run(args, evaluation_factory(args), evaluation_task_loader(args))
     except GLMError as exc:
         print(f"glm-train: error: {exc}", file=sys.stderr)
         return exc.exit_code

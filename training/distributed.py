@@ -56,15 +56,57 @@ def init_distributed(device: str = "auto") -> DistContext:
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
+class CollectiveDeviceError(RuntimeError):
+    """A collective was given a tensor that is not on the process group's device (NCCL accepts CUDA tensors only)."""
+
+
 def all_reduce_sum(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum ``value`` over the ranks, in place. ``value`` must live on ``ctx.device``, the model's device.
+
+    NCCL rejects host tensors; the check runs for every backend (gloo accepts both), so a host tensor in a collective
+    fails on a CPU run exactly as it would on GPUs, instead of only at step 0 of the first multi-GPU run.
+    """
+    if value.device != ctx.device:
+        raise CollectiveDeviceError(
+            f"all_reduce on a tensor on {value.device}, but the process group runs on {ctx.device}: "
+            "collectives take tensors on the model's device"
+        )
     if ctx.distributed:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
 
 
+def global_sum(values: list[float | torch.Tensor], ctx: DistContext) -> torch.Tensor:
+    """One float64 tensor ``[len(values)]`` on ``ctx.device``, summed over the ranks by a single all-reduce."""
+    local = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=ctx.device).reshape(()) for v in values])
+    return all_reduce_sum(local, ctx)
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
-        dist.barrier()
+        dist.barrier(device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+
+def wrap_model(model: GLMModel, ctx: DistContext, fsdp: bool) -> nn.Module:
+    """The module the loop trains: :class:`ModelCall` around ``model``, sharded with FSDP2 or replicated with DDP.
+
+    ``model`` must already be on ``ctx.device``.
+    """
+    wrapped: nn.Module = ModelCall(model)
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        # GLMModel runs a layer through _layer_forward (never GLMLayer.__call__), so the units FSDP can hook are the
+        # attention and MLP modules; LayerNorms, embeddings and position tables belong to the root unit.
+        for layer in model.transformer.layers:
+            fully_shard(layer.attention)
+            fully_shard(layer.mlp)
+        fully_shard(wrapped)
+    elif ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(wrapped, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+    return wrapped
 
 
 class ModelCall(nn.Module):

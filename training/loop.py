@@ -17,9 +17,9 @@ from torch import nn
 from glm_core.atomic import write_text_atomically
 from glm_core.errors import ConfigError
 from glm_core.model import GLMModel
-from training.checkpointing import publish_model, resume_from, rng_state, set_rng_state, write_checkpoint
+from training.checkpointing import load_checkpoint, publish_model, rng_state, save_checkpoint, set_rng_state
 from training.config import PRECISIONS, CosineWithWarmup, TrainConfig
-from training.distributed import DistContext, ModelCall, all_reduce_sum, barrier
+from training.distributed import DistContext, all_reduce_sum, barrier, global_sum, wrap_model
 from training.tasks import TrainingTask
 
 LOG_FILE = "log.jsonl"
@@ -97,20 +97,11 @@ def train(
     model.to(ctx.device)
     model.train()
 
-    wrapped: nn.Module = ModelCall(model)
-    if fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        # GLMModel runs a layer through _layer_forward (never GLMLayer.__call__), so the units FSDP can hook are the
-        # attention and MLP modules; LayerNorms, embeddings and position tables belong to the root unit.
-        for layer in model.transformer.layers:
-            fully_shard(layer.attention)
-            fully_shard(layer.mlp)
-        fully_shard(wrapped)
-    elif ctx.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        wrapped = DistributedDataParallel(wrapped, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+    if ctx.device.type == "cuda":
+        # TF32 for the fp32 matmuls and convolutions of training (the bf16/fp16 ones are unaffected)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    wrapped = wrap_model(model, ctx, fsdp)
 
     optimizer = build_optimizer(wrapped, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -120,7 +111,7 @@ def train(
 
     start_step = 0
     if resume is not None:
-        start_step = resume_from(Path(resume), wrapped, optimizer, scheduler, scaler, ctx)
+        start_step = load_checkpoint(Path(resume), wrapped, optimizer, scheduler, scaler, ctx, cfg.seed)
     else:
         torch.manual_seed(cfg.seed + ctx.rank)  # dropout streams differ per rank, reproducibly
 
@@ -143,10 +134,10 @@ def train(
     for step in range(start_step, cfg.steps):
         micro = task.micro_batches(step, ctx.rank, ctx.world_size)
         local_count = sum(task.count(b) for b in micro)
-        global_count = float(all_reduce_sum(torch.tensor(local_count, dtype=torch.float64), ctx))
+        global_count = float(global_sum([local_count], ctx)[0])  # on the model's device (NCCL takes no host tensor)
         if global_count <= 0:
             raise ConfigError(f"step {step}: the global batch has nothing to train on (no Part-B tokens)")
-        loss_total = torch.zeros((), dtype=torch.float64)
+        loss_total = torch.zeros((), dtype=torch.float64, device=ctx.device)
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(micro):
             sync = i == len(micro) - 1
@@ -157,7 +148,7 @@ def train(
                 # DDP averages gradients over ranks: scale by world_size so the update is sum / global count
                 scaled = loss_sum * (ctx.world_size / global_count)
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            loss_total += loss_sum.detach().double().cpu()
+            loss_total += loss_sum.detach().double()
         if scaler is not None:
             scaler.unscale_(optimizer)
         grad_norm = _clip(wrapped, cfg.clip_grad)
@@ -168,7 +159,7 @@ def train(
             optimizer.step()
         scheduler.step()
         kernels_used = dict(model.kernels_used)
-        step_loss = float(all_reduce_sum(loss_total, ctx)) / global_count
+        step_loss = float(all_reduce_sum(loss_total, ctx)) / global_count  # one host sync per step
         losses.append(step_loss)
         tokens_seen += global_count
         done = step + 1
@@ -188,19 +179,19 @@ def train(
                 record["loss_scale"] = float(scaler.get_scale())
             append_log(log_path, record)
         if evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
-            result = _run_evaluation(model, evaluate, ctx, fsdp)
+            result = _run_evaluation(model, wrapped, evaluate, ctx, fsdp)
             if result is not None:
                 evaluations.append({"step": done, **result})
                 append_log(log_path, {"step": done, "eval": result})
         if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
             meta_now = {**meta, "step": done}
-            checkpoint = write_checkpoint(
+            checkpoint = save_checkpoint(
                 out, done, wrapped, optimizer, scheduler, scaler, meta_now, tokenizer, ctx, cfg.keep_checkpoints
             )
     if bar is not None:
         bar.close()
-    if final_dir is not None:
-        publish_model(wrapped, optimizer, Path(final_dir), final_dtype, tokenizer, ctx)
+    if final_dir is not None and checkpoint is not None:
+        publish_model(checkpoint, Path(final_dir), final_dtype, ctx)
     return TrainResult(
         steps=cfg.steps,
         final_loss=losses[-1] if losses else float("nan"),
@@ -237,19 +228,36 @@ def append_log(path: Path, record: dict[str, Any]) -> None:
         fh.write(json.dumps(record, sort_keys=True) + "\n")
 
 
-def _run_evaluation(model: GLMModel, evaluate: Evaluate, ctx: DistContext, fsdp: bool) -> dict[str, Any] | None:
+def _run_evaluation(
+    model: GLMModel, wrapped: nn.Module, evaluate: Evaluate, ctx: DistContext, fsdp: bool
+) -> dict[str, Any] | None:
+    """``evaluate`` on rank 0, with the training RNG state saved and restored around it.
+
+    Under FSDP the parameters are sharded across ranks: every rank takes part in gathering the full weights (to the
+    host), and rank 0 evaluates an unsharded copy of the model on its device, then frees it.
+    """
+    subject: GLMModel | None = model
     if fsdp:
-        return None  # parameters are sharded: evaluate the published model instead
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        subject = None
+        if ctx.is_main:
+            with torch.device("meta"):
+                subject = GLMModel(model.config, kernels=model.kernels)
+            subject.load_state_dict({k.removeprefix("glm."): v for k, v in full.items()}, strict=True, assign=True)
+            subject.to(ctx.device)
+        del full
     result = None
-    if ctx.is_main:
+    if ctx.is_main and subject is not None:
         saved = rng_state(ctx.device)
-        was_training = model.training
-        model.eval()
+        was_training = subject.training
+        subject.eval()
         try:
             with torch.no_grad():
-                result = dict(evaluate(model))
+                result = dict(evaluate(subject))
         finally:
-            model.train(was_training)
+            subject.train(was_training)
             set_rng_state(saved, ctx.device)
     barrier(ctx)
     return result
