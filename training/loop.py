@@ -113,9 +113,7 @@ def train(
         wrapped = DistributedDataParallel(wrapped, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
 
     optimizer = build_optimizer(wrapped, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, CosineWithWarmup(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, CosineWithWarmup.for_config(cfg))
     scaler = torch.amp.GradScaler(ctx.device.type) if cfg.precision == "fp16" else None
 
     start_step = 0
