@@ -58,6 +58,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--min-lr-ratio", type=float, default=0.1)
+    p.add_argument(
+        "--lr-decay-iters",
+        type=int,
+        default=None,
+        help="step at which the cosine decay reaches the floor, which then holds (default: --steps); "
+        "warmup is --warmup-ratio of it",
+    )
     p.add_argument("--warmup-ratio", type=float, default=None)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.98))
@@ -112,9 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--block-mask-prob", type=float, default=0.0, help="token objective: Part-B inputs -> [dBLOCK] (10B: 0.1)"
     )
     pre.add_argument(
-        "--short-seq-prob", type=float, default=0.0, help="share of batches of shorter sentence-aligned chunks"
+        "--short-seq-prob",
+        type=float,
+        default=0.0,
+        help="share of batches of shorter sentence-aligned chunks (several per window)",
     )
-    pre.add_argument("--single-span-prob", type=float, default=0.0, help="token objective: one Poisson span per sample")
+    pre.add_argument(
+        "--single-span-prob",
+        type=float,
+        default=0.0,
+        help="share of single-span batches (token objective, one Poisson span per sample)",
+    )
     pre.add_argument("--eval-tasks", default="demo", help="evaluation tasks run by the eval hook ('' for none)")
     pre.add_argument("--eval-data-dir", default="evaluation/data")
     pre.add_argument("--eval-limit", type=int, default=None, help="examples per evaluation task")
@@ -184,6 +199,7 @@ def _train_config(args: argparse.Namespace, world_size: int, default_lr: float) 
         save_every=args.save_every,
         eval_every=args.eval_every,
         keep_checkpoints=args.keep_checkpoints,
+        lr_decay_steps=args.lr_decay_iters,
     )
 
 
@@ -281,6 +297,17 @@ def _global_batch(meta: dict[str, Any]) -> int:
     return int(train.get("micro_batch_size", 0)) * int(train.get("grad_accum", 0)) * int(meta.get("world_size", 1))
 
 
+def _comparable_train(train: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``train`` meta as compared on resume: bookkeeping dropped, ``lr_decay_steps`` resolved.
+
+    ``lr_decay_steps`` None (the default, and absent from checkpoints written before the option) means ``steps``.
+    """
+    out = {k: v for k, v in train.items() if k not in RESUME_MAY_CHANGE}
+    decay = out.get("lr_decay_steps")
+    out["lr_decay_steps"] = out.get("steps") if decay is None else decay
+    return out
+
+
 def _check_resume(path: Path, meta: dict[str, Any]) -> None:
     """The resumed run must be the same run: architecture, data/objective and optimisation settings."""
     stored = read_train_state(path)["meta"]
@@ -294,8 +321,7 @@ def _check_resume(path: Path, meta: dict[str, Any]) -> None:
     for key in RESUME_MUST_MATCH:
         old, new = stored.get(key), meta.get(key)
         if key == "train" and isinstance(old, dict) and isinstance(new, dict):
-            old = {k: v for k, v in old.items() if k not in RESUME_MAY_CHANGE}
-            new = {k: v for k, v in new.items() if k not in RESUME_MAY_CHANGE}
+            old, new = _comparable_train(old), _comparable_train(new)
         if old == new:
             continue
         if isinstance(old, dict) and isinstance(new, dict):

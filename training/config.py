@@ -34,6 +34,7 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     eval_every: int = 0  # 0: only at the end (when an evaluate callback is given)
     keep_checkpoints: int = 2
+    lr_decay_steps: int | None = None  # the cosine decay ends here (then the floor); None: at ``steps``
 
     def __post_init__(self) -> None:
         for name in ("steps", "micro_batch_size", "grad_accum", "log_every", "keep_checkpoints"):
@@ -44,6 +45,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        decay = self.lr_decay_steps
+        if decay is not None and (isinstance(decay, bool) or not isinstance(decay, int) or decay < 1):
+            raise ConfigError(f"lr_decay_steps must be a positive integer (or None: steps), got {decay!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
         if not self.lr > 0:
@@ -56,8 +60,19 @@ class TrainConfig:
             raise ConfigError("clip_grad and weight_decay must be >= 0")
 
     @property
+    def decay_steps(self) -> int:
+        """The step at which the cosine decay reaches the floor: ``lr_decay_steps``, by default ``steps``.
+
+        As the original's ``--lr-decay-iters`` (GLM:train_utils.py:223-226: ``lr_decay_iters`` if given, else
+        ``train_iters``); the decay may end before the run does, and the rate then stays at the floor.
+        """
+        return self.steps if self.lr_decay_steps is None else self.lr_decay_steps
+
+    @property
     def warmup_steps(self) -> int:
-        return int(round(self.warmup_ratio * self.steps))
+        """``warmup_ratio`` of :attr:`decay_steps`, as the original's ``warmup_iter = args.warmup * num_iters`` with
+        ``num_iters`` the decay iterations (GLM:train_utils.py:231); with the default that is ``steps``."""
+        return int(round(self.warmup_ratio * self.decay_steps))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -69,12 +84,20 @@ class TrainConfig:
 class CosineWithWarmup:
     """LR multiplier: linear warmup to 1 over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``.
 
-    A dataclass (not a closure) so ``LambdaLR.state_dict`` stores its plain fields.
+    ``total`` is where the decay ends (:attr:`TrainConfig.decay_steps`, ``--lr-decay-iters``), which may come before
+    the last training step: later steps stay at ``min_ratio``, as the original's cosine clamps its progress with
+    ``min(1.0, ...)`` (GLM:learning_rates.py:48-51, ``end_iter = num_iters - warmup_iter`` from
+    GLM:train_utils.py:231-235). A dataclass (not a closure) so ``LambdaLR.state_dict`` stores its plain fields.
     """
 
     warmup: int
     total: int
     min_ratio: float
+
+    @classmethod
+    def for_config(cls, cfg: TrainConfig) -> CosineWithWarmup:
+        """The schedule of a run: warmup ``cfg.warmup_steps``, decay ending at ``cfg.decay_steps``."""
+        return cls(cfg.warmup_steps, cfg.decay_steps, cfg.min_lr_ratio)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:

@@ -104,9 +104,7 @@ def train(
     wrapped = wrap_model(model, ctx, fsdp)
 
     optimizer = build_optimizer(wrapped, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, CosineWithWarmup(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, CosineWithWarmup.for_config(cfg))
     scaler = torch.amp.GradScaler(ctx.device.type) if cfg.precision == "fp16" else None
 
     start_step = 0

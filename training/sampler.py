@@ -4,11 +4,12 @@ The corpus is UTF-8 text with documents separated by blank lines. It is tokenize
 document followed by ``eos``. The stream is cut into fixed windows of ``seq_length - 1`` tokens (the last, partial
 window is dropped); epoch ``e`` visits the windows in a permutation seeded by ``(seed, e)``.
 
-Global sample ``g = step * global_batch_size + i`` of training step ``step`` is built from window ``g`` with a
-random generator seeded by ``(seed, step, i)`` alone, and the batch-level draws (objective, document-span length)
-use ``(seed, step)``. So a step's global batch is a pure function of ``(seed, step)``: it is the same whatever the
-number of processes that share it, and resuming at step ``k`` needs no data-loader state. :meth:`PretrainSampler.batch`
-hands process ``rank`` its contiguous slice of the global batch.
+Global sample ``g = step * global_batch_size + i`` of training step ``step`` is built from window ``g`` (in a
+short-sequence batch: from a chunk of a window, see ``short_seq_prob`` below) with a random generator seeded by
+``(seed, step, i)`` alone, and the batch-level draws (objective, document-span length, short-sequence batch,
+single-span batch) use ``(seed, step)``. So a step's global batch is a pure function of
+``(seed, step)``: it is the same whatever the number of processes that share it, and resuming at step ``k`` needs no
+data-loader state. :meth:`PretrainSampler.batch` hands process ``rank`` its contiguous slice of the global batch.
 
 Objectives (spec §5; one per batch, probabilities ``bert_prob`` / ``gap_sentence_prob`` / rest):
 
@@ -17,21 +18,31 @@ Objectives (spec §5; one per batch, probabilities ``bert_prob`` / ``gap_sentenc
   window; the window is shortened until the corrupted sample fits ``seq_length``.
 - **sentence** (``[sMASK]``): whole sentences, >= 15 % of each document (``glm_core.layout.sample_sentence_spans``).
 - **document** (``[gMASK]``): one span per sample whose length is drawn once per batch, uniform over
-  ``[floor(gpt_min_ratio * n), n - 1]``; the suffix when the window holds several documents or with probability
-  ``1 - gpt_infill_prob``, otherwise at a uniformly random start.
+  ``[floor(gpt_min_ratio * n), n - 1]``. It is the suffix when the window holds several documents or when the
+  sample's draw is ``< gpt_infill_prob`` (GLM:blocklm_utils.py:408-410), otherwise it starts at a uniformly random
+  position. A suffix sample has no ``[eop]``: Part B is ``[sop]`` + the span without its last token, with the span
+  as targets (GLM:blocklm_utils.py:415-419); a placed span is an ordinary blank, ``[sop] span`` -> ``span [eop]``
+  (GLM:blocklm_utils.py:434-436 via ``make_block_data``, 199-201).
 
 Spans become Part B in shuffled order (``shuffle_spans``); ``glm_core.layout.corrupt`` builds tokens, 2-D positions,
 targets and the Part-B-only loss mask, and ``glm_core.layout.collate`` pads to ``seq_length``.
 
 Options of the 10B recipes (spec §5; all 0 by default, and at 0 they draw nothing, so batches stay bit for bit):
 
-- ``short_seq_prob``: with this probability a *batch* (one draw per step, as the original draws once per batch) uses
-  chunks of a shared target length ``L`` uniform over ``[min(32, w - 1), w - 1]`` (``w`` = window) instead of whole
-  windows; each sample's chunk starts at a random sentence start and ends at the last sentence end within ``L``
-  tokens (unaligned ``L`` tokens when that would keep fewer than ``L // 2``). Unlike the original, which cuts each
-  sample into several chunks, every sample keeps exactly one chunk, so the global batch size never changes.
-- ``single_span_prob``: token objective only; with this probability a sample gets one Poisson span instead of the
-  15 % budget.
+- ``short_seq_prob``: with this probability a *batch* (one draw per step, GLM:blocklm_utils.py:322-323) is made of
+  chunks of a shared target length ``L`` uniform over ``[min(32, w - 1), w - 1]`` (``w`` = window,
+  GLM:blocklm_utils.py:284) instead of whole windows. As in the original, each window is cut into
+  ``k = w // L`` chunks (GLM:blocklm_utils.py:285, 289-309), each drawn independently: a random start moved left
+  to a sentence start, ending at the last sentence end within ``L`` tokens (unaligned ``L`` tokens when that would
+  keep fewer than ``L // 2``). **Global batch size**: the original's batch grows to ``k`` times as many samples;
+  ours keeps ``global_batch_size`` by cutting that list back to it: slot ``i`` of a short batch holds chunk
+  ``i % k`` of window ``step * global_batch_size + i // k``, i.e. the chunks of a window fill consecutive slots
+  and the step reads only its first ``ceil(global_batch_size / k)`` windows (the others are skipped in that
+  epoch). The mapping depends on ``(seed, step, i)`` only, so ranks still build just their own slice.
+- ``single_span_prob``: with this probability a *batch* (one draw per step, GLM:blocklm_utils.py:324-326) is a
+  single-span batch: the objective draw is replaced by 0.0, which selects the token objective (or, when
+  ``bert_prob`` is 0, the first objective of positive probability, GLM:blocklm_utils.py:328, 361), and every sample
+  gets one Poisson span instead of the 15 % budget (GLM:blocklm_utils.py:331-334).
 - ``block_mask_prob``: token objective only (the original's ``task == 'bert'``); each Part-B *input* token after a
   block's ``[sop]`` is replaced by ``[dBLOCK]`` with this probability; ``[sop]``, targets and Part A are unchanged.
   The id comes from :func:`dblock_id` (spec §3.2 row "dBLOCK (train only)").
@@ -197,13 +208,25 @@ class PretrainSampler:
 
     # ----------------------------------------------------------------------------------------- batches
     def batch_plan(self, step: int) -> tuple[str, float]:
-        """The step's objective and its document-span fraction (shared by the batch, spec §5)."""
+        """The step's objective and its document-span fraction (shared by the batch, spec §5).
+
+        A single-span batch (:meth:`single_span`) replaces the objective draw by 0.0, as the original does
+        (GLM:blocklm_utils.py:326): the token objective whenever ``bert_prob > 0``.
+        """
         rng = np.random.default_rng([self.seed, int(step), 0xBA7C])
-        u = float(rng.random())
+        u = 0.0 if self.single_span(step) else float(rng.random())
         m = self.masking
         objective = "token" if u < m.bert_prob else "sentence" if u < m.bert_prob + m.gap_sentence_prob else "document"
         fraction = float(rng.uniform(m.gpt_min_ratio, 1.0))
         return objective, fraction
+
+    def single_span(self, step: int) -> bool:
+        """Whether step ``step`` is a single-span batch: one draw per batch (GLM:blocklm_utils.py:324-325)."""
+        p = self.masking.single_span_prob
+        if p <= 0:
+            return False  # no draw: batches are those of a sampler without the option
+        rng = np.random.default_rng([self.seed, int(step), 0x5195])
+        return float(rng.random()) < p
 
     def short_length(self, step: int) -> int | None:
         """The step's shared chunk length when it is a short-sequence batch (``short_seq_prob``), else ``None``."""
@@ -213,8 +236,17 @@ class PretrainSampler:
         rng = np.random.default_rng([self.seed, int(step), 0x5407])
         if float(rng.random()) >= p:
             return None
-        low = min(32, self.window - 1)  # GLM:blocklm_utils.py:283: randrange(32, seq_length - 1)
+        low = min(32, self.window - 1)  # GLM:blocklm_utils.py:284: randrange(32, max_seq_length - 1)
         return int(rng.integers(low, self.window))  # low .. window - 1
+
+    def source_window(self, step: int, index: int, global_batch_size: int) -> int:
+        """The global window index sample ``index`` of step ``step`` is cut from (see ``short_seq_prob``)."""
+        g = int(step) * global_batch_size
+        length = self.short_length(step)
+        if length is None:
+            return g + int(index)
+        per_window = max(1, self.window // length)  # GLM:blocklm_utils.py:285: (max_seq_length - 1) // target_length
+        return g + int(index) // per_window
 
     def sample(self, step: int, index: int, global_batch_size: int) -> GLMInput:
         """Sample ``index`` (0-based, < ``global_batch_size``) of step ``step``'s global batch."""
@@ -223,7 +255,8 @@ class PretrainSampler:
         objective, fraction = self.batch_plan(step)
         text, rng = self._text_and_generator(step, index, global_batch_size)
         if objective == "token":
-            sample = self._span_sample(text, rng, self._token_spans, "token")
+            draw = self._single_span if self.single_span(step) else self._token_spans
+            sample = self._span_sample(text, rng, draw, "token")
             return self._block_mask(sample, rng)
         if objective == "sentence":
             return self._span_sample(text, rng, self._sentence_spans, "sentence")
@@ -241,10 +274,10 @@ class PretrainSampler:
         self, step: int, index: int, global_batch_size: int
     ) -> tuple[np.ndarray, np.random.Generator]:
         rng = np.random.default_rng([self.seed, int(step), int(index)])
-        text = self.window_tokens(int(step) * global_batch_size + index)
+        text = self.window_tokens(self.source_window(step, index, global_batch_size))
         length = self.short_length(step)
         if length is not None:
-            text = self._short_chunk(text, length, rng)
+            text = self._short_chunk(text, length, rng)  # one of the window's w // L independent chunks
         return text, rng
 
     def global_batch(self, step: int, global_batch_size: int) -> list[GLMInput]:
@@ -304,13 +337,8 @@ class PretrainSampler:
         return sample
 
     def _token_spans(self, text: np.ndarray, rng: np.random.Generator) -> list[tuple[int, int]]:
-        """Token-level spans per document (spec §5), never covering a document's trailing ``eos``.
-
-        With probability ``single_span_prob`` the sample instead gets one span of Poisson length (spec §5).
-        """
+        """Token-level spans per document (spec §5), never covering a document's trailing ``eos``."""
         m = self.masking
-        if m.single_span_prob > 0 and float(rng.random()) < m.single_span_prob:
-            return self._single_span(text, rng)
         spans: list[tuple[int, int]] = []
         for start, end in self._documents(text):
             maskable = end - start - int(text[end - 1] == self.tokens.eos)
@@ -324,7 +352,10 @@ class PretrainSampler:
         return spans
 
     def _single_span(self, text: np.ndarray, rng: np.random.Generator) -> list[tuple[int, int]]:
-        """One span of Poisson(λ) length (1..max_span), placed uniformly inside one document of the window."""
+        """One span of Poisson(λ) length (1..max_span), placed uniformly inside one document of the window.
+
+        Every sample of a single-span batch gets this instead of the 15 % budget (GLM:blocklm_utils.py:331-334).
+        """
         m = self.masking
         ks = np.arange(1, m.max_span + 1)
         log_pmf = ks * math.log(m.poisson_lambda) - m.poisson_lambda - np.array([math.lgamma(k + 1) for k in ks])
@@ -337,7 +368,8 @@ class PretrainSampler:
                 documents.append((start, maskable))
         if not documents:
             return []
-        # the original places the span in the longest document segment of the sample (GLM:blocklm_utils.py:120-131)
+        # the longest document segment of the sample; the original gives the span to the shortest document whose
+        # bert_ratio budget holds it, else to the longest (GLM:blocklm_utils.py:132-157)
         start, maskable = max(documents, key=lambda d: d[1])
         length = min(length, maskable - 1)  # at least one token of the document stays in Part A
         offset = int(rng.integers(0, maskable - length + 1))
@@ -382,14 +414,36 @@ class PretrainSampler:
     def _document_sample(self, text: np.ndarray, rng: np.random.Generator, fraction: float) -> GLMInput:
         text = text[: self.seq_length - 3]  # [CLS] + text + [gMASK] in A, [sop] in B
         n = len(text)
+        # GLM:blocklm_utils.py:408-409: several documents = an eos before the last token
         several_documents = bool((text[:-1] == self.tokens.eos).any())
-        suffix = several_documents or float(rng.random()) >= self.masking.gpt_infill_prob
+        # GLM:blocklm_utils.py:410: `multiple_doc or rng.random() < self.infill_prob` takes the suffix branch (no draw
+        # when the window holds several documents)
+        suffix = several_documents or float(rng.random()) < self.masking.gpt_infill_prob
         # spec §5: one span whose length the batch shares (all windows have n tokens), at least one token left in A
         length = min(max(1, math.floor(fraction * n)), n - 1)
         start = n - length if suffix else int(rng.integers(0, n - length + 1))
-        return corrupt(
+        sample = corrupt(
             self._with_cls(text), [(start + 1, start + length + 1)], [0], self.tokens, self.mask_id("document")
         )
+        return _without_eop(sample) if suffix else sample
+
+
+def _without_eop(sample: GLMInput) -> GLMInput:
+    """A one-span sample whose Part B ends before its ``[eop]`` target: inputs ``[sop] + span[:-1]``, targets ``span``.
+
+    The original's document suffix (GLM:blocklm_utils.py:415-419): ``tokens = source + [gMASK, sop] + target[:-1]``,
+    ``targets = source + [gMASK] + target``; positions and block positions as for any blank (423-428).
+    """
+    (begin, end), *_ = sample.candidate_spans
+    return GLMInput(
+        input_ids=sample.input_ids[:-1],
+        position_ids=sample.position_ids[:, :-1],
+        sep=sample.sep,
+        targets=sample.targets[:-1],
+        loss_mask=sample.loss_mask[:-1],
+        mask_positions=sample.mask_positions,
+        candidate_spans=((begin, end - 1),),
+    )
 
 
 def _drop_until_fits(spans: list[tuple[int, int]], text_length: int, seq_length: int) -> list[tuple[int, int]]:
