@@ -20,6 +20,7 @@ from glm_core.model import GLMModel
 from training.checkpointing import publish_model, resume_from, rng_state, set_rng_state, write_checkpoint
 from training.config import PRECISIONS, CosineWithWarmup, TrainConfig
 from training.distributed import DistContext, ModelCall, all_reduce_sum, barrier
+from training.reporting import ReportConfig, open_report
 from training.tasks import TrainingTask
 
 LOG_FILE = "log.jsonl"
@@ -84,11 +85,13 @@ def train(
     final_dir: str | os.PathLike[str] | None = None,
     final_dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    report: ReportConfig | None = None,
 ) -> TrainResult:
     """Run ``cfg.steps`` optimisation steps of ``task`` on ``model``; see the module docstring.
 
     ``evaluate(model)`` runs on rank 0 every ``cfg.eval_every`` steps and at the end, in eval mode under
     ``torch.no_grad``, with the training RNG state saved and restored around it (so it cannot change the run).
+    ``report`` picks where rank 0 also sends the logged scalars (:mod:`training.reporting`; default: nowhere).
     """
     ctx = ctx or DistContext()
     out = Path(out_dir)
@@ -132,6 +135,10 @@ def train(
         elif log_path.exists():
             log_path.unlink()
     barrier(ctx)
+    reporting = open_report(
+        report, out, is_main=ctx.is_main, world_size=ctx.world_size, device=ctx.device, model_config=model.config,
+        task=task, precision=cfg.precision, start_step=start_step, resumed=resume is not None, meta=meta,
+    )  # fmt: skip
 
     losses: list[float] = []
     evaluations: list[dict[str, Any]] = []
@@ -141,6 +148,7 @@ def train(
     kernels_used: dict[str, str] = {}
     bar = _progress(start_step, cfg.steps, progress and ctx.is_main)
     for step in range(start_step, cfg.steps):
+        reporting.start_step()
         micro = task.micro_batches(step, ctx.rank, ctx.world_size)
         local_count = sum(task.count(b) for b in micro)
         global_count = float(all_reduce_sum(torch.tensor(local_count, dtype=torch.float64), ctx))
@@ -171,6 +179,7 @@ def train(
         step_loss = float(all_reduce_sum(loss_total, ctx)) / global_count
         losses.append(step_loss)
         tokens_seen += global_count
+        reporting.end_step(global_count)
         done = step + 1
         if bar is not None:
             bar.update(1)
@@ -186,12 +195,15 @@ def train(
             }
             if scaler is not None:
                 record["loss_scale"] = float(scaler.get_scale())
+            record.update(reporting.rates())  # tokens_per_s, mfu
             append_log(log_path, record)
+            reporting.log_step(record)
         if evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
             result = _run_evaluation(model, evaluate, ctx, fsdp)
             if result is not None:
                 evaluations.append({"step": done, **result})
                 append_log(log_path, {"step": done, "eval": result})
+                reporting.log_eval(done, result)
         if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
             meta_now = {**meta, "step": done}
             checkpoint = write_checkpoint(
@@ -199,6 +211,7 @@ def train(
             )
     if bar is not None:
         bar.close()
+    reporting.close()
     if final_dir is not None:
         publish_model(wrapped, optimizer, Path(final_dir), final_dtype, tokenizer, ctx)
     return TrainResult(
