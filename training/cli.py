@@ -15,7 +15,8 @@ tensors, the run's settings; readable with ``torch.load(weights_only=True)``). E
 and renamed into place, so a checkpoint directory is either complete or absent; ``OUT/checkpoints/latest`` names the
 newest. ``--resume auto|PATH`` continues exactly: the data of step ``k`` is a pure function of ``(seed, k)``.
 
-Logs: ``OUT/log.jsonl`` (one JSON object per logged step / evaluation) and a tqdm bar. The evaluation hook is a
+Logs: ``OUT/log.jsonl`` (one JSON object per logged step / evaluation), a tqdm bar, and ``--report-to
+tensorboard|wandb|none`` (:mod:`training.reporting`). The evaluation hook is a
 callback ``evaluate(model) -> dict``; :func:`main` builds it (importing ``evaluation`` only there, DESIGN.md layers).
 Errors a user can cause print one line and exit with status 2 before anything is written.
 """
@@ -41,6 +42,7 @@ from training.config import PRECISIONS, TrainConfig
 from training.distributed import init_distributed
 from training.evaluation_hook import EvaluateFactory, evaluation_factory
 from training.loop import LOG_FILE, append_log, train
+from training.reporting import REPORT_BACKENDS, ReportConfig, default_backend
 from training.superglue import TaskLoader, evaluation_task_loader
 from training.tasks import PretrainTask, TrainingTask
 
@@ -85,6 +87,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--final-dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate during or after training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--report-to",
+        choices=REPORT_BACKENDS,
+        default=default_backend(),
+        help="also send loss, lr, grad norm, tokens/s, MFU and eval scores to OUT/tensorboard/ or wandb "
+        "(default: tensorboard when installed, else none)",
+    )
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s of one device for MFU")
+    p.add_argument("--run-name", default=None, help="wandb run name (default $WANDB_NAME, else OUT's name)")
+    p.add_argument("--wandb-project", default=None, help="wandb project (default $WANDB_PROJECT, else glm-harness)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,6 +360,7 @@ def run(
     if args.micro_batch_size < 1 or args.grad_accum < 1:
         raise ConfigError("--micro-batch-size and --grad-accum must be positive")
     cfg = _train_config(args, ctx.world_size, default_lr=4e-4 if args.command == "pretrain" else 1e-5)
+    report = ReportConfig(args.report_to, args.peak_tflops, project=args.wandb_project, run_name=args.run_name)
 
     if args.command == "pretrain":
         from training.data import read_corpus, sentence_end_ids, tokenize_documents
@@ -454,6 +467,7 @@ def run(
         final_dir=final_dir,
         final_dtype=DTYPES[args.final_dtype],
         progress=not args.quiet,
+        report=report,
     )
     summary = {
         "command": args.command,

@@ -20,6 +20,7 @@ from glm_core.model import GLMModel
 from training.checkpointing import load_checkpoint, publish_model, rng_state, save_checkpoint, set_rng_state
 from training.config import PRECISIONS, CosineWithWarmup, TrainConfig
 from training.distributed import DistContext, all_reduce_sum, barrier, global_sum, wrap_model
+from training.reporting import ReportConfig, open_report
 from training.tasks import TrainingTask
 
 LOG_FILE = "log.jsonl"
@@ -84,11 +85,13 @@ def train(
     final_dir: str | os.PathLike[str] | None = None,
     final_dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    report: ReportConfig | None = None,
 ) -> TrainResult:
     """Run ``cfg.steps`` optimisation steps of ``task`` on ``model``; see the module docstring.
 
     ``evaluate(model)`` runs on rank 0 every ``cfg.eval_every`` steps and at the end, in eval mode under
     ``torch.no_grad``, with the training RNG state saved and restored around it (so it cannot change the run).
+    ``report`` picks where rank 0 also sends the logged scalars (:mod:`training.reporting`; default: nowhere).
     """
     ctx = ctx or DistContext()
     out = Path(out_dir)
@@ -121,6 +124,10 @@ def train(
         elif log_path.exists():
             log_path.unlink()
     barrier(ctx)
+    reporting = open_report(
+        report, out, is_main=ctx.is_main, world_size=ctx.world_size, device=ctx.device, model_config=model.config,
+        task=task, precision=cfg.precision, start_step=start_step, resumed=resume is not None, meta=meta,
+    )  # fmt: skip
 
     losses: list[float] = []
     evaluations: list[dict[str, Any]] = []
@@ -130,6 +137,7 @@ def train(
     kernels_used: dict[str, str] = {}
     bar = _progress(start_step, cfg.steps, progress and ctx.is_main)
     for step in range(start_step, cfg.steps):
+        reporting.start_step()
         micro = task.micro_batches(step, ctx.rank, ctx.world_size)
         local_count = sum(task.count(b) for b in micro)
         global_count = float(global_sum([local_count], ctx)[0])  # on the model's device (NCCL takes no host tensor)
@@ -160,6 +168,7 @@ def train(
         step_loss = float(all_reduce_sum(loss_total, ctx)) / global_count  # one host sync per step
         losses.append(step_loss)
         tokens_seen += global_count
+        reporting.end_step(global_count)
         done = step + 1
         if bar is not None:
             bar.update(1)
@@ -175,12 +184,15 @@ def train(
             }
             if scaler is not None:
                 record["loss_scale"] = float(scaler.get_scale())
+            record.update(reporting.rates())  # tokens_per_s, mfu
             append_log(log_path, record)
+            reporting.log_step(record)
         if evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
             result = _run_evaluation(model, wrapped, evaluate, ctx, fsdp)
             if result is not None:
                 evaluations.append({"step": done, **result})
                 append_log(log_path, {"step": done, "eval": result})
+                reporting.log_eval(done, result)
         if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
             meta_now = {**meta, "step": done}
             checkpoint = save_checkpoint(
@@ -188,6 +200,7 @@ def train(
             )
     if bar is not None:
         bar.close()
+    reporting.close()
     if final_dir is not None and checkpoint is not None:
         publish_model(checkpoint, Path(final_dir), final_dtype, ctx)
     return TrainResult(
