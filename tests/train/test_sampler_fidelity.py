@@ -314,7 +314,7 @@ def test_resume_compares_the_resolved_decay_length(monkeypatch, tmp_path):
     old_train = TrainConfig(steps=50).to_dict()
     del old_train["lr_decay_steps"]  # a checkpoint written before the option existed
     stored = {"train": old_train, "task": {"task": "pretrain"}, "model_config": {"name": "m"}}
-    monkeypatch.setattr(cli, "load_train_state", lambda path: {"meta_json": json.dumps(stored)})
+    monkeypatch.setattr(cli, "read_train_state", lambda path: {"meta": stored})
 
     def meta(**train: int) -> dict[str, object]:
         return {**stored, "train": TrainConfig(steps=50, **train).to_dict()}
