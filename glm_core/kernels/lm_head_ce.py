@@ -71,18 +71,36 @@ def partb_lm_head_ce(
     if count > 0 and bool(((targets_b < 0) | (targets_b >= vocab)).any()):
         raise InputError(f"targets of scored rows must lie in [0, {vocab}) (the vocabulary size)")
 
-    which = resolve_impl(impl, hidden.device, hidden.dtype, OP_NAME)
+    compute_dtype = _autocast_dtype(hidden)
+    if compute_dtype is not None:
+        # Under autocast, eager casts the LM head's matmul inputs to the autocast dtype, and autograd runs the
+        # backward matmuls in that dtype too (fp32 accumulation in the GEMM). The custom Function below is outside
+        # autocast's op table, so the same contract is made explicit: cast hidden rows and weight here (the cast's
+        # backward returns fp32 gradients to the fp32 master weights), then run with autocast off so forward and
+        # all three backward matmuls use the autocast dtype, as eager's do.
+        hidden_b, weight = hidden_b.to(compute_dtype), weight.to(compute_dtype)
+    which = resolve_impl(impl, hidden.device, hidden_b.dtype, OP_NAME)
     if count == 0:
         # nothing to score: 0, still attached to the graph so backward gives zero gradients
         loss = hidden_b.sum() * 0.0 + weight.reshape(-1)[:0].sum()
-        loss = loss.to(_loss_dtype(hidden.dtype))
+        loss = loss.to(_loss_dtype(hidden_b.dtype))
     elif which == "torch":
         loss = partb_lm_head_ce_torch_gathered(hidden_b, weight, targets_b)
     else:
         if chunk_vocab is None:
             chunk_vocab = default_chunk_vocab(count, hidden.element_size())
-        loss = _PartBLMHeadCE.apply(hidden_b, weight, targets_b, min(int(chunk_vocab), vocab))
+        with torch.autocast(hidden.device.type, enabled=False):
+            loss = _PartBLMHeadCE.apply(hidden_b, weight, targets_b, min(int(chunk_vocab), vocab))
     return (loss, count) if return_count else loss
+
+
+def _autocast_dtype(hidden: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast would give this op's matmuls, or ``None`` outside autocast (or for non-fp32 inputs,
+    which autocast leaves alone)."""
+    device_type = hidden.device.type
+    if hidden.dtype != torch.float32 or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 def partb_lm_head_ce_torch(

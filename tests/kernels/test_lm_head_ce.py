@@ -150,3 +150,56 @@ def test_rejects_bad_targets_and_shapes():
         partb_lm_head_ce(hidden, weight, torch.zeros(2, 4, dtype=torch.long), mask, impl="torch")
     with pytest.raises(InputError, match="same h"):
         partb_lm_head_ce(hidden, torch.randn(10, 7), torch.zeros(2, 3, dtype=torch.long), mask, impl="torch")
+
+
+# ------------------------------------------------------------------------------------------------ autocast
+class _MatmulDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the input dtypes of every matmul (mm / addmm / bmm) dispatched while active."""
+
+    MATMULS = ("aten.mm", "aten.addmm", "aten.bmm")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        if name in self.MATMULS:
+            self.seen.append((name, args[-1].dtype))
+        return func(*args, **(kwargs or {}))
+
+
+def _autocast_run(impl: str, hidden, weight, targets, loss_mask, dtype: torch.dtype):
+    recorder = _MatmulDtypes()
+    with recorder:
+        with torch.autocast(hidden.device.type, dtype=dtype):
+            loss = partb_lm_head_ce(hidden, weight, targets, loss_mask, impl=impl, chunk_vocab=256)
+        d_hidden, d_weight = torch.autograd.grad(loss, (hidden, weight))
+    return loss, d_hidden, d_weight, [d for _, d in recorder.seen]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_autocast_runs_the_fused_op_matmuls_in_the_autocast_dtype_as_eager(device, dtype):
+    """Under autocast the fused op's forward and its three backward matmuls (recomputed logits, d weight,
+    d hidden) take the autocast dtype, as eager's matmuls do; gradients come back in fp32 for fp32 master weights
+    and track the fp32 reference as closely as eager's."""
+    if device.type == "cpu" and dtype == torch.float16:
+        pytest.skip("CPU autocast has no fp16 matmul policy")
+    hidden, weight, targets, loss_mask = _inputs(1000, torch.float32, device)
+    eager = _autocast_run(
+        "torch", _leaf(hidden, torch.float32), _leaf(weight, torch.float32), targets, loss_mask, dtype
+    )
+    fused = _autocast_run(
+        "triton", _leaf(hidden, torch.float32), _leaf(weight, torch.float32), targets, loss_mask, dtype
+    )
+    assert eager[3] and set(eager[3]) == {dtype}  # eager: forward + 2 backward matmuls in the autocast dtype
+    assert len(fused[3]) >= 3 and set(fused[3]) == {dtype}  # fused: forward chunk(s) + recompute + 2 backward
+    assert fused[1].dtype == fused[2].dtype == torch.float32  # fp32 master gradients, as eager's
+
+    ref = _run(partb_ce_float64, _leaf(hidden, torch.float64), _leaf(weight, torch.float64), targets, loss_mask, 1.0)
+    for k, key in ((0, "loss"), (1, "d_hidden"), (2, "d_weight")):
+        err_eager = (eager[k].double() - ref[key]).abs().max().item()
+        err_fused = (fused[k].double() - ref[key]).abs().max().item()
+        scale = ref[key].abs().max().item()
+        # the fused op rounds like eager (same dtype at the same matmuls): within 2x of eager's own error
+        assert err_fused <= 2.0 * err_eager + 1e-3 * scale, (key, err_fused, err_eager)
