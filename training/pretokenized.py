@@ -97,13 +97,15 @@ def pretokenize(
     if (target.exists() or target.is_symlink()) and not overwrite:
         raise DataError(f"{target}: already exists; pass --overwrite to replace it, or choose another OUT")
     created = _missing_ancestor(target.parent)
-    target.parent.mkdir(parents=True, exist_ok=True)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with staged_directory(target) as staging:
             meta = _write(source, staging, tokenizer, chunk_bytes)
-    except BaseException:
+    except BaseException as exc:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)  # directories made for OUT, holding nothing else
+        if isinstance(exc, OSError):  # unreadable corpus, unwritable OUT, full disk
+            raise DataError(f"{target}: cannot pretokenize {source} ({exc.strerror or exc})") from None
         raise
     return meta
 
