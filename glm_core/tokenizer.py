@@ -19,6 +19,7 @@ Directory layout read by :meth:`GLMTokenizer.from_pretrained` (hub layout): ``vo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import operator
@@ -639,6 +640,23 @@ class GLMTokenizer:
                     f"{path}: maps {token!r} to {i!r}, but the {self.family} hf token table (spec §3.2"
                     f"{', model ' + self.model_name if self.model_name else ''}) has {self._string_to_id[token]}"
                 )
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of everything that decides the ids: the vocabulary files, family, convention, model name and
+        command-token ids. Two tokenizers with the same fingerprint encode every text to the same ids."""
+        digest = hashlib.sha256()
+        setup = {
+            "family": self.family,
+            "convention": self.convention,
+            "model_name": self.model_name,
+            "special": {**self.special.to_dict(), "bad_words": list(self.special.bad_words)},
+            "lowercase": getattr(self._backend, "lowercase", None),
+        }
+        digest.update(json.dumps(setup, sort_keys=True).encode("utf-8"))
+        for name, data in sorted(self._backend.files().items()):
+            digest.update(f"\0{name}\0{len(data)}\0".encode())
+            digest.update(data)
+        return digest.hexdigest()
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> list[str]:
         """Write the tokenizer files (hub layout) and ``glm_tokenizer.json``; :meth:`from_pretrained` reads them back

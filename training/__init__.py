@@ -8,7 +8,9 @@ One responsibility a module, the loop calling the others and none of them callin
 - :mod:`training.config` — :class:`~training.config.TrainConfig` and the learning-rate schedule;
 - :mod:`training.distributed` — process group, collectives on the model's device, DDP / FSDP wrapping;
 - :mod:`training.checkpointing` — training checkpoints and the final hub-layout model;
-- :mod:`training.data` — corpus reading and tokenization; :mod:`training.sampler` — span corruption;
+- :mod:`training.data` — corpus reading and tokenization; :mod:`training.pretokenized` — the memory-mapped token
+  files of ``pretokenize``; :mod:`training.sampler` — span corruption; :mod:`training.batches` — batches built
+  ahead in DataLoader worker processes;
 - :mod:`training.tasks` — what the loop trains on; :mod:`training.finetune`, :mod:`training.superglue` — cloze
   fine-tuning and the SuperGLUE tasks as training data;
 - :mod:`training.evaluation_hook` — the evaluation package's tasks run during training;

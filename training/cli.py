@@ -3,6 +3,7 @@
     python -m training pretrain --model glm-tiny --from-scratch --corpus corpus.txt --out runs/tiny --steps 1000
     torchrun --nproc-per-node 2 -m training pretrain ...      # DDP (gloo on CPU, nccl on CUDA); --fsdp shards
     python -m training finetune --model runs/tiny/final --task demo --data-dir evaluation/data --out runs/ft
+    python -m training pretokenize corpus.txt runs/corpus-tok --model glm-tiny    # then pretrain --data runs/corpus-tok
 
 One loop serves both: AdamW (no weight decay on biases and LayerNorms), linear warmup + cosine decay, gradient
 clipping, gradient accumulation, bf16/fp16 autocast (fp16 with a ``torch.amp.GradScaler``), gradient checkpointing,
@@ -19,6 +20,10 @@ Logs: ``OUT/log.jsonl`` (one JSON object per logged step / evaluation), a tqdm b
 tensorboard|wandb|none`` (:mod:`training.reporting`). The evaluation hook is a
 callback ``evaluate(model) -> dict``; :func:`main` builds it (importing ``evaluation`` only there, DESIGN.md layers).
 Errors a user can cause print one line and exit with status 2 before anything is written.
+
+Pretraining data comes from ``--corpus`` (UTF-8 text, tokenized by every process at start) or ``--data`` (a directory
+written once by ``glm-train pretokenize``, memory-mapped: a process's memory does not grow with the corpus); both give
+the same batches. ``--data-workers N`` builds the batches in N DataLoader worker processes ahead of the loop.
 """
 
 from __future__ import annotations
@@ -110,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  glm-train pretrain --model glm-tiny --from-scratch --corpus runs/corpus.txt --out runs/tiny \\\n"
             "      --steps 1000 --seq-length 128 --micro-batch-size 16\n"
             "  torchrun --nproc-per-node 2 -m training pretrain ...   (DDP; gloo on CPU, nccl on CUDA)\n"
+            "  glm-train pretokenize runs/corpus.txt runs/corpus-tok --model glm-tiny\n"
+            "  glm-train pretrain --model glm-tiny --from-scratch --data runs/corpus-tok --out runs/tiny --steps 1000\n"
             "  glm-train finetune --model runs/tiny/final --task demo --data-dir evaluation/data --out runs/ft --steps 200\n"
             "  glm-train export runs/tiny runs/tiny-hub --dtype fp16   (newest checkpoint -> hub layout)"
         ),
@@ -117,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     pre = sub.add_parser("pretrain", help="blank-infilling pretraining on a UTF-8 text corpus")
     _add_common(pre)
-    pre.add_argument("--corpus", required=True, help="UTF-8 text, documents separated by blank lines")
+    source = pre.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", help="UTF-8 text, documents separated by blank lines")
+    source.add_argument("--data", help="a directory written by glm-train pretokenize (memory-mapped)")
+    pre.add_argument(
+        "--data-workers", type=int, default=2, help="DataLoader worker processes building batches (0: in the loop)"
+    )
     pre.add_argument("--seq-length", type=int, default=512)
     pre.add_argument("--bert-prob", type=float, default=1.0, help="share of token-level [MASK] batches")
     pre.add_argument("--gap-sentence-prob", type=float, default=0.0, help="share of sentence-level [sMASK] batches")
@@ -145,6 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--eval-tasks", default="demo", help="evaluation tasks run by the eval hook ('' for none)")
     pre.add_argument("--eval-data-dir", default="evaluation/data")
     pre.add_argument("--eval-limit", type=int, default=None, help="examples per evaluation task")
+    tok = sub.add_parser(
+        "pretokenize",
+        help="tokenize a corpus once into a memory-mapped token file (for pretrain --data)",
+        description=(
+            "Tokenize CORPUS (UTF-8 text, documents separated by blank lines) into the directory OUT: tokens.bin "
+            "(uint16 or int32 ids), doc_index.npy (document start offsets) and meta.json. The corpus is streamed; "
+            "OUT appears only once complete."
+        ),
+    )
+    tok.add_argument("corpus", help="UTF-8 text, documents separated by blank lines")
+    tok.add_argument("out", help="directory to write (must not exist unless --overwrite)")
+    tok.add_argument("--model", default="glm-tiny", help="preset name or checkpoint directory whose tokenizer is used")
+    tok.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    tok.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     ft = sub.add_parser(
         "finetune",
         help="cloze fine-tuning: CE over verbalizer / candidate scores (spec §6.1)",
@@ -385,7 +411,14 @@ def run(
                 f"--block-mask-prob needs the [dBLOCK] row {dblock}, but the model's vocab_size is {config.vocab_size}; "
                 "expected a model whose embedding table holds it (spec §3.2)"
             )
-        stream = tokenize_documents(read_corpus(args.corpus), tokenizer, source=args.corpus)
+        if args.data_workers < 0:
+            raise ConfigError(f"--data-workers must be >= 0, got {args.data_workers}")
+        if args.data is not None:
+            from training.pretokenized import open_pretokenized
+
+            stream = open_pretokenized(args.data, tokenizer)  # read-only memmap: pages are read as windows are
+        else:
+            stream = tokenize_documents(read_corpus(args.corpus), tokenizer, source=args.corpus)
         sampler = PretrainSampler(
             stream,
             tokenizer.special,
@@ -468,6 +501,7 @@ def run(
         final_dtype=DTYPES[args.final_dtype],
         progress=not args.quiet,
         report=report,
+        data_workers=args.data_workers if args.command == "pretrain" else 0,
     )
     summary = {
         "command": args.command,
@@ -485,6 +519,19 @@ def run(
     if ctx.is_main:
         append_log(Path(args.out) / LOG_FILE, {"step": result.steps, "summary": summary})
     return summary
+
+
+def run_pretokenize(args: argparse.Namespace) -> dict[str, Any]:
+    """``glm-train pretokenize``: the tokenizer resolved as for ``pretrain`` (``--tokenizer``, else the model's)."""
+    from training.pretokenized import pretokenize
+
+    if args.tokenizer is None and not os.path.isdir(args.model) and args.model not in PRESETS:
+        raise ConfigError(
+            f"--model {args.model!r} is neither a checkpoint directory nor a preset ({', '.join(sorted(PRESETS))})"
+        )
+    tokenizer = _load_tokenizer(args, None)
+    meta = pretokenize(args.corpus, args.out, tokenizer, overwrite=args.overwrite)
+    return {"command": "pretokenize", "out": args.out, **meta}
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -517,6 +564,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "export":
             summary = run_export(args)
+        elif args.command == "pretokenize":
+            summary = run_pretokenize(args)
         else:
             summary = run(args, evaluation_factory(args), evaluation_task_loader(args))
     except GLMError as exc:

@@ -17,6 +17,7 @@ from torch import nn
 from glm_core.atomic import write_text_atomically
 from glm_core.errors import ConfigError
 from glm_core.model import GLMModel
+from training.batches import step_batches
 from training.checkpointing import load_checkpoint, publish_model, rng_state, save_checkpoint, set_rng_state
 from training.config import PRECISIONS, CosineWithWarmup, TrainConfig
 from training.distributed import DistContext, all_reduce_sum, barrier, global_sum, wrap_model
@@ -86,12 +87,15 @@ def train(
     final_dtype: torch.dtype = torch.float32,
     progress: bool = True,
     report: ReportConfig | None = None,
+    data_workers: int = 0,
 ) -> TrainResult:
     """Run ``cfg.steps`` optimisation steps of ``task`` on ``model``; see the module docstring.
 
     ``evaluate(model)`` runs on rank 0 every ``cfg.eval_every`` steps and at the end, in eval mode under
     ``torch.no_grad``, with the training RNG state saved and restored around it (so it cannot change the run).
     ``report`` picks where rank 0 also sends the logged scalars (:mod:`training.reporting`; default: nowhere).
+    ``data_workers > 0`` builds the micro-batches in that many DataLoader worker processes, ahead of the loop
+    (:mod:`training.batches`); the batches, and so the run, are the same as with 0.
     """
     ctx = ctx or DistContext()
     out = Path(out_dir)
@@ -136,9 +140,9 @@ def train(
     checkpoint: Path | None = None
     kernels_used: dict[str, str] = {}
     bar = _progress(start_step, cfg.steps, progress and ctx.is_main)
-    for step in range(start_step, cfg.steps):
+    batches = step_batches(task, start_step, cfg.steps, ctx, data_workers, seed=cfg.seed)
+    for step, micro in zip(range(start_step, cfg.steps), batches, strict=True):
         reporting.start_step()
-        micro = task.micro_batches(step, ctx.rank, ctx.world_size)
         local_count = sum(task.count(b) for b in micro)
         global_count = float(global_sum([local_count], ctx)[0])  # on the model's device (NCCL takes no host tensor)
         if global_count <= 0:
@@ -198,6 +202,7 @@ def train(
             checkpoint = save_checkpoint(
                 out, done, wrapped, optimizer, scheduler, scaler, meta_now, tokenizer, ctx, cfg.keep_checkpoints
             )
+    batches.close()
     if bar is not None:
         bar.close()
     reporting.close()

@@ -165,7 +165,8 @@ class PretrainSampler:
         self.masking = masking or MaskingConfig()
         if isinstance(seq_length, bool) or not isinstance(seq_length, int) or seq_length < 8:
             raise ConfigError(f"seq_length must be an integer >= 8, got {seq_length!r}")
-        self.stream = np.asarray(stream, dtype=np.int64)
+        # held as given (an integer array or a read-only np.memmap is not copied): windows are read on demand
+        self.stream = stream if _is_integer_array(stream) else np.asarray(stream, dtype=np.int64)
         self.tokens = tokens
         self.seq_length = seq_length
         self.window = seq_length - 1  # [CLS] + window fills the sequence before corruption
@@ -199,7 +200,7 @@ class PretrainSampler:
             perm = np.random.default_rng([self.seed, epoch, 0x57AE]).permutation(self.num_windows)
             self._permutations = {epoch: perm}  # keep one epoch: steps only move forward
         start = int(perm[index]) * self.window
-        return self.stream[start : start + self.window]
+        return np.asarray(self.stream[start : start + self.window], dtype=np.int64)  # only this window is read
 
     def mask_id(self, objective: str) -> int:
         if not self.masking.task_mask or objective == "token":
@@ -444,6 +445,10 @@ def _without_eop(sample: GLMInput) -> GLMInput:
         mask_positions=sample.mask_positions,
         candidate_spans=((begin, end - 1),),
     )
+
+
+def _is_integer_array(stream: object) -> bool:
+    return isinstance(stream, np.ndarray) and stream.ndim == 1 and stream.dtype.kind in "iu"
 
 
 def _drop_until_fits(spans: list[tuple[int, int]], text_length: int, seq_length: int) -> list[tuple[int, int]]:

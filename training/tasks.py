@@ -50,7 +50,8 @@ class PretrainTask:
         return float(batch["loss_mask"].sum())
 
     def loss_sum(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
-        tensors = {k: torch.from_numpy(v).to(device) for k, v in batch.items() if k != "lengths"}
+        # numpy arrays (built in the loop) or tensors (from DataLoader workers, pinned on CUDA)
+        tensors = {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch.items() if k != "lengths"}
         mean = model_call(model, _part_b_loss, tensors)
         return mean * self.count(batch)  # spec §5: token CE over Part B; summed here, normalised by the global count
 
