@@ -19,12 +19,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from glm_core.checkpoint import SHIPPED_PRESETS, save_model
 from glm_core.config import GLMConfig
 from glm_core.errors import ConfigError, DataError
 from glm_core.model import build_model
 from glm_core.special_tokens import sentencepiece_tokens
 from glm_core.tokenizer import GLMTokenizer
+from tests.train.tiny_setup import make_tiny_run_inputs
 from training import pretokenized as pretok
 from training.batches import step_batches
 from training.cli import main
@@ -37,25 +37,14 @@ from training.sampler import MaskingConfig, PretrainSampler, dblock_id
 from training.tasks import PretrainTask
 
 REPO = Path(__file__).resolve().parents[2]
-TOKENIZER_FILES = ("spiece.model", "glm_tokenizer.json")
 MIXED = MaskingConfig(bert_prob=0.4, gap_sentence_prob=0.3, short_seq_prob=0.3, single_span_prob=0.3)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """glm-tiny's tokenizer, a tiny model using it (hidden 64, 2 layers), a 300-document corpus, its token files."""
-    root = tmp_path_factory.mktemp("pretokenized")
-    model_dir = root / "tiny-model"
-    config = GLMConfig(
-        vocab_size=2048, hidden_size=64, num_layers=2, num_attention_heads=1, max_sequence_length=64,
-        tokenizer_family="sentencepiece", name="pretokenized-test",
-    )  # fmt: skip
-    save_model(build_model(config, seed=0), model_dir)
-    for name in TOKENIZER_FILES:
-        shutil.copy(SHIPPED_PRESETS["glm-tiny"] / name, model_dir / name)
-    from training.corpus import write_corpus
-
-    corpus = Path(write_corpus(str(root / "corpus.txt"), num_documents=300))
+    made = make_tiny_run_inputs(tmp_path_factory.mktemp("pretokenized"), "pretokenized-test", num_documents=300)
+    root, model_dir, corpus = made["root"], made["model"], made["corpus"]
     tokenizer = GLMTokenizer.from_pretrained(model_dir)
     data = root / "corpus-tok"
     pretokenize(corpus, data, tokenizer)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from glm_core.checkpoint import SHIPPED_PRESETS, save_model
 from glm_core.config import GLMConfig
 from glm_core.errors import ConfigError
 from glm_core.model import build_model
+from tests.train.tiny_setup import make_tiny_run_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 4
@@ -28,19 +27,7 @@ HAS_WANDB = importlib.util.find_spec("wandb") is not None
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny model directory (glm-tiny's tokenizer, hidden 64, 2 layers) and a small synthetic corpus."""
-    root = tmp_path_factory.mktemp("report")
-    model_dir = root / "tiny-model"
-    config = GLMConfig(
-        vocab_size=2048, hidden_size=64, num_layers=2, num_attention_heads=1, max_sequence_length=64,
-        tokenizer_family="sentencepiece", name="report-test",
-    )  # fmt: skip
-    save_model(build_model(config, seed=0), model_dir)
-    for name in ("spiece.model", "glm_tokenizer.json"):
-        shutil.copy(SHIPPED_PRESETS["glm-tiny"] / name, model_dir / name)
-    from training.corpus import write_corpus
-
-    corpus = write_corpus(str(root / "corpus.txt"), num_documents=200)
-    return {"root": root, "model": model_dir, "corpus": Path(corpus)}
+    return make_tiny_run_inputs(tmp_path_factory.mktemp("report"), "report-test", num_documents=200)
 
 
 def _env(**extra: str) -> dict[str, str]:

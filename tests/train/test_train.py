@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,32 +19,19 @@ import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.api import CheckpointException
 
-from glm_core.checkpoint import SHIPPED_PRESETS, save_model
 from glm_core.config import GLMConfig
 from glm_core.model import build_model
+from tests.train.tiny_setup import make_tiny_run_inputs
 from training.checkpointing import SafeFileSystemReader, read_train_state
 
 REPO = Path(__file__).resolve().parents[2]
-TOKENIZER_FILES = ("spiece.model", "glm_tokenizer.json")
 STEPS = 6
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny model directory (glm-tiny's tokenizer, hidden 64, 2 layers) and a small synthetic corpus."""
-    root = tmp_path_factory.mktemp("train")
-    model_dir = root / "tiny-model"
-    config = GLMConfig(
-        vocab_size=2048, hidden_size=64, num_layers=2, num_attention_heads=1, max_sequence_length=64,
-        tokenizer_family="sentencepiece", name="train-test",
-    )  # fmt: skip
-    save_model(build_model(config, seed=0), model_dir)
-    for name in TOKENIZER_FILES:
-        shutil.copy(SHIPPED_PRESETS["glm-tiny"] / name, model_dir / name)
-    from training.corpus import write_corpus
-
-    corpus = write_corpus(str(root / "corpus.txt"), num_documents=300)
-    return {"root": root, "model": model_dir, "corpus": Path(corpus)}
+    return make_tiny_run_inputs(tmp_path_factory.mktemp("train"), "train-test", num_documents=300)
 
 
 def _env(**extra: str) -> dict[str, str]:
