@@ -61,3 +61,19 @@ def run_in_subprocess(module: str, args: list[str]) -> dict[str, Any]:
     if out.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(args)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_of(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``cmd`` in a child of a fresh interpreter, so that ``RUSAGE_CHILDREN`` covers ``cmd`` (and its own
+    children) alone: ``{"rc", "peak_rss_bytes", "wall_s", "stderr_tail"}``."""
+    probe = (
+        "import json, resource, subprocess, sys, time\n"
+        f"cmd = {cmd!r}\n"
+        "t = time.perf_counter()\n"
+        "p = subprocess.run(cmd, capture_output=True, text=True)\n"
+        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
+        "print(json.dumps({'rc': p.returncode, 'peak_rss_bytes': rss, 'wall_s': round(time.perf_counter() - t, 2),"
+        " 'stderr_tail': p.stderr[-800:]}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -16,30 +16,19 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import run_conditions
+from benchmarks.common import peak_rss_of, run_conditions
 
 BASELINE = "import torch, onnx, onnxruntime, onnxscript, numpy; import export.onnx"
 
 
 def measure(cmd: list[str]) -> dict[str, float]:
-    """Run ``cmd`` in a child of a fresh interpreter so that RUSAGE_CHILDREN covers only it."""
-    probe = (
-        "import json, resource, subprocess, sys, time\n"
-        f"cmd = {cmd!r}\n"
-        "t = time.perf_counter()\n"
-        "p = subprocess.run(cmd, capture_output=True, text=True)\n"
-        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
-        "print(json.dumps({'rc': p.returncode, 'peak_rss_bytes': rss, 'wall_s': time.perf_counter() - t,"
-        " 'stderr_tail': p.stderr[-500:]}))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Peak RSS and wall time of ``cmd`` alone (:func:`benchmarks.common.peak_rss_of`)."""
+    return peak_rss_of(cmd)
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import peak_rss_of
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DOCUMENTS = 5000
 SEQ_LENGTH = 128
@@ -44,18 +46,8 @@ def _env() -> dict[str, str]:
 
 
 def _peak_of_child(cmd: list[str]) -> dict[str, Any]:
-    """Run ``cmd`` under a fresh interpreter so that ``RUSAGE_CHILDREN`` covers it alone."""
-    probe = (
-        "import json, resource, subprocess, sys, time\n"
-        f"cmd = {cmd!r}\n"
-        "t = time.perf_counter()\n"
-        "p = subprocess.run(cmd, capture_output=True, text=True)\n"
-        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
-        "print(json.dumps({'rc': p.returncode, 'peak_rss_bytes': rss, 'wall_s': round(time.perf_counter() - t, 2),"
-        " 'stderr_tail': p.stderr[-800:]}))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=_env())
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    """Peak RSS of ``cmd`` alone (:func:`benchmarks.common.peak_rss_of`); a failed command is an error."""
+    result = peak_rss_of(cmd, env=_env())
     if result["rc"] != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result['stderr_tail']}")
     return result
