@@ -46,6 +46,12 @@ Options of the 10B recipes (spec §5; all 0 by default, and at 0 they draw nothi
 - ``block_mask_prob``: token objective only (the original's ``task == 'bert'``); each Part-B *input* token after a
   block's ``[sop]`` is replaced by ``[dBLOCK]`` with this probability; ``[sop]``, targets and Part A are unchanged.
   The id comes from :func:`dblock_id` (spec §3.2 row "dBLOCK (train only)").
+
+Known differences from GLM:blocklm_utils.py (4f61ed7) that remain: a single-span sample puts its span in its longest
+document segment (the original picks the shortest segment whose budget holds it, :132-157); the token objective's
+15 % budget is counted per document segment (the original per sample, :337); the document span's length is a
+fraction of the window clipped to ``n - 1`` (the original draws from ``[int(gpt_min_ratio * min_len), max_len - 2]``,
+:403-404).
 """
 
 from __future__ import annotations
