@@ -588,6 +588,8 @@ def corrupt(
     order: Sequence[int],
     specials: SpecialTokens,
     mask_id: int,
+    *,
+    eop: bool = True,
 ) -> GLMInput:
     """Blank-infilling sample from explicit spans (spec §3.1 worked example, §5).
 
@@ -597,6 +599,9 @@ def corrupt(
     their mask in the corrupted text and block ids ``1..|span|+1``. ``tokens`` is the whole sample (pretraining
     samples start with ``[CLS]``, which spans should not cover). ``mask_positions`` follows ``spans``'s left-to-right
     order; ``candidate_spans[i]`` is the Part-B range of ``spans[order[i]]``.
+
+    ``eop=False`` gives the original's document-suffix blank (GLM:blocklm_utils.py:415-419): Part B holds
+    ``[sop] + span[:-1]`` with targets ``span``, no ``[eop]``.
     """
     ids = list(tokens)
     if not spans:
@@ -633,10 +638,12 @@ def corrupt(
         start, end = spans[i]
         span = ids[start:end]
         begin = len(input_ids)
-        input_ids += [specials.sop, *span]  # spec §5: Part B input [sop] span, targets span [eop]
-        targets += [*span, specials.eop]
-        positions += [mask_pos_of[i]] * (len(span) + 1)
-        blocks += list(range(1, len(span) + 2))
+        # spec §5: Part B input [sop] span, targets span [eop]; without eop: [sop] span[:-1] -> span
+        inputs, outputs = ([specials.sop, *span], [*span, specials.eop]) if eop else ([specials.sop, *span[:-1]], span)
+        input_ids += inputs
+        targets += outputs
+        positions += [mask_pos_of[i]] * len(inputs)
+        blocks += list(range(1, len(inputs) + 1))
         ranges.append((begin, len(input_ids)))
     loss_mask = np.zeros(len(input_ids), dtype=np.float32)
     loss_mask[sep:] = 1.0  # spec §5: loss on Part B only

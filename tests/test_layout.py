@@ -93,6 +93,17 @@ def test_corrupt_document_level_suffix_is_prefix_gmask_then_sop_span():
     assert targets[4:] == [13, 14, T.eop]
 
 
+def test_corrupt_without_eop_is_the_original_document_suffix():
+    """GLM:blocklm_utils.py:415-419 (4f61ed7): ``tokens = source + [gMASK, sop] + target[:-1]``, ``targets = source
+    + [gMASK] + target``: the suffix blank of the document objective has no [eop]."""
+    sample = corrupt([T.cls, 11, 12, 13, 14], spans=[(3, 5)], order=[0], specials=T, mask_id=T.gmask, eop=False)
+    ids, pos, block, targets, loss_mask = rows(sample)
+    assert ids == [T.cls, 11, 12, T.gmask, T.sop, 13]
+    assert pos == [0, 1, 2, 3, 3, 3] and block == [0, 0, 0, 0, 1, 2]
+    assert targets[4:] == [13, 14] and loss_mask == [0, 0, 0, 0, 1, 1]
+    assert sample.candidate_spans == ((4, 6),)
+
+
 @pytest.mark.parametrize(
     "spans,order,message",
     [

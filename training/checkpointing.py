@@ -35,11 +35,11 @@ from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from glm_core.atomic import make_staging_dir, write_text_atomically
+from glm_core.atomic import make_staging_dir, move_into_place, write_text_atomically
 from glm_core.config import GLMConfig
 from glm_core.errors import CheckpointError
 from glm_core.model import GLMModel
-from training.distributed import DistContext, barrier, unwrap
+from training.distributed import MODEL_PREFIX, DistContext, barrier, unwrap
 
 STATE_FILE = "train_state.json"
 RNG_DIR = "rng"
@@ -220,13 +220,7 @@ def save_checkpoint(
                 "meta": meta,
             }
             write_text_atomically(staging / STATE_FILE, json.dumps(state, sort_keys=True, indent=1) + "\n")
-            if final.exists():  # a rerun of the same step: swap, never leave a partial directory
-                old = make_staging_dir(final)
-                os.replace(final, old / final.name)
-                os.replace(staging, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, final)
+            move_into_place(staging, final)  # a rerun of the same step swaps, never leaves a partial directory
     except BaseException:
         if ctx.is_main:  # the previous checkpoint stays the newest; no partial directory is left
             shutil.rmtree(staging, ignore_errors=True)
@@ -245,6 +239,16 @@ def _prune_checkpoints(root: Path, keep: int) -> None:
 
 
 # ==================================================================================================== load
+def _read_into(state: dict[str, Any], checkpoint: Path, *, no_dist: bool) -> None:
+    """Fill ``state`` (tensors, in place) from a DCP checkpoint; one :class:`CheckpointError` for what can go wrong."""
+    reader = SafeFileSystemReader(checkpoint)
+    reader.read_metadata()  # a refused or corrupt .metadata: its own clear error, before DCP wraps it
+    try:
+        dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=no_dist)
+    except Exception as exc:  # noqa: BLE001 - missing shard files, shapes of another model
+        raise CheckpointError(f"{checkpoint}: cannot load the checkpoint ({str(exc).splitlines()[0][:300]})") from None
+
+
 def load_checkpoint(
     checkpoint: Path,
     model: nn.Module,
@@ -261,19 +265,8 @@ def load_checkpoint(
     ``(seed, step, rank)`` and the run says that it is not bit-exact.
     """
     state = read_train_state(checkpoint)
-    SafeFileSystemReader(checkpoint).read_metadata()  # a refused or corrupt .metadata: one clear error first
     sharded = _sharded_state(model, optimizer)
-    try:
-        dcp.load(
-            sharded,
-            storage_reader=SafeFileSystemReader(checkpoint),
-            planner=SafeLoadPlanner(),
-            no_dist=not ctx.distributed,
-        )
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - missing shard files, shapes of another model
-        raise CheckpointError(f"{checkpoint}: cannot load the checkpoint ({str(exc).splitlines()[0][:300]})") from None
+    _read_into(sharded, checkpoint, no_dist=not ctx.distributed)
     set_state_dict(model, optimizer, model_state_dict=sharded[MODEL_KEY], optim_state_dict=sharded[OPTIM_KEY])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"]:
@@ -307,23 +300,12 @@ def export_checkpoint(
 
     source = Path(checkpoint)
     read_train_state(source)
-    SafeFileSystemReader(source).read_metadata()  # a refused or corrupt .metadata: one clear error first
     config = GLMConfig.from_hf_config(str(source))
     with torch.device("meta"):
         glm = GLMModel(config)
     glm.to_empty(device="cpu")
-    state = {"glm." + k: v for k, v in glm.state_dict().items()}  # ModelCall's parameter names
-    try:
-        dcp.load(
-            {MODEL_KEY: state}, storage_reader=SafeFileSystemReader(source), planner=SafeLoadPlanner(), no_dist=True
-        )
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(
-            f"{source}: cannot read the model from the checkpoint ({str(exc).splitlines()[0][:300]})"
-        ) from None
-    glm.load_state_dict({k.removeprefix("glm."): v for k, v in state.items()}, strict=True)
+    # the model's own tensors under ModelCall's parameter names: DCP fills them in place
+    _read_into({MODEL_KEY: {MODEL_PREFIX + k: v for k, v in glm.state_dict().items()}}, source, no_dist=True)
     out = Path(directory)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_staging_dir(out)

@@ -22,6 +22,7 @@ __all__ = [
     "SENTENCE_END_CHARACTERS",
     "TextTokenizer",
     "iter_corpus_documents",
+    "iter_document_ids",
     "read_corpus",
     "sentence_end_ids",
     "tokenize_documents",
@@ -102,14 +103,18 @@ def iter_corpus_documents(path: str | os.PathLike[str], chunk_bytes: int = CHUNK
         raise DataError(f"{name}: corpus is empty; expected UTF-8 text, documents separated by blank lines")
 
 
-def tokenize_documents(documents: Iterable[str], tokenizer: TextTokenizer, source: str = "corpus") -> np.ndarray:
-    """The token stream: each document's ids followed by ``eos`` (int32 ``[N]``)."""
+def iter_document_ids(documents: Iterable[str], tokenizer: TextTokenizer) -> Iterator[list[int]]:
+    """Each document's ids followed by ``eos``; a document without tokens is skipped (it gets no ``eos`` either)."""
     eos = tokenizer.special.eos
-    pieces: list[np.ndarray] = []
     for doc in documents:
         ids = tokenizer.encode(doc)
         if ids:
-            pieces.append(np.asarray([*ids, eos], dtype=np.int32))
+            yield [*ids, eos]
+
+
+def tokenize_documents(documents: Iterable[str], tokenizer: TextTokenizer, source: str = "corpus") -> np.ndarray:
+    """The token stream: :func:`iter_document_ids` of every document, concatenated (int32 ``[N]``)."""
+    pieces = [np.asarray(ids, dtype=np.int32) for ids in iter_document_ids(documents, tokenizer)]
     if not pieces:
         raise DataError(f"{source}: no tokens after tokenization; expected non-empty documents")
     return np.concatenate(pieces)

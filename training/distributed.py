@@ -109,6 +109,9 @@ def wrap_model(model: GLMModel, ctx: DistContext, fsdp: bool) -> nn.Module:
     return wrapped
 
 
+MODEL_PREFIX = "glm."  # ModelCall's parameter names: "glm." + the GLMModel's
+
+
 class ModelCall(nn.Module):
     """Routes every computation on the GLM through ``forward`` so DDP / FSDP hooks see it.
 

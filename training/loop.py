@@ -20,7 +20,7 @@ from glm_core.model import GLMModel
 from training.batches import step_batches
 from training.checkpointing import load_checkpoint, publish_model, rng_state, save_checkpoint, set_rng_state
 from training.config import PRECISIONS, CosineWithWarmup, TrainConfig
-from training.distributed import DistContext, all_reduce_sum, barrier, global_sum, wrap_model
+from training.distributed import MODEL_PREFIX, DistContext, all_reduce_sum, barrier, global_sum, wrap_model
 from training.reporting import ReportConfig, open_report
 from training.tasks import TrainingTask
 
@@ -261,7 +261,9 @@ def _run_evaluation(
         if ctx.is_main:
             with torch.device("meta"):
                 subject = GLMModel(model.config, kernels=model.kernels)
-            subject.load_state_dict({k.removeprefix("glm."): v for k, v in full.items()}, strict=True, assign=True)
+            subject.load_state_dict(
+                {k.removeprefix(MODEL_PREFIX): v for k, v in full.items()}, strict=True, assign=True
+            )
             subject.to(ctx.device)
         del full
     result = None

@@ -30,14 +30,14 @@ import numpy as np
 
 from glm_core.atomic import staged_directory
 from glm_core.errors import ConfigError, DataError
-from training.data import TextTokenizer, iter_corpus_documents
+from training.data import TextTokenizer, iter_corpus_documents, iter_document_ids
 
 FORMAT = "glm-pretokenized"
 FORMAT_VERSION = 1
 TOKENS_FILE = "tokens.bin"
 INDEX_FILE = "doc_index.npy"
 META_FILE = "meta.json"
-BATCH_CHARACTERS = 1 << 20  # text tokenized (and appended to tokens.bin) at a time
+BATCH_TOKENS = 1 << 18  # tokens gathered before they are appended to tokens.bin
 DTYPES = {"uint16": np.dtype("<u2"), "int32": np.dtype("<i4")}
 
 __all__ = [
@@ -123,7 +123,6 @@ def _missing_ancestor(directory: Path) -> Path | None:
 def _write(source: str, staging: Path, tokenizer: FingerprintedTokenizer, chunk_bytes: int | None) -> dict[str, Any]:
     dtype_name = stream_dtype(tokenizer.vocab_size)
     dtype = DTYPES[dtype_name]
-    eos = int(tokenizer.special.eos)
     starts_path = staging / ".doc_starts.tmp"
     total, documents = 0, 0
     kwargs = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
@@ -140,20 +139,14 @@ def _write(source: str, staging: Path, tokenizer: FingerprintedTokenizer, chunk_
 
         ids: list[int] = []
         starts: list[int] = []
-        characters = 0
-        for document in iter_corpus_documents(source, **kwargs):
-            encoded = tokenizer.encode(document)
-            if not encoded:
-                continue  # as tokenize_documents: a document without tokens gets no eos either
+        for document_ids in iter_document_ids(iter_corpus_documents(source, **kwargs), tokenizer):
             starts.append(total)
-            ids.extend(encoded)
-            ids.append(eos)
-            total += len(encoded) + 1
+            ids.extend(document_ids)
+            total += len(document_ids)
             documents += 1
-            characters += len(document)
-            if characters >= BATCH_CHARACTERS:
+            if len(ids) >= BATCH_TOKENS:
                 flush(ids, starts)
-                ids, starts, characters = [], [], 0
+                ids, starts = [], []
         flush(ids, starts)
         tokens_fh.flush()
         os.fsync(tokens_fh.fileno())

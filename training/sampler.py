@@ -63,7 +63,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from glm_core.errors import ConfigError, DataError, LayoutError
-from glm_core.layout import GLMInput, collate, corrupt, sample_sentence_spans, sample_spans
+from glm_core.layout import GLMInput, collate, corrupt, sample_sentence_spans, sample_spans, span_length_distribution
 from glm_core.special_tokens import SpecialTokens
 
 OBJECTIVES = ("token", "sentence", "document")
@@ -364,10 +364,8 @@ class PretrainSampler:
         Every sample of a single-span batch gets this instead of the 15 % budget (GLM:blocklm_utils.py:331-334).
         """
         m = self.masking
-        ks = np.arange(1, m.max_span + 1)
-        log_pmf = ks * math.log(m.poisson_lambda) - m.poisson_lambda - np.array([math.lgamma(k + 1) for k in ks])
-        weights = np.exp(log_pmf - log_pmf.max())
-        length = int(rng.choice(ks, p=weights / weights.sum()))
+        lengths = span_length_distribution(m.poisson_lambda, m.max_span)  # P(1..max_span)
+        length = int(rng.choice(np.arange(1, m.max_span + 1), p=lengths))
         documents = []
         for start, end in self._documents(text):
             maskable = end - start - int(text[end - 1] == self.tokens.eos)
@@ -429,28 +427,15 @@ class PretrainSampler:
         # spec §5: one span whose length the batch shares (all windows have n tokens), at least one token left in A
         length = min(max(1, math.floor(fraction * n)), n - 1)
         start = n - length if suffix else int(rng.integers(0, n - length + 1))
-        sample = corrupt(
-            self._with_cls(text), [(start + 1, start + length + 1)], [0], self.tokens, self.mask_id("document")
+        # the suffix has no [eop] (GLM:blocklm_utils.py:415-419); a placed span is an ordinary blank
+        return corrupt(
+            self._with_cls(text),
+            [(start + 1, start + length + 1)],
+            [0],
+            self.tokens,
+            self.mask_id("document"),
+            eop=not suffix,
         )
-        return _without_eop(sample) if suffix else sample
-
-
-def _without_eop(sample: GLMInput) -> GLMInput:
-    """A one-span sample whose Part B ends before its ``[eop]`` target: inputs ``[sop] + span[:-1]``, targets ``span``.
-
-    The original's document suffix (GLM:blocklm_utils.py:415-419): ``tokens = source + [gMASK, sop] + target[:-1]``,
-    ``targets = source + [gMASK] + target``; positions and block positions as for any blank (423-428).
-    """
-    (begin, end), *_ = sample.candidate_spans
-    return GLMInput(
-        input_ids=sample.input_ids[:-1],
-        position_ids=sample.position_ids[:, :-1],
-        sep=sample.sep,
-        targets=sample.targets[:-1],
-        loss_mask=sample.loss_mask[:-1],
-        mask_positions=sample.mask_positions,
-        candidate_spans=((begin, end - 1),),
-    )
 
 
 def _is_integer_array(stream: object) -> bool:

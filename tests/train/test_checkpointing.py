@@ -14,7 +14,7 @@ import torch
 
 from glm_core.checkpoint import load_model
 from glm_core.errors import CheckpointError
-from tests.train.test_train import _args, _assert_one_line_exit_2, _losses, _run, _weights, setup  # noqa: F401
+from tests.train.test_train import _args, _assert_one_line_exit_2, _checkpoint_tensors, _losses, _run, _weights, setup  # noqa: F401
 from training import distributed
 from training.checkpointing import SafeFileSystemReader, export_checkpoint, read_train_state
 from training.distributed import CollectiveDeviceError, DistContext, all_reduce_sum, global_sum
@@ -83,6 +83,9 @@ def test_export_writes_the_hub_layout_of_any_checkpoint(setup, uninterrupted, tm
     assert proc.returncode == 0, proc.stderr
     exported, final = _weights(out), _weights(uninterrupted / "final")
     assert exported.keys() == final.keys() and all(torch.equal(exported[k], final[k]) for k in final)
+    stored = _checkpoint_tensors(uninterrupted / "checkpoints" / "step_0000006")  # read back independently
+    assert all(torch.equal(exported[k], stored["model.glm." + k]) for k in exported)
+    assert any(stored[k].abs().sum() > 0 for k in stored if k.startswith("model."))
     assert (out / "spiece.model").is_file() and (out / "config.json").is_file()
     model = load_model(out)  # the exported directory is an ordinary hub checkpoint
     assert model.config.num_layers == 2

@@ -96,7 +96,7 @@ def test_streamed_reader_reports_the_offset_of_the_first_bad_byte(tmp_path, chun
 def test_pretokenize_writes_the_stream_of_tokenize_documents_and_its_document_index(setup, tmp_path, monkeypatch):
     tokenizer = setup["tokenizer"]
     expected = tokenize_documents(read_corpus(setup["corpus"]), tokenizer)
-    monkeypatch.setattr(pretok, "BATCH_CHARACTERS", 500)  # many appends to tokens.bin
+    monkeypatch.setattr(pretok, "BATCH_TOKENS", 100)  # many appends to tokens.bin
     out = tmp_path / "nested" / "tok"
     meta = pretokenize(setup["corpus"], out, tokenizer, chunk_bytes=1000)
     assert sorted(p.name for p in out.iterdir()) == ["doc_index.npy", "meta.json", "tokens.bin"]
@@ -329,7 +329,7 @@ def test_an_interrupted_pretokenize_leaves_no_out(setup, tmp_path, monkeypatch):
         return encode(text)
 
     monkeypatch.setattr(tokenizer, "encode", interrupted)
-    monkeypatch.setattr(pretok, "BATCH_CHARACTERS", 500)  # tokens.bin already holds data when it stops
+    monkeypatch.setattr(pretok, "BATCH_TOKENS", 100)  # tokens.bin already holds data when it stops
     with pytest.raises(KeyboardInterrupt):
         pretokenize(setup["corpus"], tmp_path / "tok", tokenizer)
     assert list(tmp_path.iterdir()) == []
