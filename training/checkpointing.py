@@ -20,12 +20,15 @@ rates, betas) are read with ``torch.load(weights_only=True)`` (:class:`SafeLoadP
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import pickle
 import shutil
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +175,14 @@ def _rng_file(directory: Path, rank: int) -> Path:
 
 
 # ==================================================================================================== save
+@contextlib.contextmanager
+def _single_process_is_intended() -> Iterator[None]:
+    """DCP warns on every single-process save or load; here one process is what the run asked for."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
+
+
 def _sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """This rank's model and optimizer state, keyed by parameter name; no gather (FSDP keeps DTensor shards)."""
     model_state, optim_state = get_state_dict(model, optimizer)
@@ -201,7 +212,8 @@ def save_checkpoint(
         staging.mkdir()
     barrier(ctx)
     try:
-        dcp.save(_sharded_state(model, optimizer), checkpoint_id=staging, no_dist=not ctx.distributed)
+        with _single_process_is_intended():
+            dcp.save(_sharded_state(model, optimizer), checkpoint_id=staging, no_dist=not ctx.distributed)
         rng_path = _rng_file(staging, ctx.rank)
         rng_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.cpu() for k, v in rng_state(ctx.device).items()}, rng_path)
@@ -244,7 +256,8 @@ def _read_into(state: dict[str, Any], checkpoint: Path, *, no_dist: bool) -> Non
     reader = SafeFileSystemReader(checkpoint)
     reader.read_metadata()  # a refused or corrupt .metadata: its own clear error, before DCP wraps it
     try:
-        dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=no_dist)
+        with _single_process_is_intended():
+            dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=no_dist)
     except Exception as exc:  # noqa: BLE001 - missing shard files, shapes of another model
         raise CheckpointError(f"{checkpoint}: cannot load the checkpoint ({str(exc).splitlines()[0][:300]})") from None
 
