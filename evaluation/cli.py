@@ -6,8 +6,10 @@ Example::
     python -m evaluation --backend onnx --model exports/glm-large --tasks superglue,lambada \\
         --data-dir data/ --limit 200 --output results/onnx.json
 
-Bad input (unknown task, missing or malformed data file, a model directory that is not a checkpoint/export) prints
-one line on stderr and exits with status 2; nothing is written. With ``--output``, per-example results are cached in
+Bad input (unknown task, missing or malformed data file, a model directory that is not a checkpoint/export, a device
+this installation cannot use, an ``--output`` that exists or cannot be written) prints one line on stderr and exits
+with status 2; nothing is written. ``--output`` must be a new file; ``--overwrite`` replaces only an earlier results
+file of this tool. SIGTERM is handled like Ctrl-C (exit 143, 130 for Ctrl-C). With ``--output``, per-example results are cached in
 ``.glm-eval-cache/`` beside the output file, so rerunning an interrupted command resumes where it stopped.
 """
 
@@ -15,14 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from evaluation.backends import BACKENDS, load_backend
+from evaluation.backends.devices import check_device
 from evaluation.runner import evaluate, format_table, read_tasks
 from evaluation.tasks import GROUPS, expand_task_list, task_names
 from glm_core.atomic import write_text_atomically
-from glm_core.errors import GLMError
+from glm_core.errors import ConfigError, GLMError
+from glm_core.outputs import check_output, interrupt_exit_code, terminate_as_interrupt
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data"
 CACHE_DIR_NAME = ".glm-eval-cache"
@@ -44,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="root of the task data files")
     parser.add_argument("--split", default=None, help="data split (default: each task's own, val or test)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each task")
-    parser.add_argument("--output", type=Path, default=None, help="write the results JSON here")
+    parser.add_argument("--output", type=Path, default=None, help="write the results JSON here (a new file)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output (only a results file of glm-eval)"
+    )
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help=f"per-example cache (default: {CACHE_DIR_NAME}/ beside --output)"
     )
@@ -60,9 +68,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_results(path: Path) -> str | None:
+    """Why ``path`` is not a results file this tool wrote (``None``: it is one)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return "not a JSON file"
+    if not (isinstance(data, dict) and {"model_hash", "backend", "tasks"} <= data.keys()):
+        return "a JSON file without the results keys model_hash, backend, tasks"
+    return None
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Every path the run writes, checked before any work (model load, data read)."""
+    if args.output is not None:
+        check_output(
+            args.output,
+            overwrite=args.overwrite,
+            flag="--output",
+            directory=False,
+            foreign=_not_results,
+            what="a results file of glm-eval",
+            make_parents=True,
+        )
+    if args.cache_dir is not None:
+        cache = Path(args.cache_dir)
+        if cache.exists() and not cache.is_dir():
+            raise ConfigError(f"--cache-dir {cache}: exists and is not a directory; expected a directory")
+        nearest = cache.resolve()
+        while not nearest.exists():
+            nearest = nearest.parent
+        if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
+            raise ConfigError(f"--cache-dir {cache}: {nearest} is not a writable directory")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise GLMError(f"--batch-size must be >= 1, got {args.batch_size}")
+    args.device = check_device(args.backend, args.device)
+    check_paths(args)
     tasks = expand_task_list(args.tasks)
     plan = read_tasks(tasks, args.data_dir, split=args.split, limit=args.limit)  # bad data fails before the model loads
     backend = load_backend(args.backend, args.model, device=args.device, dtype=args.dtype)
@@ -89,7 +133,10 @@ def run(args: argparse.Namespace) -> int:
         settings={"limit": args.limit, "split": args.split, "data_dir": str(args.data_dir), "device": args.device},
     )
     if args.output is not None:
-        write_text_atomically(args.output, json.dumps(results, indent=2) + "\n")
+        try:
+            write_text_atomically(args.output, json.dumps(results, indent=2) + "\n")
+        except OSError as exc:
+            raise GLMError(f"--output {args.output}: could not be written ({exc.strerror or exc})") from None
     print(format_table(results))
     return 0
 
@@ -97,12 +144,13 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        with terminate_as_interrupt():
+            return run(args)
     except GLMError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the message holds
         print(f"glm-eval: error: {message}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         where = " (cached results resume on rerun)" if args.output is not None or args.cache_dir is not None else ""
         print(f"glm-eval: interrupted{where}", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(exc)
