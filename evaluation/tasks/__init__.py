@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from evaluation.tasks.base import EvalContext, Example, Task
 from evaluation.tasks.blank import BlankInfilling
 from evaluation.tasks.demo import Demo
@@ -46,8 +48,9 @@ def get_task(spec: str) -> Task:
     return TASKS[name](option or None)
 
 
-def expand_task_list(specs: str) -> list[Task]:
-    """Tasks of a comma-separated list; groups (``superglue``) expand to their members."""
+def expand_task_list(specs: str, options: dict[str, Any] | None = None) -> list[Task]:
+    """Tasks of a comma-separated list; groups (``superglue``) expand to their members. ``options`` are the
+    command line's protocol settings, handed to every task's :meth:`Task.configure`."""
     names = [s.strip() for s in specs.split(",") if s.strip()]
     if not names:
         raise ConfigError("no task given; expected a comma-separated list such as 'boolq,copa' or 'superglue'")
@@ -57,6 +60,8 @@ def expand_task_list(specs: str) -> list[Task]:
             out.extend(get_task(n) for n in GROUPS[spec.lower()])
         else:
             out.append(get_task(spec))
+    for task in out:
+        task.configure(options or {})
     return out
 
 
