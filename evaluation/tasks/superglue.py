@@ -596,9 +596,10 @@ class ReCoRD(_SuperGlueMixin, MultipleChoiceTask):
                     raise DataError(f"{path}:{line}: every entity needs integer 'start' and 'end'")
                 text = standardize_punctuation(raw[ent["start"] : ent["end"] + 1])  # 'end' is inclusive
                 if text not in entities:
-                    entities.append(text)  # order of first appearance (the original uses an unordered set)
+                    entities.append(text)
             if not entities:
                 raise DataError(f"{path}:{line}: the passage has no entities to choose from")
+            entities.sort()  # tasks/superglue/dataset.py RecordProcessor: entities = list(set); entities.sort()
             # spec §6.1: "@highlight\n" -> "- " (as the GPT-3 paper)
             passage = standardize_punctuation(raw).replace("@highlight\n", "- ")
             for q in field_of(obj, "qas", path, line, list):

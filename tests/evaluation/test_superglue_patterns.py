@@ -151,7 +151,8 @@ def test_record_candidates_are_passage_entities(ctx) -> None:
     samples = task.samples(ex, ctx)
     # "@highlight\n" -> "- "; passage | " " + left of @placeholder | [MASK] | right
     pattern = "bob visited paris today . - alice went to london [MASK] visited the capital of france ."
-    check_candidates(samples, pattern, ["bob", "paris", "alice", "london"])
+    # the distinct entities sorted (tasks/superglue/dataset.py:827 entities.sort()): Alice, Bob, London, Paris
+    check_candidates(samples, pattern, ["alice", "bob", "london", "paris"])
     assert ex.data["answers"] == ["Bob"]
 
 
