@@ -3,8 +3,8 @@
 | name | family | module |
 |---|---|---|
 | boolq, cb, copa, multirc, record, rte, wic, wsc (group ``superglue``) | SuperGLUE cloze (spec §6.1) | ``superglue`` |
-| lambada | LAMBADA last word (spec §6.2) | ``lambada`` |
-| lm | rolling-window perplexity on raw text (spec §6.3) | ``language_model`` |
+| lambada, lambada_uni | LAMBADA last word, bidirectional / unidirectional context (spec §6.2) | ``lambada`` |
+| lm, lm_uni, wikitext | rolling-window perplexity: per-line documents, uni windows, Wikitext-103 (spec §6.3) | ``language_model`` |
 | cnndm, xsum | abstractive summarisation, beam search + ROUGE (spec §6.4) | ``summarization`` |
 | blank | multi-blank infilling, exact match + BLEU | ``blank`` |
 | demo | generic multiple-choice cloze jsonl | ``demo`` |
@@ -17,8 +17,8 @@ from typing import Any
 from evaluation.tasks.base import EvalContext, Example, Task
 from evaluation.tasks.blank import BlankInfilling
 from evaluation.tasks.demo import Demo
-from evaluation.tasks.lambada import Lambada
-from evaluation.tasks.language_model import LanguageModel
+from evaluation.tasks.lambada import Lambada, LambadaUni
+from evaluation.tasks.language_model import LanguageModel, LanguageModelUni, Wikitext
 from evaluation.tasks.summarization import CNNDM, XSum
 from evaluation.tasks.superglue import SUPERGLUE_TASKS
 from glm_core.errors import ConfigError
@@ -26,7 +26,10 @@ from glm_core.errors import ConfigError
 TASKS: dict[str, type[Task]] = {
     **SUPERGLUE_TASKS,
     "lambada": Lambada,
+    "lambada_uni": LambadaUni,
     "lm": LanguageModel,
+    "lm_uni": LanguageModelUni,
+    "wikitext": Wikitext,
     "cnndm": CNNDM,
     "xsum": XSum,
     "blank": BlankInfilling,

@@ -206,3 +206,88 @@ def test_copa_pattern_2_scores_the_joiner_after_each_choice(tokenizer) -> None:
     assert samples[0].targets[-2:].tolist() == [ids("because")[0], EOP]
     assert samples[0].input_ids[:1].tolist() == [CLS] and EOS in samples[0].input_ids.tolist()
     assert samples[0].input_ids.tolist()[samples[0].sep] == SOP
+
+
+# ---------------------------------------------------------------------------------------------------- LM datasets
+def test_lm_scores_each_line_as_a_document_and_divides_by_all_tokens_minus_one(torch_backend) -> None:
+    import math
+
+    import numpy as np
+    import torch
+
+    from evaluation.scoring import Scorer, log_softmax_rows
+    from glm_core.layout import build_scoring_input
+
+    # tasks/language_model/dataset.py:165-173 build_lm_dataset: one document per line, EncodeAsIds(line.strip()),
+    # num_original_tokens += len(line.strip().split(" ")); finetune.py:173-176 loss / (num_tokenized_tokens - 1).
+    # The 7-line fixture: " = Paris = " (3 tokens: "=" is [UNK]), "", 31 tokens, "", " = London = " (3), "", 42 tokens.
+    task = get_task("lm")
+    [example] = task.read(FIXTURES, "test", None)
+    assert len(example.data["documents"]) == 7
+    assert example.data["num_words"] == 3 + 1 + 31 + 1 + 3 + 1 + 42  # an empty line counts one word ("")
+    ctx = EvalContext(backend=torch_backend, scorer=Scorer(torch_backend, batch_size=4), seq_length=128)
+    [record] = task.predict([example], ctx)
+    assert (record["num_tokens"], record["num_scored"]) == (79, 75)  # 79 tokens, each line's first one unscored
+    out = task.aggregate([record])
+    assert out["divisor"] == 78 and out["tokens"] == 75
+    # reference: each document's window 0 = [CLS] t0 [gMASK] | [sop] t1.. (build_scoring_input), float64 log-softmax
+    tok = torch_backend.tokenizer
+    total = 0.0
+    for line in example.data["documents"]:
+        doc = tok.encode(line)
+        if len(doc) < 2:
+            continue
+        sample = build_scoring_input(doc[:1], doc[1:], tok.special)
+        with torch.no_grad():
+            logits = torch_backend.model(
+                torch.as_tensor(sample.input_ids)[None],
+                torch.as_tensor(sample.position_ids)[None],
+                sep=torch.tensor([sample.sep]),
+            ).logits[0]
+        start, end = sample.candidate_spans[0]
+        logprobs, _ = log_softmax_rows(logits[start:end].double().numpy(), sample.targets[start:end])
+        total += float(np.sum(logprobs))
+    assert record["logprob"] == pytest.approx(total, rel=1e-5)
+    assert out["loss"] == pytest.approx(-total / 78, rel=1e-5)
+    assert out["word_ppl"] == pytest.approx(math.exp(-total / (82 - 1)), rel=1e-5)
+
+
+def test_wikitext_detokenizer_and_word_count(tmp_path: Path) -> None:
+    from evaluation.tasks.language_model import wikitext_detokenizer
+
+    # tasks/language_model/detokenizer.py:15-45 wikitext_detokenizer; dataset.py:183 words of the raw file
+    raw = " = Paris = \n Paris has 2 @,@ 000 bridges ( big ones ) , and the river 's banks @-@ walls . \n"
+    # the leading space stays (no newline before it); " . \n" -> ". \n" -> ".\n"
+    assert wikitext_detokenizer(raw) == " = Paris =\nParis has 2,000 bridges (big ones), and the river's banks-walls.\n"
+    (tmp_path / "wikitext-103").mkdir()
+    (tmp_path / "wikitext-103" / "wiki.test.tokens").write_text(raw, encoding="utf-8")
+    task = get_task("wikitext")
+    [example] = task.read(tmp_path, "test", None)
+    assert example.data["documents"] == [wikitext_detokenizer(raw)]
+    assert example.data["num_words"] == len(raw.strip().split(" "))
+    assert resolve_seq_length(task, None, 4096)[0] == 1024  # zero_wikitext.sh --seq-length 1024
+    assert resolve_seq_length(get_task("lm_uni"), None, 4096)[0] == 512  # zero_lm_uni.sh --seq-length 512
+
+
+def test_lambada_last_word_after_any_whitespace_and_the_uni_layout(tmp_path: Path, tokenizer) -> None:
+    # dataset.py:95-101 LambadaDataset.get_tokens: last = text.split()[-1]; context = text[:text.rfind(last)].strip()
+    (tmp_path / "lambada").mkdir()
+    (tmp_path / "lambada" / "test.jsonl").write_text(json.dumps({"text": "the cat sat on the\nmat"}) + "\n")
+    task = get_task("lambada_uni")
+    [example] = task.read(tmp_path, "test", None)
+    assert example.data == {"context": "the cat sat on the", "target": " mat"}
+    # dataset.py:122-135 (--unidirectional): prompt = tokens[:1] + [mask], answer = tokens[1:] + last word,
+    # the loss only on the last word's tokens
+    from evaluation.tasks.cloze import encode_candidate
+    from glm_core.layout import build_lambada_input
+
+    sample = build_lambada_input(
+        tokenizer.encode(example.data["context"]),
+        encode_candidate(example.data["target"], tokenizer),
+        tokenizer.special,
+        unidirectional=True,
+    )
+    mask = tokenizer.special.gmask if tokenizer.special.gmask is not None else tokenizer.special.mask
+    assert sample.input_ids.tolist() == [CLS, *ids("the"), mask, EOS, SOP, *ids("cat sat on the")]
+    assert sample.targets[sample.sep :].tolist() == ids("cat sat on the mat")
+    assert sample.candidate_spans == ((sample.sep + 4, sample.sep + 5),)  # only "mat" is scored

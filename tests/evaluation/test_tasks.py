@@ -50,9 +50,9 @@ def test_lambada_correct_means_argmax_at_every_target_token(ctx, torch_backend) 
 
 
 def test_perplexity_counts_every_token_but_the_first(ctx, torch_backend) -> None:
-    task, examples = read("lm")
+    task, examples = read("lm:stream")  # the whole file as one token stream
     [record] = task.predict(examples, ctx)
-    text = examples[0].data["text"]
+    [text] = examples[0].data["documents"]
     assert record["num_tokens"] == len(torch_backend.tokenizer.encode(text))
     assert record["num_scored"] == record["num_tokens"] - 1
     out = task.aggregate([record])
