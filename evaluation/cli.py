@@ -65,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="WSC negatives: the file's 'candidates' field, as the original's WSC-negative data (default), or the "
         "other span1 annotations of the same sentence (not the paper's protocol)",
     )
+    parser.add_argument(
+        "--source-padding",
+        choices=("visible", "none"),
+        default="visible",
+        help="seq2seq tasks: pad the source to its length inside Part A, visible to the model, as the original "
+        "(default), or leave the pads out",
+    )
+    parser.add_argument(
+        "--rouge",
+        choices=("original", "sentences"),
+        default="original",
+        help="seq2seq ROUGE: the original's logged metric ([SEP]-split, fix_tokenization, short and duplicate "
+        "sentences dropped, tokenizer round trip; default) or rouge-score rouge1/2/Lsum over .!?-split sentences",
+    )
     parser.add_argument("--no-share-part-a", action="store_true", help="score one full sequence per candidate")
     parser.add_argument(
         "--records", action="store_true", help="also write every example's record into the results JSON"
@@ -79,7 +93,10 @@ def run(args: argparse.Namespace) -> int:
         raise GLMError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.seq_length is not None and args.seq_length < 8:
         raise GLMError(f"--seq-length must be at least 8 tokens, got {args.seq_length}")
-    tasks = expand_task_list(args.tasks, options={"wsc_negatives": args.wsc_negatives})
+    tasks = expand_task_list(
+        args.tasks,
+        options={"wsc_negatives": args.wsc_negatives, "source_padding": args.source_padding, "rouge": args.rouge},
+    )
     plan = read_tasks(tasks, args.data_dir, split=args.split, limit=args.limit)  # bad data fails before the model loads
     backend = load_backend(args.backend, args.model, device=args.device, dtype=args.dtype)
     if args.verbose:

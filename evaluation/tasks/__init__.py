@@ -5,7 +5,7 @@
 | boolq, cb, copa, multirc, record, rte, wic, wsc (group ``superglue``) | SuperGLUE cloze (spec §6.1) | ``superglue`` |
 | lambada, lambada_uni | LAMBADA last word, bidirectional / unidirectional context (spec §6.2) | ``lambada`` |
 | lm, lm_uni, wikitext | rolling-window perplexity: per-line documents, uni windows, Wikitext-103 (spec §6.3) | ``language_model`` |
-| cnndm, xsum | abstractive summarisation, beam search + ROUGE (spec §6.4) | ``summarization`` |
+| cnndm, xsum, gigaword, squad_qg | seq2seq: summarisation, question generation; beam search + ROUGE (spec §6.4) | ``summarization`` |
 | blank | multi-blank infilling, exact match + BLEU | ``blank`` |
 | demo | generic multiple-choice cloze jsonl | ``demo`` |
 """
@@ -19,7 +19,7 @@ from evaluation.tasks.blank import BlankInfilling
 from evaluation.tasks.demo import Demo
 from evaluation.tasks.lambada import Lambada, LambadaUni
 from evaluation.tasks.language_model import LanguageModel, LanguageModelUni, Wikitext
-from evaluation.tasks.summarization import CNNDM, XSum
+from evaluation.tasks.summarization import CNNDM, Gigaword, SQuADQuestionGeneration, XSum
 from evaluation.tasks.superglue import SUPERGLUE_TASKS
 from glm_core.errors import ConfigError
 
@@ -32,6 +32,8 @@ TASKS: dict[str, type[Task]] = {
     "wikitext": Wikitext,
     "cnndm": CNNDM,
     "xsum": XSum,
+    "gigaword": Gigaword,
+    "squad_qg": SQuADQuestionGeneration,
     "blank": BlankInfilling,
     "demo": Demo,
 }
