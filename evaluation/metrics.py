@@ -91,9 +91,24 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
 
 
+def _transliterator():
+    try:
+        from unidecode import unidecode
+    except ImportError:
+        return None
+    return unidecode
+
+
+UNIDECODE = _transliterator()  # the original's normalize_answer uses unidecode (an 'eval' extra dependency)
+
+
 def squad_normalize(text: str) -> str:
-    """Official SQuAD v1.1 answer normalisation: lower case, drop punctuation, drop articles, collapse spaces."""
+    """SQuAD v1.1 answer normalisation as the original's ``tasks/superglue/evaluate.py`` ``normalize_answer``:
+    lower case transliterated to ASCII with ``unidecode`` (when the package is installed; else kept as written),
+    drop punctuation, drop articles, collapse spaces."""
     text = text.lower()
+    if UNIDECODE is not None:
+        text = UNIDECODE(text)
     text = "".join(ch for ch in text if ch not in _PUNCTUATION)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())

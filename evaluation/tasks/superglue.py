@@ -627,6 +627,9 @@ class ReCoRD(_SuperGlueMixin, MultipleChoiceTask):
     def record_extra(self, example: Example, record: dict[str, Any]) -> dict[str, Any]:
         return {"prediction": example.data["entities"][record["pred"]], "answers": example.data["answers"]}
 
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "answer_normalisation": "unidecode" if metrics.UNIDECODE else "as written"}
+
     def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
         return metrics.record_scores([r["prediction"] for r in records], [r["answers"] for r in records])
 

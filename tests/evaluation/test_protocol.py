@@ -291,3 +291,15 @@ def test_lambada_last_word_after_any_whitespace_and_the_uni_layout(tmp_path: Pat
     assert sample.input_ids.tolist() == [CLS, *ids("the"), mask, EOS, SOP, *ids("cat sat on the")]
     assert sample.targets[sample.sep :].tolist() == ids("cat sat on the mat")
     assert sample.candidate_spans == ((sample.sep + 4, sample.sep + 5),)  # only "mat" is scored
+
+
+def test_record_answers_are_transliterated_as_the_original(monkeypatch) -> None:
+    from evaluation import metrics
+
+    # tasks/superglue/evaluate.py:17-33 normalize_answer: lower = unidecode.unidecode(text.lower())
+    unidecode = pytest.importorskip("unidecode")
+    monkeypatch.setattr(metrics, "UNIDECODE", unidecode.unidecode)
+    assert metrics.squad_normalize("The Café Zürich!") == "cafe zurich"
+    assert metrics.record_scores(["Café"], [["Cafe"]]) == {"em": 1.0, "f1": 1.0}
+    monkeypatch.setattr(metrics, "UNIDECODE", None)  # without the package: compared as written
+    assert metrics.record_scores(["Café"], [["Cafe"]]) == {"em": 0.0, "f1": 0.0}
