@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seq2seq ROUGE: the original's logged metric ([SEP]-split, fix_tokenization, short and duplicate "
         "sentences dropped, tokenizer round trip; default) or rouge-score rouge1/2/Lsum over .!?-split sentences",
     )
+    parser.add_argument(
+        "--gelu",
+        choices=("tanh", "erf"),
+        default=None,
+        help="torch backend: the GeLU variant (default: the checkpoint's; the original evaluated with tanh)",
+    )
     parser.add_argument("--no-share-part-a", action="store_true", help="score one full sequence per candidate")
     parser.add_argument(
         "--records", action="store_true", help="also write every example's record into the results JSON"
@@ -98,7 +104,14 @@ def run(args: argparse.Namespace) -> int:
         options={"wsc_negatives": args.wsc_negatives, "source_padding": args.source_padding, "rouge": args.rouge},
     )
     plan = read_tasks(tasks, args.data_dir, split=args.split, limit=args.limit)  # bad data fails before the model loads
-    backend = load_backend(args.backend, args.model, device=args.device, dtype=args.dtype)
+    extra = {}
+    if args.gelu is not None:
+        if args.backend != "torch":
+            raise GLMError(
+                f"--gelu applies to the torch backend; an {args.backend} model computes the variant it was exported with"
+            )
+        extra["gelu"] = args.gelu
+    backend = load_backend(args.backend, args.model, device=args.device, dtype=args.dtype, **extra)
     if args.verbose:
         print(json.dumps(backend.info(), indent=2), file=sys.stderr)
         for p in plan:
@@ -120,7 +133,16 @@ def run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         include_records=args.records,
         seq_length=args.seq_length,
-        settings={"limit": args.limit, "split": args.split, "data_dir": str(args.data_dir), "device": args.device},
+        settings={
+            "limit": args.limit,
+            "split": args.split,
+            "data_dir": str(args.data_dir),
+            "device": args.device,
+            "gelu": args.gelu,
+            "wsc_negatives": args.wsc_negatives,
+            "source_padding": args.source_padding,
+            "rouge": args.rouge,
+        },
     )
     if args.output is not None:
         write_text_atomically(args.output, json.dumps(results, indent=2) + "\n")

@@ -131,6 +131,7 @@ def evaluate(
     """
     info = backend.info()
     scorer = Scorer(backend, batch_size=batch_size, share_part_a=share_part_a)
+    gelu = getattr(getattr(backend, "config", None), "gelu", None)  # a --gelu switch changes every record
     tasks: dict[str, Any] = {}
     for planned in plan:
         length, note = resolve_seq_length(planned.task, seq_length, int(backend.max_length))
@@ -141,7 +142,7 @@ def evaluate(
         if cache_dir is not None:
             stamp = "|".join(file_stamp(p) for p in planned.data_files)
             name = cache_file_name(
-                f"{planned.task.task_id}-L{length}",
+                f"{planned.task.task_id}-L{length}" + (f"-{gelu}" if gelu else ""),
                 str(info["backend"]),
                 str(info["dtype"]),
                 str(info["model_hash"]),
@@ -150,6 +151,7 @@ def evaluate(
             header = {
                 "task": planned.task.task_id,
                 "seq_length": length,
+                "gelu": gelu,
                 "backend": info["backend"],
                 "dtype": info["dtype"],
                 "model_hash": info["model_hash"],
@@ -176,6 +178,7 @@ def evaluate(
             "share_part_a": share_part_a,
             "seq_length": seq_length,
             **(settings or {}),
+            "model_gelu": gelu,
         },
         "scoring_tokens": {
             "part_a": scorer.stats.part_a_tokens,

@@ -303,3 +303,18 @@ def test_record_answers_are_transliterated_as_the_original(monkeypatch) -> None:
     assert metrics.record_scores(["Café"], [["Cafe"]]) == {"em": 1.0, "f1": 1.0}
     monkeypatch.setattr(metrics, "UNIDECODE", None)  # without the package: compared as written
     assert metrics.record_scores(["Café"], [["Cafe"]]) == {"em": 0.0, "f1": 0.0}
+
+
+def test_gelu_switch_reaches_the_model_and_the_cache_key(model_dir: Path, tmp_path: Path, capsys) -> None:
+    # the original evaluates with the tanh GeLU of mpu/transformer.py:332; --gelu picks the variant by name
+    out = tmp_path / "r.json"
+    args = ["--model", str(model_dir), "--tasks", "demo", "--data-dir", str(FIXTURES), "--no-progress"]
+    assert main([*args, "--gelu", "erf", "--output", str(out)]) == 0
+    erf = json.loads(out.read_text())
+    assert erf["settings"]["model_gelu"] == "erf" and erf["settings"]["gelu"] == "erf"
+    assert main([*args, "--gelu", "tanh", "--output", str(out)]) == 0
+    tanh = json.loads(out.read_text())
+    assert tanh["settings"]["model_gelu"] == "tanh" and tanh["tasks"]["demo"]["computed"] == 3  # not the erf cache
+    code = main([*args, "--backend", "onnx", "--gelu", "tanh"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--gelu applies to the torch backend" in err[0]
