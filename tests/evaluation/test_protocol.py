@@ -21,6 +21,17 @@ from tests.evaluation.vocab import CLS, EOP, EOS, SOP
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "evaluation" / "data" / "fixtures"
+# config_tasks/task_<name>.sh line 4: MAX_SEQ_LEN=...
+PAPER_LENGTHS = {
+    "boolq": 256,
+    "cb": 256,
+    "copa": 256,
+    "rte": 256,
+    "wic": 256,
+    "wsc": 128,
+    "multirc": 512,
+    "record": 512,
+}
 
 
 def context(tokenizer, task, model_max: int, requested: int | None = None) -> EvalContext:
@@ -36,18 +47,8 @@ def fixture_example(task, key: str) -> Example:
 # ---------------------------------------------------------------------------------------------------- sequence length
 def test_each_superglue_task_has_the_configs_max_seq_len() -> None:
     # config_tasks/task_<name>.sh line 4: MAX_SEQ_LEN=...
-    expected = {
-        "boolq": 256,
-        "cb": 256,
-        "copa": 256,
-        "rte": 256,
-        "wic": 256,
-        "wsc": 128,
-        "multirc": 512,
-        "record": 512,
-    }
     tasks = {t.name: t for t in expand_task_list("superglue")}
-    assert {name: resolve_seq_length(t, None, 2048)[0] for name, t in tasks.items()} == expected
+    assert {name: resolve_seq_length(t, None, 2048)[0] for name, t in tasks.items()} == PAPER_LENGTHS
     assert resolve_seq_length(tasks["boolq"], 64, 2048) == (64, None)  # --seq-length overrides
     length, note = resolve_seq_length(tasks["record"], None, 128)  # a model shorter than the protocol: capped
     assert length == 128 and note is not None and "512" in note and "128" in note
@@ -94,16 +95,7 @@ def test_cli_superglue_without_length_option_uses_the_configs_lengths(tmp_path: 
     assert code == 0, capsys.readouterr().err
     tasks = json.loads(out.read_text())["tasks"]
     lengths = {entry["task"]: entry["config"]["seq_length"] for entry in tasks.values()}
-    assert lengths == {
-        "boolq": 256,
-        "cb": 256,
-        "copa": 256,
-        "rte": 256,
-        "wic": 256,
-        "wsc": 128,
-        "multirc": 512,
-        "record": 512,
-    }
+    assert lengths == PAPER_LENGTHS
     assert tasks["wsc-p0"]["config"]["protocol_source"].endswith("config_tasks/task_wsc.sh")
 
 
@@ -213,10 +205,10 @@ def test_lm_scores_each_line_as_a_document_and_divides_by_all_tokens_minus_one(t
     import math
 
     import numpy as np
-    import torch
 
     from evaluation.scoring import Scorer, log_softmax_rows
     from glm_core.layout import build_scoring_input
+    from tests.evaluation.test_tasks import span_logits
 
     # tasks/language_model/dataset.py:165-173 build_lm_dataset: one document per line, EncodeAsIds(line.strip()),
     # num_original_tokens += len(line.strip().split(" ")); finetune.py:173-176 loss / (num_tokenized_tokens - 1).
@@ -238,14 +230,9 @@ def test_lm_scores_each_line_as_a_document_and_divides_by_all_tokens_minus_one(t
         if len(doc) < 2:
             continue
         sample = build_scoring_input(doc[:1], doc[1:], tok.special)
-        with torch.no_grad():
-            logits = torch_backend.model(
-                torch.as_tensor(sample.input_ids)[None],
-                torch.as_tensor(sample.position_ids)[None],
-                sep=torch.tensor([sample.sep]),
-            ).logits[0]
         start, end = sample.candidate_spans[0]
-        logprobs, _ = log_softmax_rows(logits[start:end].double().numpy(), sample.targets[start:end])
+        logits = span_logits(torch_backend, sample).double().numpy()
+        logprobs, _ = log_softmax_rows(logits, sample.targets[start:end])
         total += float(np.sum(logprobs))
     assert record["logprob"] == pytest.approx(total, rel=1e-5)
     assert out["loss"] == pytest.approx(-total / 78, rel=1e-5)

@@ -29,6 +29,18 @@ def read(name: str):
     return task, task.read(FIXTURES, task.default_split, None)
 
 
+def span_logits(backend, sample) -> torch.Tensor:
+    """The model's logits at ``sample.candidate_spans[0]``, from one direct forward pass."""
+    with torch.no_grad():
+        logits = backend.model(
+            torch.as_tensor(sample.input_ids)[None],
+            torch.as_tensor(sample.position_ids)[None],
+            sep=torch.tensor([sample.sep]),
+        ).logits[0]
+    start, end = sample.candidate_spans[0]
+    return logits[start:end]
+
+
 def test_lambada_correct_means_argmax_at_every_target_token(ctx, torch_backend) -> None:
     task, examples = read("lambada")
     records = task.predict(examples, ctx)
@@ -36,14 +48,9 @@ def test_lambada_correct_means_argmax_at_every_target_token(ctx, torch_backend) 
     for ex, record in zip(examples, records, strict=True):
         assert ex.data["target"].startswith(" ") and " " not in ex.data["target"][1:]  # the last word, spec §6.2
         sample = build_lambada_input(tok.encode(ex.data["context"]), tok.encode(ex.data["target"]), tok.special)
-        with torch.no_grad():
-            logits = torch_backend.model(
-                torch.as_tensor(sample.input_ids)[None],
-                torch.as_tensor(sample.position_ids)[None],
-                sep=torch.tensor([sample.sep]),
-            ).logits[0]
+        logits = span_logits(torch_backend, sample)
         start, end = sample.candidate_spans[0]
-        greedy = logits[start:end].argmax(-1).numpy() == sample.targets[start:end]
+        greedy = logits.argmax(-1).numpy() == sample.targets[start:end]
         assert record["correct"] == int(greedy.all())
         assert record["num_tokens"] == end - start
     assert task.aggregate(records)["acc"] == pytest.approx(np.mean([r["correct"] for r in records]))
