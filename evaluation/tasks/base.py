@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from evaluation.scoring import Scorer
 from glm_core.data_files import iter_jsonl
 from glm_core.errors import ConfigError, DataError
+from glm_core.layout import GLMInput
 from glm_core.special_tokens import SpecialTokens
 from glm_core.tokenizer import GLMTokenizer
 
@@ -101,6 +104,22 @@ class Task:
 
     def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
         raise NotImplementedError
+
+
+def padded_prompt(part_a: Sequence[int], mask_positions: tuple[int, ...], length: int | None, pad: int) -> GLMInput:
+    """A generation prompt that is Part A only, right-padded with ``pad`` to ``length`` **inside** Part A (visible
+    to the generated tokens, as the original's seq2seq and blank datasets pad their sources); no padding for
+    ``None``. Positions ``0..n-1``, block positions 0, ``sep = n``."""
+    ids = list(part_a) + [pad] * max((length or 0) - len(part_a), 0)
+    n = len(ids)
+    return GLMInput(
+        input_ids=np.asarray(ids),
+        position_ids=np.stack([np.arange(n), np.zeros(n, dtype=np.int64)]),
+        sep=n,
+        targets=np.full(n, pad),
+        loss_mask=np.zeros(n, dtype=np.float32),
+        mask_positions=mask_positions,
+    )
 
 
 def resolve_seq_length(task: Task, requested: int | None, model_max: int) -> tuple[int, str | None]:

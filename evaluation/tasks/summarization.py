@@ -37,10 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from evaluation import metrics
-from evaluation.tasks.base import EvalContext, Example, Task, find_data_file, read_lines
+from evaluation.tasks.base import EvalContext, Example, Task, find_data_file, padded_prompt, read_lines
 from evaluation.tasks.cloze import standardize_punctuation
 from glm_core.errors import ConfigError, DataError
 from glm_core.generation import GenerationConfig, generate_batch
@@ -86,20 +84,6 @@ def gigaword_detokenize(string: str, is_target: bool = False) -> str:
     for key, value in table.items():
         string = string.replace(value, key)
     return string
-
-
-def pad_part_a(part_a: list[int], mask_pos: int, length: int | None, pad: int) -> GLMInput:
-    """Part A only (generation prompt), right-padded with ``pad`` to ``length`` inside Part A when given."""
-    ids = part_a + [pad] * max((length or 0) - len(part_a), 0)
-    n = len(ids)
-    return GLMInput(
-        input_ids=np.asarray(ids),
-        position_ids=np.stack([np.arange(n), np.zeros(n, dtype=np.int64)]),
-        sep=n,
-        targets=np.full(n, pad),
-        loss_mask=np.zeros(n, dtype=np.float32),
-        mask_positions=(mask_pos,),
-    )
 
 
 class Summarization(Task):
@@ -380,7 +364,7 @@ class SQuADQuestionGeneration(Summarization):
             start = max(starts[0] - budget // 2, 0) if starts else 0
             source = source[start : start + budget]
         part_a = [special.cls, *source, mask, *answer]
-        return pad_part_a(part_a, 1 + len(source), self.pad_to(ctx), special.pad)
+        return padded_prompt(part_a, (1 + len(source),), self.pad_to(ctx), special.pad)
 
     def reference(self, example: Example) -> str:
         return example.data["question"]

@@ -186,3 +186,34 @@ def test_multichoice_predicts_the_best_summed_choice(torch_backend) -> None:
         np.testing.assert_allclose(r["scores"], [s.total for s in flat], rtol=1e-6)
         assert r["pred"] == int(np.argmax(r["scores"]))
     assert task.aggregate(records)["acc"] == np.mean([r["pred"] == r["label"] for r in records])
+
+
+# ---------------------------------------------------------------------------------------------------- blank infilling
+def test_blank_prompt_has_no_cls_or_eos_and_is_padded(tokenizer) -> None:
+    # tasks/seq2seq/dataset.py:714-727 BlankLMDataset: pad_to(EncodeAsIds(" " + source), src_seq_length 256);
+    # test split: tokens = source + [sop] (no [CLS], no eos), sep = the padded length
+    task = get_task("blank")
+    [example] = [e for e in task.read(FIXTURES, "test", None) if e.data["text"].startswith("Bob")]
+    prompt = task.prompt(example, stub_ctx(tokenizer, 512))
+    source = [*ids("bob visited"), MASK, *ids(", the capital of"), MASK, *ids(".")]
+    assert prompt.input_ids.tolist() == source + [PAD] * (256 - len(source))
+    assert prompt.sep == 256 and prompt.mask_positions == (2, 7)
+
+
+def test_blank_budget_is_shared_by_all_blanks() -> None:
+    from evaluation.tasks.blank import fill_blanks, within_budget
+
+    # evaluate.py BlankLMEvaluater.evaluate: one counter < tgt_seq_length over the stream b0 [sop] b1 ..., the eop
+    # of a blank replaced by the next blank's sop; masks past the stream are filled with nothing
+    sop, mask, pad = 7, 3, 0
+    assert within_budget([[11, 12, 13], [21, 22], [31]], sop, 5) == [[11, 12, 13], [21]]
+    assert within_budget([[11, 12, 13], [21, 22], [31]], sop, 100) == [[11, 12, 13], [21, 22], [31]]
+    assert fill_blanks([5, mask, 6, mask, 8, mask, pad, pad], [[11, 12, 13], [21]], mask, pad) == [
+        5,
+        11,
+        12,
+        13,
+        6,
+        21,
+        8,
+    ]

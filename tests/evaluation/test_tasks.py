@@ -97,7 +97,8 @@ def test_blank_infilling_fills_every_mask(ctx, monkeypatch) -> None:
     assert isinstance(task, BlankInfilling)
     records = task.predict(examples, ctx)
     for ex, r in zip(examples, records, strict=True):
-        assert len(r["fills"]) == ex.data["text"].count("[MASK]")
+        # one budget of 4 tokens for all blanks (the original's --tgt-seq-length, sop included): later blanks may be empty
+        assert 1 <= len(r["fills"]) <= ex.data["text"].count("[MASK]")
         assert "[MASK]" not in r["prediction"]
         assert r["reference"] == ctx.tokenizer.decode(ctx.tokenizer.encode(ex.data["original"])).strip()
     out = task.aggregate(records)
