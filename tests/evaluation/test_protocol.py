@@ -268,13 +268,14 @@ def test_lambada_last_word_after_any_whitespace_and_the_uni_layout(tmp_path: Pat
     from evaluation.tasks.cloze import encode_candidate
     from glm_core.layout import build_lambada_input
 
-    sample = build_lambada_input(
-        tokenizer.encode(example.data["context"]),
-        encode_candidate(example.data["target"], tokenizer),
-        tokenizer.special,
-        unidirectional=True,
-    )
+    context, target = tokenizer.encode(example.data["context"]), encode_candidate(example.data["target"], tokenizer)
     mask = tokenizer.special.gmask if tokenizer.special.gmask is not None else tokenizer.special.mask
+    # bidirectional (dataset.py:125-131): [CLS] context [mask] [eos] | [sop] target[:-1], the context cut from the left
+    bi = build_lambada_input(context, target, tokenizer.special, seq_len=8)
+    # left_shift = |context + mask| 6 + |answer| 1 + [CLS], eos 2 - 8 = 1 context token dropped
+    assert bi.input_ids.tolist() == [CLS, *ids("cat sat on the"), mask, EOS, SOP]
+    assert bi.targets[bi.sep :].tolist() == ids("mat") and bi.position_ids[0].tolist()[-1] == 5
+    sample = build_lambada_input(context, target, tokenizer.special, unidirectional=True)
     assert sample.input_ids.tolist() == [CLS, *ids("the"), mask, EOS, SOP, *ids("cat sat on the")]
     assert sample.targets[sample.sep :].tolist() == ids("cat sat on the mat")
     assert sample.candidate_spans == ((sample.sep + 4, sample.sep + 5),)  # only "mat" is scored

@@ -51,6 +51,8 @@ def test_curly_quotes_are_standardised_and_the_source_padded_inside_part_a(tmp_p
     assert prompt.input_ids.tolist() == part_a + [PAD] * 11
     assert prompt.sep == 24 and prompt.mask_positions == (1,)
     assert prompt.position_ids.tolist() == [list(range(24)), [0] * 24]
+    # a source longer than src_seq_length is cut at it (dataset.py:454-456), before the (here no) padding
+    assert task.prompt(example, stub_ctx(tokenizer, 8)).input_ids.tolist() == part_a[:8]
     task.configure({"source_padding": "none"})  # the cleaner variant, by name
     assert task.prompt(example, ctx).input_ids.tolist() == part_a
 
