@@ -4,7 +4,7 @@
 |---|---|---|
 | boolq, cb, copa, multirc, record, rte, wic, wsc (group ``superglue``) | SuperGLUE cloze (spec §6.1) | ``superglue`` |
 | lambada, lambada_uni | LAMBADA last word, bidirectional / unidirectional context (spec §6.2) | ``lambada`` |
-| lm, lm_uni, wikitext | rolling-window perplexity: per-line documents, uni windows, Wikitext-103 (spec §6.3) | ``language_model`` |
+| lm, lm_uni, wikitext, wikitext_uni | rolling-window perplexity: per-line documents, uni windows, Wikitext-103 (spec §6.3) | ``language_model`` |
 | cnndm, xsum, gigaword, squad_qg | seq2seq: summarisation, question generation; beam search + ROUGE (spec §6.4) | ``summarization`` |
 | multichoice | zero-shot multiple choice, T0-style jsonl (``evaluate_multichoice.sh``) | ``multichoice`` |
 | blank | multi-blank infilling, exact match + BLEU | ``blank`` |
@@ -19,7 +19,7 @@ from evaluation.tasks.base import EvalContext, Example, Task
 from evaluation.tasks.blank import BlankInfilling
 from evaluation.tasks.demo import Demo
 from evaluation.tasks.lambada import Lambada, LambadaUni
-from evaluation.tasks.language_model import LanguageModel, LanguageModelUni, Wikitext
+from evaluation.tasks.language_model import LanguageModel, LanguageModelUni, Wikitext, WikitextUni
 from evaluation.tasks.multichoice import MultiChoice
 from evaluation.tasks.summarization import CNNDM, Gigaword, SQuADQuestionGeneration, XSum
 from evaluation.tasks.superglue import SUPERGLUE_TASKS
@@ -32,6 +32,7 @@ TASKS: dict[str, type[Task]] = {
     "lm": LanguageModel,
     "lm_uni": LanguageModelUni,
     "wikitext": Wikitext,
+    "wikitext_uni": WikitextUni,
     "cnndm": CNNDM,
     "xsum": XSum,
     "gigaword": Gigaword,

@@ -8,7 +8,8 @@ Tasks:
   file as one token stream, newlines included (not the paper's protocol).
 - ``lm_uni`` (``zero_lm_uni.sh``): as ``lm`` with ``--unidirectional`` windows (Part A = ``[CLS] w0 [gMASK]``).
 - ``wikitext`` (``zero_wikitext.sh``): ``<data_dir>/wikitext-103/wiki.test.tokens`` as one document after the
-  original's ``wikitext_detokenizer``.
+  original's ``wikitext_detokenizer``; ``wikitext_uni`` the same with ``--unidirectional`` windows (the README's
+  "GLM-10B (uni)" Wikitext-103 row).
 
 Windows of ``seq_len - 1`` tokens, stride 256 (``--overlapping-eval 256``; half the length when that is shorter):
 ``glm_core.layout.build_rolling_windows``; every token of a document but its first is scored once. ``seq_len`` is 512
@@ -198,3 +199,10 @@ class Wikitext(LanguageModel):
     def documents(self, text: str) -> tuple[list[str], int]:
         # build_wikitext103_dataset: words counted on the raw file, then the whole file detokenized
         return [wikitext_detokenizer(text)], len(text.strip().split(" "))
+
+
+class WikitextUni(Wikitext):
+    name = "wikitext_uni"
+    description = "Wikitext-103 perplexity, unidirectional windows (zero_wikitext.sh + --unidirectional)"
+    protocol_source = "scripts/evaluate_lm.sh + config_tasks/zero_wikitext.sh with --unidirectional"
+    unidirectional = True

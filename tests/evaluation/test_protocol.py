@@ -254,6 +254,9 @@ def test_wikitext_detokenizer_and_word_count(tmp_path: Path) -> None:
     assert example.data["num_words"] == len(raw.strip().split(" "))
     assert resolve_seq_length(task, None, 4096)[0] == 1024  # zero_wikitext.sh --seq-length 1024
     assert resolve_seq_length(get_task("lm_uni"), None, 4096)[0] == 512  # zero_lm_uni.sh --seq-length 512
+    assert (
+        get_task("wikitext_uni").unidirectional and resolve_seq_length(get_task("wikitext_uni"), None, 4096)[0] == 1024
+    )
 
 
 def test_lambada_last_word_after_any_whitespace_and_the_uni_layout(tmp_path: Path, tokenizer) -> None:
