@@ -3,18 +3,20 @@
 Data: the official SuperGLUE ``*.jsonl`` files, ``<data_dir>/<Task>/<split>.jsonl`` (``BoolQ/val.jsonl``, ...) or
 ``<data_dir>/superglue/<Task>/<split>.jsonl``. Pattern ids follow ``tasks/superglue/pvp.py`` of the original code;
 the default is pattern 0 for every task, because the released finetuning script appends ``--pattern-id 0`` after
-the task configs (spec §6.1 notes). Choose another with ``task:N`` (e.g. ``boolq:4``).
+the task configs (spec §6.1 notes). Choose another with ``task:N`` (e.g. ``boolq:4``). Every task runs at its
+config's ``MAX_SEQ_LEN`` (``Task.seq_length``; ``--seq-length`` overrides). ``evaluation/PROTOCOL.md`` has the
+whole protocol.
 
-| task    | scoring                         | metrics            |
-|---------|---------------------------------|--------------------|
-| BoolQ   | single-token, " No"/" Yes"      | acc                |
-| CB      | single-token, " Yes"/" No"/" Maybe" | acc, macro-F1  |
-| RTE     | single-token, " Yes"/" No"      | acc                |
-| WiC     | single-token, " No"/" Yes"      | acc                |
-| MultiRC | single-token per answer option  | F1a, EM, acc       |
-| COPA    | 2 candidates (+eop), summed     | acc                |
-| WSC     | span1 vs negatives (+eop), mean | acc                |
-| ReCoRD  | all passage entities (+eop)     | EM, F1 (max over golds) |
+| task    | length | scoring                         | metrics            |
+|---------|--------|---------------------------------|--------------------|
+| BoolQ   | 256 | single-token, " No"/" Yes"      | acc                |
+| CB      | 256 | single-token, " Yes"/" No"/" Maybe" | acc, macro-F1  |
+| RTE     | 256 | single-token, " Yes"/" No"      | acc                |
+| WiC     | 256 | single-token, " No"/" Yes"      | acc                |
+| MultiRC | 512 | single-token per answer option  | F1a, EM, acc       |
+| COPA    | 256 | 2 candidates (+eop), summed     | acc                |
+| WSC     | 128 | span1 vs the file's candidates (+eop), mean | acc    |
+| ReCoRD  | 512 | all passage entities, sorted (+eop) | EM, F1 (max over golds) |
 """
 
 from __future__ import annotations
