@@ -99,6 +99,19 @@ def test_cli_superglue_without_length_option_uses_the_configs_lengths(tmp_path: 
     assert tasks["wsc-p0"]["config"]["protocol_source"].endswith("config_tasks/task_wsc.sh")
 
 
+def test_a_model_shorter_than_the_protocol_is_evaluated_at_its_maximum_with_a_note(
+    model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "results.json"
+    args = ["--model", str(model_dir), "--tasks", "boolq", "--data-dir", str(FIXTURES), "--limit", "1"]
+    assert main([*args, "--output", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    note = "boolq: the paper's length for boolq is 256 but the model's max_sequence_length is 128; evaluating at 128"
+    assert f"glm-eval: note: {note}" in err
+    entry = json.loads(out.read_text())["tasks"]["boolq-p0"]
+    assert entry["config"]["seq_length"] == 128 and entry["notes"] == [note]
+
+
 # ---------------------------------------------------------------------------------------------------- WSC candidates
 def write_wsc(directory: Path, candidates: list | None) -> Path:
     row = {
