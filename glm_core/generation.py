@@ -89,6 +89,9 @@ class GenerationConfig:
     bad_words: tuple[int, ...] = ()
     vocab_size: int | None = None  # ids >= this (the embedding's padding rows, spec §1.6) are never generated
     stop_on_eos: bool = True  # False: eop alone ends a blank (the original's seq2seq beam search, eos_token_id=eop)
+    # greedy / sampling: True bans repeated n-grams over the stream of all blanks so far, "b0 [sop] b1 [sop] ...",
+    # as the original's BlankLMEvaluater; False (default) within the current blank only
+    no_repeat_across_blanks: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "sample", "beam"):
@@ -281,6 +284,13 @@ class _Sampler:
     def history(self) -> list[int]:
         return self.plan.forced.get(self.mask_pos, []) + self.generated
 
+    def stream(self, sop: int) -> list[int]:
+        """Every blank generated so far, the current one last, each later one opened by ``sop``."""
+        out: list[int] = []
+        for k, blank in enumerate([*self.blanks, self.history()]):
+            out += ([sop] if k else []) + list(blank)
+        return out
+
     def finish_blank(self, stop: int | None, sop: int) -> None:
         self.blanks.append(list(self.generated))
         self.mask_positions.append(self.mask_pos)
@@ -316,7 +326,8 @@ def _choose(
 ) -> None:
     """Pick the next token of ``state`` from its logits ``row [V]`` and schedule what to feed next."""
     logp = log_softmax(row)
-    scores = process_logits(row, state.history(), len(state.generated), config, stop_ids, banned)
+    history = state.stream(sop) if config.no_repeat_across_blanks else state.history()
+    scores = process_logits(row, history, len(state.generated), config, stop_ids, banned)
     if config.strategy == "sample":
         token = _sample(warp_logits(scores, config.temperature, config.top_k, config.top_p), rng)
     else:

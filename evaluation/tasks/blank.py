@@ -4,15 +4,14 @@ File: ``<data_dir>/blank/<split>.jsonl`` (``test`` by default), one ``{"text": "
 per line. Inputs and decoding as ``config_tasks/seq_blank.sh`` (``BlankLMDataset`` / ``BlankLMEvaluater`` of the
 original's ``tasks/seq2seq``): Part A = ``EncodeAsIds(" " + text)`` with **no** ``[CLS]`` and no ``[eos]``, cut or
 right-padded with ``[PAD]`` to 256 tokens (``--src-seq-length 256``, pads visible); greedy decoding, blanks filled
-left to right with the same cache, ``eop`` alone ends a blank, no-repeat 3-grams, and **one budget of 200 generated
+left to right with the same cache, ``eop`` alone ends a blank, and **one budget of 200 generated
 tokens across all blanks** (``--tgt-seq-length 200``; the ``sop`` that opens each later blank counts), so blanks past
 the budget stay empty. Metrics: exact match and corpus BLEU-4 of the filled text against the original; both sides
 pass through the tokenizer (``decode(encode(x))``) so case and spacing conventions match (the original computes no
 in-code metric for this task).
 
-Differences that remain: the original bans repeated 3-grams over the whole generated stream (all blanks), here
-within each blank; and its output file drops the last token of every filled text (``DecodeIds(output_tokens[:-1])``),
-which is not copied.
+Repeated 3-grams are banned over the whole generated stream ``b0 [sop] b1 ...`` as the original's processors see
+it. Not copied: its output file drops the last token of every filled text (``DecodeIds(output_tokens[:-1])``).
 """
 
 from __future__ import annotations
@@ -81,6 +80,7 @@ class BlankInfilling(Task):
             no_repeat_ngram_size=NO_REPEAT_NGRAM,
             vocab_size=len(tok),
             stop_on_eos=False,  # BlankLMEvaluater: end_token = eop
+            no_repeat_across_blanks=True,  # its NoRepeatNGramLogitsProcessor sees the whole generated stream
         )
         records = []
         for ex in examples:

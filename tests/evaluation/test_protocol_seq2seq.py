@@ -219,3 +219,13 @@ def test_blank_budget_is_shared_by_all_blanks() -> None:
         21,
         8,
     ]
+
+
+def test_blank_no_repeat_ngrams_see_the_stream_of_all_blanks() -> None:
+    from glm_core.generation import _Plan, _Sampler, banned_ngram_tokens
+
+    # evaluate.py BlankLMEvaluater: self.processors(tokens, ...) with tokens = b0 [sop] b1 [sop] ... (all blanks)
+    state = _Sampler(_Plan([5, 3, 6, 3], [], None, {}), blanks=[[11, 12, 13]], generated=[11, 12])
+    assert state.stream(7) == [11, 12, 13, 7, 11, 12]
+    assert banned_ngram_tokens(state.stream(7), 3) == {13}  # "11 12 13" seen in the first blank
+    assert banned_ngram_tokens(state.history(), 3) == set()  # within the blank alone nothing is banned
