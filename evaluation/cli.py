@@ -59,6 +59,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward step (default: 8)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: the backend's)")
+    parser.add_argument(
+        "--seq-length",
+        type=int,
+        default=None,
+        help="evaluate every task at this many tokens (default: each task's length in the original's configs, "
+        "e.g. 256 for BoolQ, 128 for WSC, 512 for ReCoRD; capped at the model's max_sequence_length)",
+    )
+    parser.add_argument(
+        "--wsc-negatives",
+        choices=("file", "annotations"),
+        default="file",
+        help="WSC negatives: the file's 'candidates' field, as the original's WSC-negative data (default), or the "
+        "other span1 annotations of the same sentence (not the paper's protocol)",
+    )
+    parser.add_argument(
+        "--source-padding",
+        choices=("visible", "none"),
+        default="visible",
+        help="seq2seq tasks: pad the source to its length inside Part A, visible to the model, as the original "
+        "(default), or leave the pads out",
+    )
+    parser.add_argument(
+        "--rouge",
+        choices=("original", "sentences"),
+        default="original",
+        help="seq2seq ROUGE: the original's logged metric ([SEP]-split, fix_tokenization, short and duplicate "
+        "sentences dropped, tokenizer round trip; default) or rouge-score rouge1/2/Lsum over .!?-split sentences",
+    )
+    parser.add_argument(
+        "--gelu",
+        choices=("tanh", "erf"),
+        default=None,
+        help="torch backend: the GeLU variant (default: the checkpoint's; the original evaluated with tanh)",
+    )
     parser.add_argument("--no-share-part-a", action="store_true", help="score one full sequence per candidate")
     parser.add_argument(
         "--records", action="store_true", help="also write every example's record into the results JSON"
@@ -105,11 +139,23 @@ def check_paths(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise GLMError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.seq_length is not None and args.seq_length < 8:
+        raise GLMError(f"--seq-length must be at least 8 tokens, got {args.seq_length}")
     args.device = check_device(args.backend, args.device)
     check_paths(args)
-    tasks = expand_task_list(args.tasks)
+    tasks = expand_task_list(
+        args.tasks,
+        options={"wsc_negatives": args.wsc_negatives, "source_padding": args.source_padding, "rouge": args.rouge},
+    )
     plan = read_tasks(tasks, args.data_dir, split=args.split, limit=args.limit)  # bad data fails before the model loads
-    backend = load_backend(args.backend, args.model, device=args.device, dtype=args.dtype)
+    extra = {}
+    if args.gelu is not None:
+        if args.backend != "torch":
+            raise GLMError(
+                f"--gelu applies to the torch backend; an {args.backend} model computes the variant it was exported with"
+            )
+        extra["gelu"] = args.gelu
+    backend = load_backend(args.backend, args.model, device=args.device, dtype=args.dtype, **extra)
     if args.verbose:
         print(json.dumps(backend.info(), indent=2), file=sys.stderr)
         for p in plan:
@@ -130,7 +176,17 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         verbose=args.verbose,
         include_records=args.records,
-        settings={"limit": args.limit, "split": args.split, "data_dir": str(args.data_dir), "device": args.device},
+        seq_length=args.seq_length,
+        settings={
+            "limit": args.limit,
+            "split": args.split,
+            "data_dir": str(args.data_dir),
+            "device": args.device,
+            "gelu": args.gelu,
+            "wsc_negatives": args.wsc_negatives,
+            "source_padding": args.source_padding,
+            "rouge": args.rouge,
+        },
     )
     if args.output is not None:
         try:
