@@ -316,7 +316,7 @@ def test_gelu_switch_reaches_the_model_and_the_cache_key(model_dir: Path, tmp_pa
     assert main([*args, "--gelu", "erf", "--output", str(out)]) == 0
     erf = json.loads(out.read_text())
     assert erf["settings"]["model_gelu"] == "erf" and erf["settings"]["gelu"] == "erf"
-    assert main([*args, "--gelu", "tanh", "--output", str(out)]) == 0
+    assert main([*args, "--gelu", "tanh", "--output", str(out), "--overwrite"]) == 0
     tanh = json.loads(out.read_text())
     assert tanh["settings"]["model_gelu"] == "tanh" and tanh["tasks"]["demo"]["computed"] == 3  # not the erf cache
     code = main([*args, "--backend", "onnx", "--gelu", "tanh"])
