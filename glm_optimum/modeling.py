@@ -135,9 +135,10 @@ def resolve_model_dir(
         except Exception as exc:  # hub errors: not found, offline, no access
             if not required:
                 return None
+            where = "not a local directory, and " if name == CONFIG_FILE else ""
             raise ExportError(
-                f"{model_id}: not a local directory, and {name} could not be fetched from the hub "
-                f"({type(exc).__name__}); expected an export written by `python -m export.onnx`"
+                f"{model_id}: {where}{name} could not be fetched from the hub ({type(exc).__name__}); "
+                "expected an export written by `python -m export.onnx`"
             ) from None
         return Path(path)
 
