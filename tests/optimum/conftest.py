@@ -34,3 +34,8 @@ def model(export_dir: Path):
     from glm_optimum import GLMORTModel
 
     return GLMORTModel.from_pretrained(export_dir)
+
+
+@pytest.fixture(scope="session")
+def fp16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export(tmp_path_factory.mktemp("onnx") / "glm-tiny-onnx-fp16", "--dtype", "fp16")

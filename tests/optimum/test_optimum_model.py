@@ -96,6 +96,20 @@ def test_forward_and_cache_equal_the_onnx_backend(export_dir, reference, io_bind
         past = out.past_key_values
 
 
+@pytest.mark.parametrize("io_binding", [False, True], ids=["plain", "io-binding"])
+def test_fp16_export_with_a_float16_cache(fp16_dir, io_binding):
+    model = GLMORTModel.from_pretrained(fp16_dir, use_io_binding=io_binding)
+    reference = OnnxBackend(fp16_dir)
+    assert model.config.kv_dtype == "float16"
+    ids, pos, sep = _chunks()[0]
+    out = model(torch.from_numpy(ids), torch.from_numpy(pos), torch.from_numpy(sep))
+    logits, present = reference.step(ids, pos, sep)
+    np.testing.assert_array_equal(out.logits.numpy(), logits)
+    assert out.past_key_values[0][0].dtype == torch.float16
+    np.testing.assert_array_equal(out.past_key_values[-1][1].numpy(), present[-1].numpy())
+    assert _theirs(model, SAME_LENGTH) == _ours(reference, SAME_LENGTH)
+
+
 def test_numpy_inputs_give_numpy_outputs(model, reference):
     ids, pos, sep = _chunks()[0]
     out = model(ids, pos, sep)
