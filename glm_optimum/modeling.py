@@ -94,7 +94,7 @@ class GLMORTConfig(PretrainedConfig):
         )
 
 
-AutoConfig.register(MODEL_TYPE, GLMORTConfig)
+AutoConfig.register(MODEL_TYPE, GLMORTConfig, exist_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ model directory
@@ -335,7 +335,7 @@ class GLMORTModel(ORTModelForCausalLM):
         if past is None:
             empty = torch.zeros((B, backend.num_heads, 0, backend.head_dim), dtype=kv_dtype, device=device)
             past = [empty] * len(backend.past_names)
-        P = int(past[0].shape[2])
+        P = backend.past_length(past)
         inputs = {
             "input_ids": torch.from_numpy(ids).to(device),
             "position_ids": torch.from_numpy(pos).to(device),
