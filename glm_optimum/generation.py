@@ -34,11 +34,17 @@ from glm_core.special_tokens import SpecialTokens
 
 # transformers' generation settings that GLMLogitsProcessor takes over: generate() hands transformers neutral values
 # for them, so they are applied once, with glm_core's semantics.
-TAKEN_OVER = {"do_sample": False, "temperature": 1.0, "top_k": None, "top_p": 1.0, "min_new_tokens": None}
-TAKEN_OVER_ZERO = ("no_repeat_ngram_size",)
+TAKEN_OVER = {
+    "do_sample": False,
+    "temperature": 1.0,
+    "top_k": None,
+    "top_p": 1.0,
+    "min_new_tokens": None,
+    "no_repeat_ngram_size": 0,
+}
 
 
-def open_first_blank(prompt: GLMInput, sop: int) -> GLMInput:
+def open_first_blank(prompt: GLMInput, tokens: SpecialTokens) -> GLMInput:
     """Part A + ``[sop]`` at ``(mask_pos, 1)`` of the first blank, ``sep`` at ``[sop]`` (spec §2.3a)."""
     if not prompt.mask_positions:
         raise InputError("the prompt has no blank to fill; expected a [MASK]/[gMASK]/[sMASK] in the text")
@@ -47,10 +53,10 @@ def open_first_blank(prompt: GLMInput, sop: int) -> GLMInput:
     position, block = blank_token_position(prompt.mask_positions[0], 0)
     n = len(prompt) + 1
     return GLMInput(
-        input_ids=np.append(prompt.input_ids, sop),
+        input_ids=np.append(prompt.input_ids, tokens.sop),
         position_ids=np.concatenate([prompt.position_ids, [[position], [block]]], axis=1),
         sep=prompt.sep,
-        targets=np.full(n, sop),
+        targets=np.full(n, tokens.pad),  # nothing is scored: generation predicts from the last logits
         loss_mask=np.zeros(n, dtype=np.float32),
         mask_positions=prompt.mask_positions,
     )
@@ -84,7 +90,7 @@ class GLMPromptTokenizer:
         part_a = build_generation_prompt(
             self.tokenizer.encode(text), self.special, generation_mask=generation_mask, max_length=limit
         )
-        return open_first_blank(part_a, self.special.sop)
+        return open_first_blank(part_a, self.special)
 
     def __call__(
         self, text: str | Sequence[str], return_tensors: str | None = "pt", generation_mask: int | None = None

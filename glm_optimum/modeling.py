@@ -35,7 +35,6 @@ from evaluation.backends.onnx import CONFIG_FILE, OnnxBackend, _escapes, read_mo
 from glm_core.errors import ConfigError, ExportError, InputError
 from glm_optimum.generation import (
     TAKEN_OVER,
-    TAKEN_OVER_ZERO,
     GLMLogitsProcessor,
     GLMPromptTokenizer,
     advance_positions,
@@ -399,9 +398,9 @@ class GLMORTModel(ORTModelForCausalLM):
     ) -> Any:
         """transformers' ``generate`` with GLM's choice rules (:class:`GLMLogitsProcessor`, the last processor).
 
-        ``seed`` seeds the sampler as ``glm_core.generation.GenerationConfig.seed``. Greedy and seeded sampling give
-        the ids of ``glm_core.generation.generate``; beam search gives them with ``length_penalty=0.0`` on both
-        sides and ``early_stopping=False`` (transformers' default), see README.
+        ``seed`` seeds the sampler as ``glm_core.generation.GenerationConfig.seed``. Greedy, seeded sampling and beam
+        search with ``early_stopping=False`` (transformers' default; any ``length_penalty``) give the ids of
+        ``glm_core.generation.generate`` (README, "Using the export with optimum").
         """
         hf = copy.deepcopy(generation_config if generation_config is not None else self.generation_config)
         model_kwargs = hf.update(**kwargs)
@@ -417,18 +416,16 @@ class GLMORTModel(ORTModelForCausalLM):
             raise ExportError(f"{self.backend.model_dir}: {CONFIG_FILE} records no special tokens; cannot generate")
         for name, value in TAKEN_OVER.items():
             setattr(hf, name, value)
-        for name in TAKEN_OVER_ZERO:
-            setattr(hf, name, 0)
         hf.max_new_tokens = max_new
         model_kwargs.setdefault("attention_mask", torch.ones_like(input_ids))
         self._glm_stop_ids = torch.tensor(sorted({special.eop, special.eos}), device=input_ids.device)
         processors = LogitsProcessorList([*(logits_processor or []), GLMLogitsProcessor(glm, special, prompt_length)])
         return super().generate(input_ids, generation_config=hf, logits_processor=processors, **model_kwargs)
 
-    # Beam search with glm_core.generation's _BeamHypotheses rules (transformers' rules before its 4.5x rewrite):
+    # Beam search with glm_core.generation's _BeamHypotheses rules (transformers' rules before its beam rewrite):
     # a hypothesis ended by a stop token is scored over its length without the stop token (at least 1), and
     # early_stopping=False stops once the step's best candidate, over the length before the step, cannot beat
-    # the worst kept hypothesis. transformers 4.5x counts the stop token and uses the best running beam over the
+    # the worst kept hypothesis. transformers 4.57 counts the stop token and uses the best running beam over the
     # length after the step; the two overrides below restore the former (both are called with keywords only).
     def _update_finished_beams(self, **kwargs: Any) -> Any:
         topk = kwargs["topk_log_probs"]

@@ -161,6 +161,8 @@ def test_beam_ids_equal_ours(model, reference, length_penalty):
         assert _theirs(model, [text], early_stopping=False, **settings) == _ours(
             reference, [text], strategy="beam", **settings
         )
+    # a batch: beams of each row kept apart, glm_core's stopping test applied per row
+    assert _theirs(model, SAME_LENGTH, **settings) == _ours(reference, SAME_LENGTH, strategy="beam", **settings)
 
 
 def test_seeded_sampling_ids_equal_ours(model, reference):
