@@ -36,6 +36,21 @@ def model(export_dir: Path):
     return GLMORTModel.from_pretrained(export_dir)
 
 
+LAYOUTS = {
+    "fp16": ("--dtype", "fp16"),
+    "int8": ("--quantize", "int8"),
+    "int4": ("--quantize", "int4"),
+    "optimize-ort": ("--optimize", "ort"),
+}
+
+
 @pytest.fixture(scope="session")
-def fp16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _export(tmp_path_factory.mktemp("onnx") / "glm-tiny-onnx-fp16", "--dtype", "fp16")
+def layout_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Exports in the other layouts, made on first use (one per layout)."""
+
+    class _Exports(dict):
+        def __missing__(self, name: str) -> Path:
+            self[name] = _export(tmp_path_factory.mktemp("onnx") / f"glm-tiny-onnx-{name}", *LAYOUTS[name])
+            return self[name]
+
+    return _Exports()

@@ -24,6 +24,7 @@ from glm_core.errors import ConfigError, ExportError, InputError  # noqa: E402
 from glm_core.generation import GenerationConfig, generate_batch  # noqa: E402
 from glm_core.layout import build_generation_prompt  # noqa: E402
 from glm_optimum import MODEL_TYPE, GLMORTConfig, GLMORTModel  # noqa: E402
+from glm_optimum.generation import open_first_blank  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = [
@@ -41,10 +42,16 @@ def reference(export_dir: Path) -> OnnxBackend:
     return OnnxBackend(export_dir)
 
 
-def _ours(backend: OnnxBackend, texts: list[str], **settings) -> list[list[int]]:
-    """glm_core.generation on the Part-A-only prompts: the blank's tokens, then the stop token if one ended it."""
+def _ours(backend: OnnxBackend, texts: list[str], same_chunks: bool = False, **settings) -> list[list[int]]:
+    """glm_core.generation: the blank's tokens, then the stop token if one ended it.
+
+    On the Part-A-only prompts (Part A prefilled, then [sop] fed as the next chunk), or with ``same_chunks`` on the
+    prompts GLMORTModel runs (Part A + [sop] in one prefill).
+    """
     tok = backend.tokenizer
     prompts = [build_generation_prompt(tok.encode(t), tok.special) for t in texts]
+    if same_chunks:
+        prompts = [open_first_blank(p, tok.special) for p in prompts]
     config = GenerationConfig(max_new_tokens=MAX_NEW, vocab_size=len(tok), **settings)
     results = generate_batch(backend, prompts, tok.special, config)
     return [r.blanks[0] + ([r.stop_tokens[0]] if r.stop_tokens[0] is not None else []) for r in results]
@@ -96,18 +103,26 @@ def test_forward_and_cache_equal_the_onnx_backend(export_dir, reference, io_bind
         past = out.past_key_values
 
 
-@pytest.mark.parametrize("io_binding", [False, True], ids=["plain", "io-binding"])
-def test_fp16_export_with_a_float16_cache(fp16_dir, io_binding):
-    model = GLMORTModel.from_pretrained(fp16_dir, use_io_binding=io_binding)
-    reference = OnnxBackend(fp16_dir)
-    assert model.config.kv_dtype == "float16"
+@pytest.mark.parametrize("layout", ["fp16", "int8", "int4", "optimize-ort"])
+def test_other_export_layouts(layout_dirs, layout):
+    directory = layout_dirs[layout]
+    reference = OnnxBackend(directory)
     ids, pos, sep = _chunks()[0]
-    out = model(torch.from_numpy(ids), torch.from_numpy(pos), torch.from_numpy(sep))
     logits, present = reference.step(ids, pos, sep)
-    np.testing.assert_array_equal(out.logits.numpy(), logits)
-    assert out.past_key_values[0][0].dtype == torch.float16
-    np.testing.assert_array_equal(out.past_key_values[-1][1].numpy(), present[-1].numpy())
-    assert _theirs(model, SAME_LENGTH) == _ours(reference, SAME_LENGTH)
+    for io_binding in (False, True):
+        model = GLMORTModel.from_pretrained(directory, use_io_binding=io_binding)
+        assert model.config.kv_dtype == ("float16" if layout == "fp16" else "float32")
+        out = model(torch.from_numpy(ids), torch.from_numpy(pos), torch.from_numpy(sep))
+        np.testing.assert_array_equal(out.logits.numpy(), logits)
+        flat = [t for pair in out.past_key_values for t in pair]
+        assert flat[0].dtype == (torch.float16 if layout == "fp16" else torch.float32)
+        for mine, theirs in zip(flat, present, strict=True):
+            np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+        # int8 quantizes activations per tensor at run time, so its logits depend on how the tokens are chunked:
+        # compared on the same chunks (the other layouts give these ids on the Part-A-only prompts too)
+        assert _theirs(model, SAME_LENGTH) == _ours(reference, SAME_LENGTH, same_chunks=True)
+        if layout != "int8":
+            assert _theirs(model, SAME_LENGTH) == _ours(reference, SAME_LENGTH)
 
 
 def test_numpy_inputs_give_numpy_outputs(model, reference):
