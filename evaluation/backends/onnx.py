@@ -228,6 +228,8 @@ class OnnxBackend:
     ``providers``: ORT provider names (default CPU); ``"cuda"``/``"cpu"`` are accepted as shorthands.
     ``threads``: intra-op threads (default: ORT's choice). ``allow_spinning=False`` stops ORT's worker threads
     from spinning between runs (spec onnx_export §4.2 #10: set it when torch shares the process/cores).
+    ``session_options`` / ``provider_options``: a caller's own ORT settings (the optimum wrapper passes the user's);
+    ``session_options`` replaces the options built from ``threads``, ``allow_spinning`` and ``graph_optimization``.
     """
 
     def __init__(
@@ -237,6 +239,8 @@ class OnnxBackend:
         threads: int | None = None,
         allow_spinning: bool = True,
         graph_optimization: str = "all",
+        session_options: ort.SessionOptions | None = None,
+        provider_options: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.config = read_model_config(self.model_dir)
@@ -260,8 +264,12 @@ class OnnxBackend:
         if graph_optimization not in levels:
             raise ConfigError(f"graph_optimization must be one of {sorted(levels)}, got {graph_optimization!r}")
         options.graph_optimization_level = levels[graph_optimization]
+        if session_options is not None:
+            options = session_options
         try:
-            self.session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=self.providers)
+            self.session = ort.InferenceSession(
+                str(self.model_path), sess_options=options, providers=self.providers, provider_options=provider_options
+            )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise ExportError(f"{self.model_path}: onnxruntime cannot load the model ({str(exc)[:300]})") from None
 
