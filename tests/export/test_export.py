@@ -224,7 +224,7 @@ def test_step_does_not_modify_the_past_it_is_given(exported_dir: Path) -> None:
         ([[1, 2]], positions(1, 0, 2), [3], "sep must lie in"),
         ([[1, V]], positions(1, 0, 2), [0], "input_ids must lie in"),
         ([[1, 2]], positions(1, 0, 3), [0], "position_ids must be"),
-        ([[1, 2]], positions(1, 64, 2), [0], "position ids must lie in"),
+        ([[1, 2]], positions(1, TINY_EXPORT["max_sequence_length"], 2), [0], "position ids must lie in"),
     ],
 )
 def test_backend_rejects_inputs_outside_the_contract(exported_dir: Path, ids, pos, sep, message: str) -> None:
