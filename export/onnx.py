@@ -39,7 +39,7 @@ examples:
   python -m export.onnx --ckpt glm-tiny
   python -m export.onnx --ckpt ./checkpoints/glm-large --out ./glm-large-onnx --quantize int4
   python -m export.onnx --ckpt glm-large --random-weights --no-validate   # pipeline/benchmark run
-  python -m export.onnx --ckpt glm-tiny --dtype fp16 --optimize ort --device cuda --overwrite
+  python -m export.onnx --ckpt glm-tiny --dtype fp16 --optimize ort --device cuda:0 --overwrite
 """
 
 _QUANTIZER_LOGGERS = ("onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.quantization.quantize")
@@ -126,7 +126,12 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
         default="auto",
         help="weights in model.onnx.data: auto = only above protobuf's 2 GB limit",
     )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="execution provider to validate on")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where to validate: cpu, cuda or cuda:N (CUDAExecutionProvider on device N; an ONNX Runtime that falls "
+        "back to the CPU is an error)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument(
         "--random-weights",
@@ -172,13 +177,20 @@ def preflight(options: ExportOptions) -> None:
         raise ExportError(f"unknown opset {options.opset}: this exporter supports opsets {MIN_OPSET}..{MAX_OPSET}")
     if options.quantize != "none" and options.dtype != "fp32":
         raise ExportError(f"--quantize {options.quantize} needs --dtype fp32 (the quantizers read fp32 weights)")
-    if options.device == "cuda":
+    from evaluation.backends.onnx_device import parse_device
+
+    try:
+        kind, _ = parse_device(options.device)
+    except GLMError as exc:
+        raise ExportError(f"--device: {exc}") from None
+    if kind == "cuda":
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ExportError(
-                "--device cuda: this onnxruntime has no CUDAExecutionProvider "
-                f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
+                f"--device {options.device}: this onnxruntime has no CUDAExecutionProvider "
+                f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu "
+                "(pip install 'glm-harness[onnx-gpu]')"
             )
     check_output_path(options.out, options.overwrite)
 
@@ -337,6 +349,7 @@ def write_glm_config(
         device=options.device,
     )
     (directory / "glm_config.json").write_text(json.dumps(glm_config, indent=2) + "\n", encoding="utf-8")
+    md.append_metadata(directory / md.MODEL_FILE, md.model_metadata(glm_config))
     return glm_config
 
 
@@ -413,6 +426,7 @@ def run_pass_stages(
         with clock.stage(f"pass:{graph_pass.name}"), exporter_quiet(options.verbose):
             if graph is None:
                 graph = onnx.load(str(source))  # the only copy of the weights in this process
+                md.drop_glm_metadata(graph)  # this stage's description; the pass's output gets its own
                 if source.parent != staging.path:
                     shutil.rmtree(source.parent)  # the stage's files are read; keep the disk to two copies
             graph, figures[graph_pass.name] = apply_pass(graph_pass, graph, options, config.num_layers, staging.work)
