@@ -64,6 +64,7 @@ class ExportOptions:
     device: str = "cpu"
     overwrite: bool = False
     random_weights: bool = False
+    calibration_text: str | None = None
     validate: bool = True
     verbose: bool = False
 
@@ -139,6 +140,12 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
         help="build a preset without shipped weights (glm-large, ...) from seeded random weights, "
         "for benchmarks and pipeline tests",
     )
+    parser.add_argument(
+        "--calibration-text",
+        metavar="FILE",
+        help="UTF-8 text in the model's domain for the perplexity gate of quantized exports (default: calibration.txt "
+        "in the checkpoint directory; without one, quantized quality is reported as not gated)",
+    )
     parser.add_argument("--no-validate", action="store_true", help="skip the PyTorch-vs-ONNX Runtime validation")
     parser.add_argument("-v", "--verbose", action="store_true", help="stage timings and exporter messages")
     args = parser.parse_args(argv)
@@ -156,6 +163,7 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
         device=args.device,
         overwrite=args.overwrite,
         random_weights=args.random_weights,
+        calibration_text=args.calibration_text,
         validate=not args.no_validate,
         verbose=args.verbose,
     )
@@ -198,7 +206,7 @@ def preflight(options: ExportOptions) -> None:
 # ---------------------------------------------------------------------------------------------------- stages
 def load_checkpoint(ckpt: str, random_weights: bool = False) -> tuple[Any, Any, list[str]]:
     """(fp32 model, tokenizer or None, notes). Random-weight presets produce a note, not a silent model."""
-    from glm_core.checkpoint import SHIPPED_PRESETS, load_model
+    from glm_core.checkpoint import load_model
 
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
@@ -206,14 +214,23 @@ def load_checkpoint(ckpt: str, random_weights: bool = False) -> tuple[Any, Any, 
         model = load_model(ckpt, dtype="fp32", random_weights=random_weights)
     notes += [str(w.message) for w in caught if "random weights" in str(w.message)]
     tokenizer = None
-    path = Path(ckpt) if Path(ckpt).exists() else SHIPPED_PRESETS.get(ckpt)
-    if path is not None:
-        directory = path if path.is_dir() else path.parent
+    directory = checkpoint_directory(ckpt)
+    if directory is not None:
         if _has_tokenizer_files(directory):
             from glm_core.tokenizer import GLMTokenizer
 
             tokenizer = GLMTokenizer.from_pretrained(directory)
     return model, tokenizer, notes
+
+
+def checkpoint_directory(ckpt: str) -> Path | None:
+    """The directory of a checkpoint path or shipped preset (where its tokenizer files live), if any."""
+    from glm_core.checkpoint import SHIPPED_PRESETS
+
+    path = Path(ckpt) if Path(ckpt).exists() else SHIPPED_PRESETS.get(ckpt)
+    if path is None:
+        return None
+    return path if path.is_dir() else path.parent
 
 
 def _has_tokenizer_files(directory: Path) -> bool:
@@ -495,7 +512,15 @@ def export(options: ExportOptions) -> dict[str, Any]:
             reference = staging.work / "reference.npz"
             if options.validate:
                 with clock.stage("reference"):
-                    make_reference(model, reference, special=special, tokenizer=tokenizer)
+                    make_reference(
+                        model,
+                        reference,
+                        special=special,
+                        tokenizer=tokenizer,
+                        calibration=options.calibration_text,
+                        directory=checkpoint_directory(options.ckpt),
+                        random_weights=options.random_weights,
+                    )
             # With passes, the traced graph is an intermediate stage: its own directory in the work dir.
             trace_dir = staging.work / TRACE_STAGE if plan else staging.path
             trace_dir.mkdir(exist_ok=True)
@@ -596,6 +621,12 @@ def summary(report: dict[str, Any], out: Path) -> str:
         grid = validation["grid"]
         worst = max(entry["logits"]["max_abs"] for entry in grid)
         norm = max(entry["logits"]["normalised"] for entry in grid)
+        if validation.get("quantize", "none") != "none" and "confident_top1" not in validation:
+            lines.append(
+                f"  validated on {validation['device']} ({validation['quantize']}): incremental vs its own full pass "
+                f"max|Δ| {validation['incremental']['self']['max_abs']:.3g}; {validation['quant_gate']}"
+            )
+            return "\n".join(lines)
         if validation.get("quantize", "none") != "none":
             ppl = validation["perplexity"]
             lines.append(

@@ -86,7 +86,23 @@ GENERATION_TOKENS = 6  # per blank, two blanks
 PPL_TOKENS = 64
 SEED = 20240611
 
-# A fixed English text for the perplexity check of quantized models (tokenized when the model has a tokenizer).
+# Quality gates of quantized graphs need rows to judge: fewer decided rows than this fail the gate, not pass it.
+MIN_TOP1_ROWS = 32
+# fp16 and quantized graphs: incremental decoding against the same graph's own full pass (the graph must agree with
+# itself however far it is from PyTorch). Not the fp32 gate: measured on the tiny test model (decode B8, 50 steps),
+# fp16 reaches max|Δ| 3.5e-5 but normalised 2.3e-5 (> fp32's 1e-5: S=1 and S=T matmuls round differently in half
+# precision); int4 (MatMulNBits, accuracy level 4) 6.0e-3 / 3.9e-3 and int8 (dynamic) 2.1e-2 / 1.4e-2, because both
+# quantize activations with scales taken over the rows of each call. Each bound is ~3x its measurement; a mask
+# error (normalised 0.02-0.4 on the fp32 graph) stays visible at fp16 and int4, int8 only catches gross ones.
+SELF_CONSISTENCY = {
+    "fp16": Tolerance(1e-4, 1e-4, 1e-4),
+    "int4": Tolerance(2e-2, 1e-2, 1.2e-2),
+    "int8": Tolerance(6e-2, 2e-2, 4e-2),
+}
+# A text in the model's domain for the perplexity gate: --calibration-text FILE, else this file in the checkpoint
+# (tokenizer) directory. Without one, quantized quality is not gated (the report says so).
+CALIBRATION_FILE = "calibration.txt"
+# The generation prompt's text when the model has no domain text (tokenized when the model has a tokenizer).
 PPL_TEXT = (
     "The committee met on Tuesday to review the budget for the coming year. After a long discussion, the members "
     "agreed to increase spending on public libraries and to reduce the cost of running the city's parks. The mayor "
@@ -127,16 +143,50 @@ def validation_special_tokens(special: SpecialTokens | None, vocab_size: int) ->
 
 
 def _text_ids(
-    tokenizer: Any, special: SpecialTokens, vocab_size: int, count: int, rng: np.random.Generator
+    tokenizer: Any, special: SpecialTokens, vocab_size: int, count: int, rng: np.random.Generator, text: str | None
 ) -> np.ndarray:
-    if tokenizer is not None:
-        ids = tokenizer.encode(PPL_TEXT)
+    """``count`` ids of ``text`` (repeated), or ordinary ids at random when there is no text or no tokenizer."""
+    if tokenizer is not None and text:
+        ids = tokenizer.encode(text)
         if len(ids) >= 8:
             reps = -(-count // len(ids))
             return np.asarray((ids * reps)[:count], dtype=np.int64)
     reserved = [i for i in special.to_dict().values() if isinstance(i, int)]
     vocab = np.setdiff1d(np.arange(vocab_size), reserved)  # ordinary tokens only
     return rng.choice(vocab, size=count).astype(np.int64)
+
+
+def quality_text(
+    tokenizer: Any, calibration: str | os.PathLike[str] | None, directory: Path | None, random_weights: bool
+) -> tuple[str | None, dict[str, Any]]:
+    """The perplexity text and whether the quality of a quantized graph can be gated on it.
+
+    Gated only for trained weights with a text in the model's domain (``calibration``, else ``CALIBRATION_FILE`` in
+    the checkpoint directory) and a tokenizer to read it.
+    """
+    text, source = None, None
+    if calibration is not None:
+        path = Path(calibration)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ExportError(f"--calibration-text {path}: cannot read it as UTF-8 text ({exc})") from None
+        if not text.strip():
+            raise ExportError(f"--calibration-text {path}: the file is empty")
+        if tokenizer is None:
+            raise ExportError(f"--calibration-text {path}: the checkpoint has no tokenizer to read it with")
+        source = str(path)
+    elif directory is not None and (directory / CALIBRATION_FILE).is_file() and tokenizer is not None:
+        text, source = (directory / CALIBRATION_FILE).read_text(encoding="utf-8"), str(directory / CALIBRATION_FILE)
+    if random_weights:
+        return text, {"gated": False, "reason": "random weights: quality was not gated", "text": source}
+    if text is None:
+        reason = (
+            "no text in the model's domain (pass --calibration-text FILE or put "
+            f"{CALIBRATION_FILE} beside the tokenizer): quality was not gated"
+        )
+        return None, {"gated": False, "reason": reason, "text": "random ordinary ids"}
+    return text, {"gated": True, "reason": None, "text": source}
 
 
 def make_reference(
@@ -146,8 +196,14 @@ def make_reference(
     special: SpecialTokens | None = None,
     tokenizer: Any = None,
     seed: int = SEED,
+    calibration: str | os.PathLike[str] | None = None,
+    directory: Path | None = None,
+    random_weights: bool = False,
 ) -> dict[str, Any]:
-    """Run the PyTorch model on the validation inputs and write inputs + outputs to ``path`` (``.npz``)."""
+    """Run the PyTorch model on the validation inputs and write inputs + outputs to ``path`` (``.npz``).
+
+    ``calibration`` / ``directory`` / ``random_weights``: see :func:`quality_text`.
+    """
     from glm_core.generation import GenerationConfig, generate
     from glm_core.layout import build_generation_prompt
     from glm_core.step import TorchStep
@@ -158,6 +214,7 @@ def make_reference(
     step = TorchStep(model)
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {"cases": [], "num_layers": config.num_layers}
+    text, meta["quality"] = quality_text(tokenizer, calibration, directory, random_weights)
 
     def positions(batch: int, start: int, length: int) -> np.ndarray:
         pos = np.arange(start, start + length) % (max_pos + 1)
@@ -204,9 +261,9 @@ def make_reference(
 
     # 3. greedy blank infilling, recording every step call for the replay
     tokens = validation_special_tokens(special, V)
-    text = _text_ids(tokenizer, tokens, V, 20, rng).tolist()
-    text = text[:6] + [tokens.mask] + text[6:14] + [tokens.mask] + text[14:]
-    prompt = build_generation_prompt(text, tokens)
+    text_prompt = _text_ids(tokenizer, tokens, V, 20, rng, text or PPL_TEXT).tolist()
+    text_prompt = text_prompt[:6] + [tokens.mask] + text_prompt[6:14] + [tokens.mask] + text_prompt[14:]
+    prompt = build_generation_prompt(text_prompt, tokens)
     recorder = _Recorder(step)
     gen_config = GenerationConfig(max_new_tokens=GENERATION_TOKENS, strategy="greedy")
     result = generate(recorder, prompt, tokens, gen_config)
@@ -227,7 +284,7 @@ def make_reference(
 
     # 4. perplexity text (left to right: sep = 0, positions 0..T-1)
     T = min(PPL_TOKENS, max_pos + 1)
-    text_ids = _text_ids(tokenizer, tokens, V, T, rng)[None]  # [1, T]
+    text_ids = _text_ids(tokenizer, tokens, V, T, rng, text)[None]  # [1, T]
     logits, _ = step.step(text_ids, positions(1, 0, T), np.zeros(1, dtype=np.int64), None)
     arrays.update({"ppl.ids": text_ids, "ppl.logits": logits})
     meta["ppl_tokens"] = T
@@ -450,12 +507,23 @@ def run_checks(
         figures = compare(data[f"{name}.logits"], got, tol)
         figures["top1"] = top1_agreement(data[f"{name}.logits"], got)
         report[label] = figures
+        B, T = data[f"{name}.ids"].shape
+        what = f"{label} B={B} prefill {spec['prefill']} + {T - spec['prefill']} steps"
         if tol is not None and not figures["ok"]:
-            B, T = data[f"{name}.ids"].shape
             failures.append(
-                f"{label} B={B} prefill {spec['prefill']} + {T - spec['prefill']} steps vs one full pass: "
-                f"max|Δ| {figures.get('max_abs', float('nan')):.3g} out of tolerance (cache / mask offset)"
+                f"{what} vs one full pass: max|Δ| {figures.get('max_abs', float('nan')):.3g} out of tolerance "
+                "(cache / mask offset)"
             )
+        if tol is not TOLERANCES["fp32"]:  # fp16 / quantized: the graph against its own full pass, fp32 gate
+            own, _ = backend.step(data[f"{name}.ids"], data[f"{name}.pos"], data[f"{name}.sep"], None)
+            precision = quant if quant != "none" else kind
+            figures["self"] = compare(own, got, SELF_CONSISTENCY[precision])
+            if not figures["self"]["ok"]:
+                failures.append(
+                    f"{what} vs the same graph's full pass: max|Δ| {figures['self'].get('max_abs', float('nan')):.3g} "
+                    f"(normalised {figures['self'].get('normalised', float('nan')):.3g}) out of the {precision} "
+                    "self-consistency bound"
+                )
 
     # 3. greedy generation + replay of the PyTorch step calls
     if reduced:
@@ -464,7 +532,7 @@ def run_checks(
         _check_generation(backend, data, meta, tol, quant, report, failures)
 
     # 5. perplexity; for int8/int4 the behaviour gates
-    _check_perplexity(backend, data, all_ref, all_got, quant, report, failures)
+    _check_perplexity(backend, data, meta, all_ref, all_got, quant, report, failures)
 
     report["failures"] = failures
     report["passed"] = not failures
@@ -516,6 +584,7 @@ def _check_generation(
 def _check_perplexity(
     backend: Any,
     data: Any,
+    meta: dict[str, Any],
     all_ref: list[np.ndarray],
     all_got: list[np.ndarray],
     quant: str,
@@ -536,7 +605,12 @@ def _check_perplexity(
         "tokens": int(T),
         "top1": top1_agreement(data["ppl.logits"], logits),
     }
-    if quant != "none":
+    quality = meta.get("quality", {"gated": True, "reason": None, "text": None})
+    report["quality"] = quality
+    report["perplexity"]["text"] = quality["text"]
+    if quant != "none" and not quality["gated"]:
+        report["quant_gate"] = f"not gated: {quality['reason']}"
+    elif quant != "none":
         gate = QUANT_GATES[quant]
         report["quant_gate"] = gate
         # Top-1 is judged where the reference is decided (top-1 probability ahead of the runner-up by
@@ -546,7 +620,12 @@ def _check_perplexity(
         got_rows = np.concatenate(all_got + [logits.reshape(-1, logits.shape[-1])])
         agreement, count = confident_top1(ref_rows, got_rows)
         report["confident_top1"] = {"agreement": agreement, "rows": count, "margin": CONFIDENT_MARGIN}
-        if count and agreement < gate["min_top1"]:
+        if count < MIN_TOP1_ROWS:
+            failures.append(
+                f"{quant}: only {count} decided rows (top-1 ahead by {CONFIDENT_MARGIN}) to judge top-1 agreement, "
+                f"fewer than {MIN_TOP1_ROWS}"
+            )
+        elif agreement < gate["min_top1"]:
             failures.append(f"{quant}: top-1 agreement {agreement:.3f} on {count} confident rows < {gate['min_top1']}")
         if report["perplexity"]["rel_delta"] > gate["max_ppl_rel_delta"]:
             failures.append(
