@@ -620,18 +620,24 @@ def _check_perplexity(
         got_rows = np.concatenate(all_got + [logits.reshape(-1, logits.shape[-1])])
         agreement, count = confident_top1(ref_rows, got_rows)
         report["confident_top1"] = {"agreement": agreement, "rows": count, "margin": CONFIDENT_MARGIN}
-        if count < MIN_TOP1_ROWS:
-            failures.append(
-                f"{quant}: only {count} decided rows (top-1 ahead by {CONFIDENT_MARGIN}) to judge top-1 agreement, "
-                f"fewer than {MIN_TOP1_ROWS}"
-            )
-        elif agreement < gate["min_top1"]:
-            failures.append(f"{quant}: top-1 agreement {agreement:.3f} on {count} confident rows < {gate['min_top1']}")
+        failures += top1_gate_failures(quant, agreement, count)
         if report["perplexity"]["rel_delta"] > gate["max_ppl_rel_delta"]:
             failures.append(
                 f"{quant}: perplexity {ppl_got:.4g} vs torch {ppl_ref:.4g} "
                 f"(relative change {report['perplexity']['rel_delta']:.3f} > {gate['max_ppl_rel_delta']})"
             )
+
+
+def top1_gate_failures(quant: str, agreement: float, rows: int) -> list[str]:
+    """The top-1 gate of a quantized graph: fails with fewer than MIN_TOP1_ROWS decided rows to judge."""
+    if rows < MIN_TOP1_ROWS:
+        return [
+            f"{quant}: only {rows} decided rows (top-1 ahead by {CONFIDENT_MARGIN}) to judge top-1 agreement, "
+            f"fewer than {MIN_TOP1_ROWS}"
+        ]
+    if agreement < QUANT_GATES[quant]["min_top1"]:
+        return [f"{quant}: top-1 agreement {agreement:.3f} on {rows} confident rows < {QUANT_GATES[quant]['min_top1']}"]
+    return []
 
 
 def _replay(backend: Any, data: Any, calls: int, tol: Tolerance | None) -> dict[str, Any]:

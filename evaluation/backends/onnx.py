@@ -514,7 +514,10 @@ def _cache_dtype(value: Any) -> str:
 def _integer_array(value: Any, name: str) -> np.ndarray:
     arr = np.asarray(value)
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise InputError(f"{name} must hold integers (int64), got dtype {arr.dtype}")
+        # whole-valued floats (np.zeros(B)) are integers; 2.5 would be truncated, a bool or a string is no id
+        whole = np.issubdtype(arr.dtype, np.floating) and bool(np.isfinite(arr).all() and (arr == np.round(arr)).all())
+        if not whole:
+            raise InputError(f"{name} must hold integers (int64), got {arr.dtype} values that are not whole numbers")
     return np.asarray(arr, dtype=np.int64)  # 0-d stays 0-d (ascontiguousarray would make it [1])
 
 

@@ -51,7 +51,8 @@ def bad_inputs(cache: list) -> dict[str, tuple[tuple, str]]:
     ids, pos, sep = np.array([[7], [8]]), positions(2, 3, 1), np.zeros(2, np.int64)
     return {
         "float ids": ((ids.astype(np.float32) + 0.5, pos, sep, None), "input_ids must hold integers"),
-        "float positions": ((ids, pos.astype(np.float64), sep, None), "position_ids must hold integers"),
+        "float positions": ((ids, pos + 0.25, sep, None), "position_ids must hold integers"),
+        "bool ids": ((ids > 7, pos, sep, None), "input_ids must hold integers"),
         "float sep": ((ids, pos, np.array([0.7, 0.0]), None), "sep must hold integers"),
         "short sep": ((ids, pos, np.zeros(1, np.int64), None), "sep must hold one value per row"),
         "long sep": ((ids, pos, np.zeros(3, np.int64), None), "sep must hold one value per row"),
@@ -74,6 +75,7 @@ def bad_inputs(cache: list) -> dict[str, tuple[tuple, str]]:
 
 CASES = [
     "float ids",
+    "bool ids",
     "float positions",
     "float sep",
     "short sep",

@@ -288,10 +288,11 @@ def test_int4_export_quantizes_every_weight_matmul_including_the_head(tiny_ckpt:
     assert (trace["after"], trace["quantize"], trace["tolerance"]["atol"]) == ("trace", "none", 1e-4)
     assert (int4["after"], int4["quantize"], int4["tolerance"]) == ("int4", "int4", None)
     assert trace["passed"] and int4["passed"] and int4["quant_gate"] == validation["quant_gate"]
-    gate = validation["quant_gate"]
-    assert validation["passed"] and validation["perplexity"]["rel_delta"] <= gate["max_ppl_rel_delta"]
-    confident = validation["confident_top1"]
-    assert confident["rows"] == 0 or confident["agreement"] >= gate["min_top1"]
+    # random weights and no text in the model's domain: the behaviour gates say they did not judge, and the graph
+    # is still held to agree with itself (incremental decoding vs its own full pass)
+    assert validation["quality"]["gated"] is False and validation["quant_gate"].startswith("not gated: no text")
+    assert "confident_top1" not in validation
+    assert validation["incremental"]["self"]["ok"] and validation["decode"]["self"]["ok"]
 
 
 def test_confident_top1_ignores_near_ties_only() -> None:
