@@ -131,8 +131,10 @@ class _BackendView:
                 return int(getattr(self._backend, attr))
         return int(self._backend.config["max_sequence_length"])
 
-    def step(self, input_ids: np.ndarray, position_ids: np.ndarray, sep: np.ndarray, past: Any = None) -> Any:
-        return self._backend.step(input_ids, position_ids, sep, past)
+    def step(
+        self, input_ids: np.ndarray, position_ids: np.ndarray, sep: np.ndarray, past: Any = None, **options: Any
+    ) -> Any:
+        return self._backend.step(input_ids, position_ids, sep, past, **options)
 
     def reorder_past(self, past: Any, index: np.ndarray) -> Any:
         return self._backend.reorder_past(past, index)

@@ -255,6 +255,8 @@ class OnnxBackend:
     process/cores).
     """
 
+    supports_last_logits_only = True  # step(..., last_logits_only=True): generation's prefill (glm_core.generation)
+
     def __init__(
         self,
         model_dir: str | os.PathLike[str],

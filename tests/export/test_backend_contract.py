@@ -329,3 +329,36 @@ def test_one_backend_serves_several_threads(exported_dir: Path) -> None:
 
 def test_module_names_the_step_check() -> None:
     assert callable(onnx_backend.check_step_inputs)
+
+
+class _Loaded(Exception):
+    pass
+
+
+def test_lm_eval_device_reaches_the_session(exported_dir: Path, fake_cuda, monkeypatch) -> None:
+    pytest.importorskip("lm_eval")
+    from evaluation import lm_eval_plugin
+
+    monkeypatch.setattr(fake_cuda, "reported", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(fake_cuda, "options", {"CUDAExecutionProvider": {"device_id": "1"}})
+    loaded = []
+    real = lm_eval_plugin.load_backend
+
+    def opened(*args, **kwargs):
+        loaded.append(real(*args, **kwargs))
+        raise _Loaded  # the tiny export has no tokenizer; the device is all this test is about
+
+    monkeypatch.setattr(lm_eval_plugin, "load_backend", opened)
+    with pytest.raises(_Loaded):
+        lm_eval_plugin.GLMOnnxLM(pretrained=str(exported_dir), device="cuda:1")
+    assert fake_cuda.requested[0] == ("CUDAExecutionProvider", {"device_id": "1"})
+    assert (loaded[0].device_type, loaded[0].device_id) == ("cuda", 1)
+
+
+def test_onnx_gpu_extra_replaces_onnxruntime() -> None:
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    names = [req.split(">")[0].split("=")[0].strip() for req in extras["onnx-gpu"]]
+    assert "onnxruntime-gpu" in names and "onnxruntime" not in names
