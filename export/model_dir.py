@@ -32,6 +32,7 @@ from evaluation.backends.onnx import (
     MODEL_FORMAT_KEY,
     MODEL_FORMAT_VERSION,
 )
+from evaluation.backends.onnx_device import length_field
 from glm_core.atomic import make_staging_dir, move_into_place
 from glm_core.config import GLMConfig
 from glm_core.errors import ExportError
@@ -98,23 +99,6 @@ def save_model_file(model: onnx.ModelProto, directory: Path, external: bool) -> 
     return []
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _length_field(number: int, length: int) -> bytes:
-    """Protobuf key + length of a length-delimited field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(length)
-
-
 # Field numbers of onnx.proto3: ModelProto.graph, GraphProto.initializer, TensorProto.raw_data.
 _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
 _COPY_CHUNK = 64 * 1024 * 1024
@@ -140,18 +124,18 @@ def inline_external_data(src: Path, dst: Path) -> None:
         length = int(info["length"]) if "length" in info else data_file.stat().st_size - offset
         tensor.ClearField("external_data")
         tensor.data_location = onnx.TensorProto.DEFAULT
-        head = tensor.SerializeToString() + _length_field(_TENSOR_RAW_DATA, length)
+        head = tensor.SerializeToString() + length_field(_TENSOR_RAW_DATA, length)
         pieces.append((head, data_file, offset, length))
     graph.ClearField("initializer")
     graph_rest = graph.SerializeToString()
     encoded = [
-        (_length_field(_GRAPH_INITIALIZER, len(head) + length), head, f, off, length) for head, f, off, length in pieces
+        (length_field(_GRAPH_INITIALIZER, len(head) + length), head, f, off, length) for head, f, off, length in pieces
     ]
     graph_length = len(graph_rest) + sum(len(key) + len(head) + length for key, head, _, _, length in encoded)
     model.ClearField("graph")
     with open(dst, "wb") as out:
         out.write(model.SerializeToString())
-        out.write(_length_field(_MODEL_GRAPH, graph_length))
+        out.write(length_field(_MODEL_GRAPH, graph_length))
         out.write(graph_rest)
         for key, head, data_file, offset, length in encoded:
             out.write(key)
@@ -275,8 +259,8 @@ def append_metadata(model_path: Path, props: dict[str, str]) -> None:
         body = b""
         for number, text in ((_ENTRY_KEY, key), (_ENTRY_VALUE, value)):
             data = text.encode("utf-8")
-            body += _length_field(number, len(data)) + data
-        return _length_field(_MODEL_METADATA_PROPS, len(body)) + body
+            body += length_field(number, len(data)) + data
+        return length_field(_MODEL_METADATA_PROPS, len(body)) + body
 
     with open(model_path, "ab") as out:
         out.write(b"".join(entry(k, v) for k, v in props.items()))

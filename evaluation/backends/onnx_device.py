@@ -134,7 +134,8 @@ _IR_VERSION = 8
 _GATHER_OPSET = 13
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """Protobuf base-128 varint."""
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -146,13 +147,18 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+def length_field(number: int, length: int) -> bytes:
+    """Protobuf key + length of a length-delimited field (wire type 2); the payload follows."""
+    return varint(number << 3 | 2) + varint(length)
+
+
 def _int_field(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
+    return varint(number << 3) + varint(value)
 
 
 def _bytes_field(number: int, payload: bytes | str) -> bytes:
     data = payload.encode("utf-8") if isinstance(payload, str) else payload
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
+    return length_field(number, len(data)) + data
 
 
 def _value_info(name: str, elem_type: int, rank: int) -> bytes:

@@ -386,15 +386,24 @@ def test_unknown_opset_is_refused(tiny_ckpt: Path, tmp_path: Path, capsys) -> No
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cuda_without_cuda_onnxruntime_is_refused(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_cuda_onnxruntime_is_refused(tiny_ckpt: Path, tmp_path: Path, capsys, device: str) -> None:
     import onnxruntime
 
     from export.onnx import main
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
-    assert main(["--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--device", "cuda"]) == 2
+    assert main(["--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--device", device]) == 2
     assert "onnxruntime-gpu" in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_malformed_device_is_refused(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
+    from export.onnx import main
+
+    assert main(["--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--device", "gpu1"]) == 2
+    assert "--device: device 'gpu1' is not supported; expected 'cpu', 'cuda' or 'cuda:N'" in _one_error_line(capsys)
 
 
 def test_failed_validation_exits_2_and_leaves_nothing(tiny_ckpt: Path, tmp_path: Path, capsys, monkeypatch) -> None:
