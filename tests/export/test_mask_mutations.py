@@ -82,6 +82,7 @@ def test_a_wrong_mask_rule_fails_validation(
 def test_the_real_rule_passes_the_same_checks(exported_dir: Path) -> None:
     validation = json.loads((exported_dir / "export_report.json").read_text())["validation"]
     assert validation["passed"] and validation["failures"] == []
+    assert validation["device"] == "cpu" and validation["providers"][0] == "CPUExecutionProvider"  # from the session
     shapes = {(c["batch"], c["seq"], c["past"]) for c in validation["grid"]}
     assert (8, 64, 0) in shapes and (3, 4, 125) in shapes  # the production shapes ran
     assert validation["decode"]["ok"] and validation["decode"]["max_abs"] < 1e-4
