@@ -639,6 +639,7 @@ def summary(report: dict[str, Any], out: Path) -> str:
         lines.append(
             f"  validated on {validation['device']}: max|Δlogits| {worst:.3g} (normalised {norm:.3g}), "
             f"top-1 {validation['top1_agreement']:.3f}, incremental max|Δ| {validation['incremental']['max_abs']:.3g}, "
+            f"decode (batch 8, 50 steps) max|Δ| {validation['decode']['max_abs']:.3g}, "
             f"greedy identical: {validation['generation']['identical']}"
         )
     else:
