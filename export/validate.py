@@ -15,7 +15,10 @@ and writes them with its outputs to one ``.npz``. The ORT side (:func:`run_check
 3. greedy blank-infilling generation (glm_core.generation, spec glm_reference §2.3a) on both backends: identical
    token ids, and a replay of PyTorch's step calls on ORT that tells a real divergence from a near-tie;
 4. ``onnx.checker.check_model(path, full_check=True)`` and the graph's input/output names;
-5. quantized models (int8/int4): top-1 agreement and the perplexity change on a text, instead of 1.-3.
+5. quantized models (int8/int4): top-1 agreement (on at least :data:`MIN_TOP1_ROWS` decided rows) and the
+   perplexity change on a text in the model's domain (:func:`quality_text`; without one the report says quality was
+   not gated), instead of the elementwise gates of 1.-3.; fp16 and quantized graphs are also held to agree with
+   their own full pass when decoding incrementally (:data:`SELF_CONSISTENCY`).
 
 ``reduced=True`` (used by the exporter for the intermediate stages of models over ~1 GB, never for the model it
 ships) runs only the :data:`REDUCED_GRID` cases of 1. and skips 3.; 2., 4. and 5. always run.
