@@ -203,7 +203,9 @@ def test_resume_with_a_mismatched_config_exits_2_and_leaves_the_checkpoint_untou
     args[args.index("--seq-length") + 1] = "48"
     _assert_one_line_exit_2(_run(args), "task.seq_length was 32")
     # a plain rerun into the same directory would overwrite the run: refused as well
-    _assert_one_line_exit_2(_run(_args(setup, out, "--micro-batch-size", "2")), "already holds checkpoints")
+    _assert_one_line_exit_2(
+        _run(_args(setup, out, "--micro-batch-size", "2")), "already holds a run (log.jsonl, checkpoints)"
+    )
     assert _tree_digest(out) == before
 
 
@@ -230,9 +232,10 @@ def test_failed_checkpoint_write_leaves_no_partial_directory(setup, tmp_path, mo
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint_io.torch, "save", broken_save)
+    longer = TrainConfig(steps=3, micro_batch_size=2, save_every=1, log_every=1, lr_decay_steps=2)
     with pytest.raises((OSError, CheckpointException), match="disk full"):
-        train(build_model(config, seed=0), PretrainTask(sampler, 2, 1, 1), cfg,
-                           out_dir=tmp_path / "run", progress=False)  # fmt: skip
+        train(build_model(config, seed=0), PretrainTask(sampler, 2, 1, 1), longer, out_dir=out, progress=False,
+              resume=out / "checkpoints" / "step_0000002")  # fmt: skip
     # the earlier checkpoints are intact, nothing half-written was left beside them
     assert _tree_digest(out / "checkpoints") == good
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
