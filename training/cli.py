@@ -8,13 +8,16 @@
 One loop serves both: AdamW (no weight decay on biases and LayerNorms), linear warmup + cosine decay, gradient
 clipping, gradient accumulation, bf16/fp16 autocast (fp16 with a ``torch.amp.GradScaler``), gradient checkpointing,
 ``--kernels auto|triton|torch``. The loss of a step is normalised by the **global** count (Part-B tokens, or
-examples), so 1 process x 2 micro-batches and 2 processes x 1 micro-batch compute the same update.
+examples), so 1 process x 2 micro-batches and 2 processes x 1 micro-batch compute the same update (the same numbers
+only with dropout 0: each rank draws its own dropout masks).
 
-Checkpoints (``OUT/checkpoints/step_XXXXXXX``) are hub-layout model directories (``save_model``: fp32 safetensors +
-``config.json`` + tokenizer files) plus ``train_state.pt`` (optimizer, scheduler, scaler, per-rank RNG states as
-tensors, the run's settings; readable with ``torch.load(weights_only=True)``). Each is written to a temporary directory
-and renamed into place, so a checkpoint directory is either complete or absent; ``OUT/checkpoints/latest`` names the
-newest. ``--resume auto|PATH`` continues exactly: the data of step ``k`` is a pure function of ``(seed, k)``.
+Checkpoints (``OUT/checkpoints/step_XXXXXXX``) are sharded DCP directories (:mod:`training.checkpointing`), written
+every ``--save-every`` steps or ``--save-every-minutes``, at the end, and on SIGTERM / SIGINT before the run stops
+(:mod:`training.guard`); ``OUT/checkpoints/latest`` names the newest. ``--resume auto|PATH`` continues exactly: the
+data of step ``k`` is a pure function of ``(seed, k)``; what a resume may change is in :mod:`training.resume`.
+Non-finite steps are skipped and counted (:mod:`training.guard`); the first record of ``log.jsonl`` makes the run
+reproducible (:mod:`training.run_record`); ``finetune --recipe superglue`` takes the paper's per-task settings
+(:mod:`training.recipes`).
 
 Logs: ``OUT/log.jsonl`` (one JSON object per logged step / evaluation), a tqdm bar, and ``--report-to
 tensorboard|wandb|none`` (:mod:`training.reporting`). The evaluation hook is a

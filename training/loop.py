@@ -154,7 +154,7 @@ def train(
     evaluations: list[dict[str, Any]] = []
     tokens_seen = 0.0
     started = last_save = time.perf_counter()
-    checkpoint: Path | None = None
+    checkpoint: Path | None = Path(resume) if resume is not None else None  # the newest good one so far
     saved_step = start_step if resume is not None else -1
     kernels_used: dict[str, str] = {}
     interval = _Interval()

@@ -53,7 +53,9 @@ Known differences from GLM:blocklm_utils.py (4f61ed7) that remain: a single-span
 document segment (the original picks the shortest segment whose budget holds it, :132-157); the token objective's
 15 % budget is counted per document segment (the original per sample, :337); the document span's length is a
 fraction of the window clipped to ``n - 1`` (the original draws from ``[int(gpt_min_ratio * min_len), max_len - 2]``,
-:403-404).
+:403-404); the short-sequence draw is made once per step for the whole global batch (the original makes it with
+the objective, once per micro-batch, :322-323), so that a step's windows stay a function of ``(seed, step)``; the
+objective group is the run's first micro-batch, not a collate call of each rank and DataLoader worker (:318).
 """
 
 from __future__ import annotations
