@@ -49,7 +49,7 @@ from training.checkpointing import STATE_FILE, export_checkpoint, find_latest_ch
 from training.config import DECAY_STYLES, PRECISIONS, TrainConfig
 from training.distributed import init_distributed
 from training.evaluation_hook import EvaluateFactory, evaluation_factory
-from training.guard import RunInterrupted, finite_or_none
+from training.guard import RunInterrupted, finite_or_none, json_safe
 from training.loop import LOG_FILE, append_log, train
 from training.options import add_safety_arguments
 from training.recipes import BestModel, add_recipe_arguments, resolve_recipe, steps_for_epochs
@@ -569,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary, sort_keys=True))
+        print(json.dumps(json_safe(summary), sort_keys=True))
     return 0
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "RunInterrupted",
     "StopSignals",
     "finite_or_none",
+    "json_safe",
     "parameters_finite",
 ]
 
@@ -88,6 +89,17 @@ def finite_or_none(value: float | None) -> float | None:
     """``value``, or ``None`` (JSON ``null``) when it is NaN or infinite."""
     if value is None or not math.isfinite(value):
         return None
+    return value
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float inside (dicts, lists, tuples) replaced by ``None``."""
+    if isinstance(value, float):
+        return finite_or_none(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
     return value
 
 

@@ -24,7 +24,14 @@ from training.batches import step_batches
 from training.checkpointing import load_checkpoint, publish_model, rng_state, save_checkpoint, set_rng_state
 from training.config import PRECISIONS, CosineWithWarmup, TrainConfig
 from training.distributed import MODEL_PREFIX, DistContext, all_reduce_sum, barrier, global_sum, wrap_model
-from training.guard import NonFiniteStepsError, RunInterrupted, StopSignals, finite_or_none, parameters_finite
+from training.guard import (
+    NonFiniteStepsError,
+    RunInterrupted,
+    StopSignals,
+    finite_or_none,
+    json_safe,
+    parameters_finite,
+)
 from training.reporting import ReportConfig, open_report
 from training.tasks import TrainingTask
 
@@ -335,9 +342,9 @@ def _progress(start: int, total: int, enabled: bool) -> Any:
 
 
 def append_log(path: Path, record: dict[str, Any]) -> None:
-    """One JSON line; NaN and infinities are refused (``allow_nan=False``): the log stays valid JSON."""
+    """One JSON line; NaN and infinities become ``null``: the log stays valid JSON."""
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
+        fh.write(json.dumps(json_safe(record), sort_keys=True, allow_nan=False) + "\n")
 
 
 def _run_evaluation(

@@ -188,26 +188,21 @@ def test_sigterm_saves_a_checkpoint_and_exits_then_resume_equals_the_uninterrupt
 
 
 # ------------------------------------------------------------------------------------------------ resume
-def test_a_finished_run_can_be_extended_and_keeps_its_schedule(setup, tmp_path):  # noqa: F811
+def test_a_finished_run_can_be_extended_and_changes_its_global_batch_only_when_allowed(setup, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "extend"
     assert _main(*_args(setup, out, "--micro-batch-size", "2", "--steps", "4")) == 0
-    assert _main(*_args(setup, out, "--micro-batch-size", "2", "--steps", "6", "--resume", "auto")) == 0
-    steps = {r["step"]: r for r in _records(out) if "loss" in r}
-    assert sorted(steps) == [1, 2, 3, 4, 5, 6]
+    capsys.readouterr()
+    longer = _args(setup, out, "--micro-batch-size", "4", "--steps", "6", "--resume", "auto")
+    assert _main(*longer) == 2  # global batch 2 -> 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the global batch was 2 samples" in err[0] and "--allow-batch-change" in err[0]
+    assert _main(*longer, "--allow-batch-change") == 0
+    records = _records(out)
+    steps = {r["step"]: r for r in records if "loss" in r}
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6] and steps[5]["count"] > steps[4]["count"]  # twice the samples
     # the decay ended at step 4 as the checkpoint's schedule says; the extension holds the floor (0.1 x lr)
     assert steps[5]["lr"] == pytest.approx(4e-4 * 0.1) and steps[6]["lr"] == pytest.approx(4e-4 * 0.1)
-    assert [r["resume"]["argv"][-1] for r in _records(out) if "resume" in r] == ["auto"]
-
-
-def test_another_global_batch_on_resume_needs_allow_batch_change(setup, tmp_path, capsys):  # noqa: F811
-    out = tmp_path / "batch"
-    assert _main(*_args(setup, out, "--micro-batch-size", "2", "--steps", "3")) == 0
-    capsys.readouterr()
-    args = _args(setup, out, "--micro-batch-size", "4", "--steps", "5", "--resume", "auto")
-    assert _main(*args) == 2
-    assert "--allow-batch-change" in capsys.readouterr().err
-    assert _main(*args, "--allow-batch-change") == 0
-    assert max(r["step"] for r in _records(out) if "loss" in r) == 5
+    assert [r["resume"]["argv"][-1] for r in records if "resume" in r] == ["--allow-batch-change"]
 
 
 # ------------------------------------------------------------------------------------------------ run record
