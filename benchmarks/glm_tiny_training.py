@@ -32,8 +32,9 @@ PRETRAIN_COMMAND = (
 )
 FINETUNE_COMMAND = (
     "OMP_NUM_THREADS=1 glm-train finetune --model runs/glm-tiny-pretrain/checkpoints/step_0001500 --task demo "
-    "--out runs/glm-tiny-finetune --steps 200 --micro-batch-size 16 --lr 1e-4 --betas 0.9 0.98 --lr-decay-style cosine "
-    "--max-length 64 --eval-every 50 --log-every 25 --final-dir glm_core/assets/glm-tiny --final-dtype fp16"
+    "--out runs/glm-tiny-finetune --steps 200 --micro-batch-size 16 --lr 1e-4 --betas 0.9 0.98 "
+    "--lr-decay-style cosine --dropout 0 --max-length 64 --eval-every 50 --log-every 25 "
+    "--final-dir glm_core/assets/glm-tiny --final-dtype fp16"
 )
 
 

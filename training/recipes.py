@@ -11,8 +11,10 @@ steps (GLM:finetune_glm.py:178-181, ``drop_last=False``), evaluates on the valid
 keeps the best epoch's model (GLM:finetune_glm.py:256-277).
 
 Any option given on the command line wins over the recipe. Without a recipe, fine-tuning uses the same optimiser
-defaults (betas, eps, linear decay, warmup 0.1) with the model's own dropout; pretraining uses GLM-Base's
-(GLM:config/config_block_base.json: lr 4e-4, betas (0.9, 0.98), eps 1e-6, weight decay 0.1; cosine decay).
+defaults (betas, eps, linear decay, warmup 0.1) and dropout 0.1 whatever the checkpoint's ``config.json`` says (the
+original sets dropout from its arguments, not from the pretrained checkpoint); pretraining uses GLM-Base's
+(GLM:config/config_block_base.json: lr 4e-4, betas (0.9, 0.98), eps 1e-6, weight decay 0.1; cosine decay) and
+the model's own dropout.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ SUPERGLUE: dict[str, Recipe] = {
     "wsc": Recipe(lr=1e-5, epochs=50, batch_size=16, max_length=128),
 }
 
-# the command defaults (no recipe); None: the model's own value (dropout)
+# the command defaults (no recipe); dropout None: the model's own
 DEFAULTS: dict[str, dict[str, Any]] = {
     "pretrain": {
         "lr": 4e-4, "warmup_ratio": 0.05, "weight_decay": 0.1, "betas": (0.9, 0.98), "eps": 1e-6,
@@ -71,7 +73,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "finetune": {
         "lr": 1e-5, "warmup_ratio": 0.1, "weight_decay": 0.1, "betas": (0.9, 0.999), "eps": 1e-8,
         "lr_decay_style": "linear", "min_lr_ratio": 0.1, "clip_grad": 1.0, "micro_batch_size": 8,
-        "max_length": 256, "dropout": None,
+        "max_length": 256, "dropout": 0.1,
     },
 }  # fmt: skip
 RESOLVED = ("lr", "warmup_ratio", "weight_decay", "betas", "eps", "lr_decay_style", "min_lr_ratio", "clip_grad",

@@ -87,6 +87,16 @@ def test_pretraining_defaults_are_glm_base_with_eps_1e6():
     assert resolved["lr_decay_style"] == "cosine" and args.micro_batch_size == 8
 
 
+def test_plain_finetuning_defaults_are_the_originals_and_ignore_the_checkpoints_dropout():
+    args = _parse("finetune", "--model", "glm-tiny", "--task", "demo", "--out", "x", "--steps", "5")
+    resolved = resolve_recipe(args, 1)
+    # GLM:arguments.py:379-381 (Adam), :39/:52/:54 (dropout 0.1), :155 + task scripts (warmup 0.1, linear decay)
+    assert (resolved["betas"], resolved["eps"], resolved["dropout"]) == ([0.9, 0.999], 1e-8, 0.1)
+    assert (resolved["lr_decay_style"], resolved["warmup_ratio"], resolved["source"]) == ("linear", 0.1, "defaults")
+    config, _ = cli._model_config(args)  # glm-tiny's config.json says 0.0
+    assert config.output_dropout_prob == config.attention_dropout_prob == config.embedding_dropout_prob == 0.1
+
+
 def test_linear_decay_follows_the_original_annealing_formula():
     # GLM:learning_rates.py:43-46: start_lr - start_lr * (1 - 1 / decay_ratio) * (n - warmup) / end_iter, with
     # decay_ratio = 1 / --lr-decay-ratio (:34) and end_iter = train_iters - warmup (GLM:train_utils.py:231-235)

@@ -121,6 +121,13 @@ def test_an_fp16_overflow_takes_the_same_path_and_lowers_the_logged_loss_scale(p
     assert steps[3]["lr"] == steps[2]["lr"]  # the schedule did not advance over the overflow step
 
 
+def test_log_records_turn_any_non_finite_number_into_null(tmp_path):
+    from training.loop import append_log
+
+    append_log(tmp_path / "log.jsonl", {"step": 1, "eval": {"f1": float("nan"), "acc": 0.5}, "x": [float("inf")]})
+    assert _records(tmp_path) == [{"step": 1, "eval": {"f1": None, "acc": 0.5}, "x": [None]}]
+
+
 # ------------------------------------------------------------------------------------------------ run directory
 def _main(*argv: str) -> int:
     return cli.main(list(argv))
