@@ -331,8 +331,10 @@ def _resume_path(args: argparse.Namespace) -> Path | None:
         return None
     if args.resume == "auto":
         found = find_latest_checkpoint(args.out)
+        if found is None and not (Path(args.out) / LOG_FILE).exists():
+            return None  # nothing to resume yet: a requeued job's first start
         if found is None:
-            raise CheckpointError(f"--resume auto: no checkpoint under {args.out}/checkpoints")
+            raise CheckpointError(f"--resume auto: {args.out} holds a run but no checkpoint under its checkpoints/")
         return found
     path = Path(args.resume)
     if not (path / STATE_FILE).is_file():

@@ -103,10 +103,15 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def parameters_finite(model: nn.Module) -> torch.Tensor:
-    """A 0-d float tensor on the parameters' device: 1.0 when every local parameter (shard) is finite, else 0.0."""
+def parameters_finite(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> torch.Tensor:
+    """A 0-d float64 tensor on the parameters' device: 1.0 when every local parameter (shard) and, given
+    ``optimizer``, every tensor of its state (Adam moments) is finite, else 0.0."""
+    tensors = list(model.parameters())
+    if optimizer is not None:
+        tensors += [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
     flags = []
-    for param in model.parameters():
-        local = param.to_local() if hasattr(param, "to_local") else param  # FSDP2 DTensor: this rank's shard
-        flags.append(torch.isfinite(local.detach()).all())
+    for tensor in tensors:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # FSDP2 DTensor: this rank's shard
+        if local.is_floating_point():
+            flags.append(torch.isfinite(local.detach()).all().to(tensors[0].device))
     return torch.stack(flags).all().double() if flags else torch.ones((), dtype=torch.float64)

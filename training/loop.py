@@ -171,7 +171,7 @@ def train(
 
     def save(done: int) -> Path | None:
         nonlocal last_save, saved_step
-        finite = all_reduce_sum(parameters_finite(wrapped).to(ctx.device), ctx)
+        finite = all_reduce_sum(parameters_finite(wrapped, optimizer).to(ctx.device), ctx)
         if int(finite.item()) != ctx.world_size:  # never write (nor rotate out a good one for) non-finite weights
             if ctx.is_main:
                 print(f"glm-train: warning: step {done}: non-finite weights, no checkpoint written", file=sys.stderr)

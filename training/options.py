@@ -29,7 +29,12 @@ def add_safety_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: at the end)")
     p.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept (default 2)")
-    p.add_argument("--resume", default=None, help="'auto' (newest checkpoint in --out) or a checkpoint directory")
+    p.add_argument(
+        "--resume",
+        default=None,
+        help="'auto' (the newest checkpoint in --out; a fresh start when --out holds no run yet, so one command "
+        "serves every start of a requeued job) or a checkpoint directory",
+    )
     p.add_argument(
         "--allow-batch-change",
         action="store_true",

@@ -112,6 +112,17 @@ def test_consecutive_non_finite_steps_stop_the_run_with_one_line_and_keep_a_good
     assert all(torch.isfinite(t).all() for t in _checkpoint_tensors(latest).values())
 
 
+def test_non_finite_weights_are_never_checkpointed(pieces, tmp_path, capsys):
+    model = build_model(pieces["config"], seed=0)
+    with torch.no_grad():
+        model.transformer.final_layernorm.weight[0] = float("nan")
+    cfg = TrainConfig(steps=2, micro_batch_size=2, save_every=1, max_skipped_steps=5)
+    result = train(model, PretrainTask(pieces["sampler"], 2, 1, 1), cfg, out_dir=tmp_path / "w", progress=False)
+    assert result.skipped_steps == 2 and result.checkpoint is None
+    assert find_latest_checkpoint(tmp_path / "w") is None
+    assert "non-finite weights, no checkpoint written" in capsys.readouterr().err
+
+
 def test_an_fp16_overflow_takes_the_same_path_and_lowers_the_logged_loss_scale(pieces, tmp_path):
     out = tmp_path / "fp16"
     cfg, result = _poisoned_run(pieces, out, poisoned={1}, value=float("inf"), precision="fp16", steps=3)
@@ -168,7 +179,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_then_resume_equals_the_uninterrupt
 ):
     # a real SIGTERM, sent to this process while step 3 builds its batch: the step completes, a checkpoint is written
     # and glm-train ends with one line and status 128 + 15
-    extra = ("--micro-batch-size", "2", "--save-every", "0", "--save-every-minutes", "0", "--data-workers", "0")
+    # one command line for every start, as a requeued job has: --resume auto starts afresh in an empty directory
+    extra = ("--micro-batch-size", "2", "--save-every", "0", "--save-every-minutes", "0", "--data-workers", "0",
+             "--resume", "auto")  # fmt: skip
     original = PretrainTask.micro_batches
 
     def preempted(self, step, rank, world_size):
@@ -186,7 +199,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_then_resume_equals_the_uninterrupt
     assert stopped is not None and read_train_state(stopped)["step"] == 3
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
 
-    assert _main(*_args(setup, out, *extra, "--resume", "auto")) == 0
+    assert _main(*_args(setup, out, *extra)) == 0
     reference = tmp_path / "reference"
     assert _main(*_args(setup, reference, *extra)) == 0
     a, b = _losses(reference), _losses(out)
