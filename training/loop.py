@@ -277,7 +277,7 @@ def train(
                     reporting.log_eval(done, result)
             if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps or timed or stop:
                 checkpoint = save(done) if saved_step != done else checkpoint
-            if stop:
+            if stop and done < cfg.steps:  # a signal during the last step: the run simply ends
                 batches.close()
                 reporting.close()
                 raise RunInterrupted(
