@@ -88,7 +88,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-grad", type=float, default=None, help="1.0 (0: no clipping)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
     p.add_argument(
-        "--dropout", type=float, default=None, help="the three dropout probabilities (default: the model's; recipe 0.1)"
+        "--dropout",
+        type=float,
+        default=None,
+        help="the three dropout probabilities (pretrain: the model's; finetune 0.1)",
     )
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default="auto")

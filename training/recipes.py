@@ -20,6 +20,7 @@ the model's own dropout.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 from dataclasses import asdict, dataclass
@@ -151,7 +152,10 @@ class BestModel:
     (hub layout, written atomically), as the original keeps its ``best`` checkpoint (GLM:finetune_glm.py:262-277).
 
     The score is the evaluation's first metric (``<task>_accuracy``, ``<task>_f1`` ...); ties keep the earlier epoch.
+    ``best_score.json`` beside the weights records it, so a resumed run keeps comparing against it.
     """
+
+    RECORD = "best_score.json"
 
     def __init__(self, directory: Path, tokenizer: Any) -> None:
         self.directory = directory
@@ -159,6 +163,10 @@ class BestModel:
         self.metric: str | None = None
         self.score: float | None = None
         self.step: int | None = None
+        record = directory / self.RECORD
+        if record.is_file():  # a resumed run: the best so far
+            saved = json.loads(record.read_text(encoding="utf-8"))
+            self.metric, self.score, self.step = saved["metric"], float(saved["score"]), int(saved["step"])
 
     def __call__(self, step: int, result: dict[str, Any], model: Any) -> None:
         from glm_core.atomic import make_staging_dir, move_into_place
@@ -177,6 +185,8 @@ class BestModel:
             save_model(model, staging)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(staging)
+            record = {"metric": metric, "score": score, "step": step}
+            (staging / self.RECORD).write_text(json.dumps(record, sort_keys=True) + "\n", encoding="utf-8")
             move_into_place(staging, self.directory)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

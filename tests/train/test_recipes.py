@@ -122,6 +122,7 @@ def test_finetuning_by_epochs_evaluates_each_epoch_and_keeps_the_best(model_dir,
     best = max(evals, key=lambda r: r["eval"]["rte_accuracy"])  # ties: the earlier epoch (max keeps the first)
     assert summary["best"]["step"] == best["step"] and summary["best"]["score"] == best["eval"]["rte_accuracy"]
     assert (out / "best" / "model.safetensors").is_file()
+    assert json.loads((out / "best" / "best_score.json").read_text())["step"] == best["step"]
     run = records[0]["run"]
     assert run["config"]["model_config"]["output_dropout_prob"] == 0.1  # the recipe's dropout, not the model's
     assert run["config"]["resolved"]["source"] == "recipe:superglue/rte"
