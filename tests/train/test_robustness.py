@@ -123,6 +123,16 @@ def test_non_finite_weights_are_never_checkpointed(pieces, tmp_path, capsys):
     assert "non-finite weights, no checkpoint written" in capsys.readouterr().err
 
 
+def test_checkpoints_fall_due_by_time_as_well_as_by_steps(pieces, tmp_path):
+    cfg = TrainConfig(steps=3, micro_batch_size=2, save_every=0, save_every_minutes=1e-9, keep_checkpoints=5)
+    train(build_model(pieces["config"], seed=0), PretrainTask(pieces["sampler"], 2, 1, 1), cfg, out_dir=tmp_path / "t",
+          progress=False)  # fmt: skip
+    # every step is past the (tiny) interval: a checkpoint after each, none by step count
+    assert sorted(p.name for p in (tmp_path / "t" / "checkpoints").glob("step_*")) == [
+        "step_0000001", "step_0000002", "step_0000003",
+    ]  # fmt: skip
+
+
 def test_an_fp16_overflow_takes_the_same_path_and_lowers_the_logged_loss_scale(pieces, tmp_path):
     out = tmp_path / "fp16"
     cfg, result = _poisoned_run(pieces, out, poisoned={1}, value=float("inf"), precision="fp16", steps=3)
@@ -239,6 +249,9 @@ def test_the_first_record_reproduces_the_run_and_logs_hold_the_lr_used_and_the_i
     assert run["seed"] == 1234 and run["world_size"] == 1 and run["argv"][-1] == "0"
     assert run["config"]["train"]["steps"] == 6 and run["config"]["model_config"]["hidden_size"] == 64
     assert run["versions"]["torch"] == torch.__version__ and run["versions"]["python"]
+    if (REPO / ".git").exists():  # run from a checkout: its commit
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+        assert run["source"]["commit"] == head.strip() and isinstance(run["source"]["dirty"], bool)
     stream = np.ascontiguousarray(pieces["stream"], dtype=np.int64)
     assert run["data_fingerprint"] == "sha256:" + hashlib.sha256(stream.tobytes()).hexdigest()
     steps = {r["step"]: r for r in records if "loss" in r}
