@@ -50,12 +50,14 @@ def _args(setup, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _run(args: list[str], env: dict[str, str] | None = None, torchrun: int = 0) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], env: dict[str, str] | None = None, torchrun: int = 0, module: str = "training"
+) -> subprocess.CompletedProcess[str]:
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(torchrun),
-               "--master-port", "29517", "-m", "training", *args]  # fmt: skip
+               "--master-port", "29517", "-m", module, *args]  # fmt: skip
     else:
-        cmd = [sys.executable, "-m", "training", *args]
+        cmd = [sys.executable, "-m", module, *args]
     return subprocess.run(cmd, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=240)
 
 
