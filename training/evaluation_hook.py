@@ -22,12 +22,15 @@ def evaluation_factory(args: argparse.Namespace) -> EvaluateFactory:
     specs = getattr(args, "eval_tasks", "")
     if args.no_eval or not specs:
         return lambda tokenizer: None
+    import evaluation
     from evaluation.backends.torch import TorchBackend
     from evaluation.runner import evaluate as run_evaluation
     from evaluation.runner import read_tasks
     from evaluation.tasks import expand_task_list
 
-    plan = read_tasks(expand_task_list(specs), Path(args.eval_data_dir), split=None, limit=args.eval_limit)
+    # the package's own data by default: not a path relative to the working directory
+    data_dir = Path(args.eval_data_dir) if args.eval_data_dir else Path(evaluation.__file__).resolve().parent / "data"
+    plan = read_tasks(expand_task_list(specs), data_dir, split=None, limit=args.eval_limit)
 
     def factory(tokenizer: Any) -> Evaluate:
         def evaluate(model: GLMModel) -> dict[str, Any]:
