@@ -9,7 +9,7 @@ A checkpoint is ``OUT/checkpoints/step_XXXXXXX/``:
 - ``rng/rank_XXXXX.pt``: each rank's torch RNG states (plain tensors, read with ``weights_only=True``);
 - ``config.json`` and the tokenizer files, so ``glm-train export`` needs nothing else.
 
-Writing is atomic: every rank writes into ``.tmp-step_XXXXXXX-<host>-<pid>`` beside the target (host and process id
+Writing is atomic: every rank writes into ``.tmp-step_XXXXXXX-<pid>@<host>`` beside the target (host and process id
 of rank 0, the writer), every file is flushed to disk (``fsync``), then rank 0 renames the directory into place once
 all ranks are done and only then points ``checkpoints/latest`` at it, so a killed save leaves the previous
 checkpoint valid. A staging directory whose writer no longer runs (same host, dead pid; or a name without a pid) is
@@ -29,7 +29,6 @@ import json
 import os
 import pickle
 import shutil
-import socket
 import sys
 import warnings
 from collections.abc import Iterator
@@ -42,7 +41,7 @@ from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from glm_core.atomic import make_staging_dir, move_into_place, write_text_atomically
+from glm_core.atomic import make_staging_dir, move_into_place, write_text_atomically, writer_is_gone, writer_tag
 from glm_core.config import GLMConfig
 from glm_core.errors import CheckpointError
 from glm_core.model import GLMModel
@@ -260,13 +259,9 @@ def _prune_checkpoints(root: Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _writer_tag() -> str:
-    return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
-
-
 def _staging_name(name: str, ctx: DistContext) -> str:
-    """``.tmp-<name>-<host>-<pid>`` of rank 0, the same on every rank (rank 0 tells the others)."""
-    shared = [f".tmp-{name}-{_writer_tag()}"]
+    """``.tmp-<name>-<pid>@<host>`` of rank 0, the same on every rank (rank 0 tells the others)."""
+    shared = [f".tmp-{name}-{writer_tag()}"]
     if ctx.distributed:
         import torch.distributed as dist
 
@@ -275,22 +270,10 @@ def _staging_name(name: str, ctx: DistContext) -> str:
 
 
 def _writer_alive(name: str) -> bool:
-    """Whether the writer of staging directory ``name`` (``.tmp-step_N-<host>-<pid>``) may still be running."""
-    parts = name.split("-")
-    if len(parts) < 4 or not parts[-1].isdigit():
-        return False  # the name of an older release: no writer to ask about
-    host, pid = parts[-2], int(parts[-1])
-    if host != socket.gethostname().replace("-", "_"):
-        return True  # another machine's process: cannot tell, leave it
-    if pid == os.getpid():
-        return False  # this process's own leftover (a save that failed earlier)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether the writer of staging directory ``name`` (``.tmp-step_N-<pid>@<host>``) may still be running; a name
+    of an older release records no writer and counts as dead."""
+    tag = name.rsplit("-", 1)[-1]
+    return "@" in tag and not writer_is_gone(tag)
 
 
 def remove_stale_staging(root: Path) -> list[Path]:

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from glm_core import atomic
 from glm_core.config import GLMConfig
 from glm_core.model import build_model
 from glm_core.tokenizer import GLMTokenizer
@@ -166,13 +166,13 @@ def test_a_rerun_into_an_existing_run_directory_is_refused_and_leaves_its_log_in
 
 
 def test_stale_staging_directories_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
-    host = socket.gethostname().replace("-", "_")
+    host = atomic._HOST
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(finished.stdout)
-    dead = tmp_path / f".tmp-step_0000003-{host}-{dead_pid}"
-    live = tmp_path / f".tmp-step_0000004-{host}-{os.getppid()}"  # the test runner's parent: running
+    dead = tmp_path / f".tmp-step_0000003-{dead_pid}@{host}"
+    live = tmp_path / f".tmp-step_0000004-{os.getppid()}@{host}"  # the test runner's parent: running
     legacy = tmp_path / ".tmp-step_0000002"  # no writer recorded
-    other_host = tmp_path / f".tmp-step_0000005-{host}x-{dead_pid}"  # cannot be checked from here: kept
+    other_host = tmp_path / f".tmp-step_0000005-{dead_pid}@{host}x"  # cannot be checked from here: kept
     for d in (dead, live, legacy, other_host):
         (d / "rng").mkdir(parents=True)
     removed = remove_stale_staging(tmp_path)
