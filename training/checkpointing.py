@@ -45,6 +45,7 @@ from glm_core.atomic import make_staging_dir, move_into_place, write_text_atomic
 from glm_core.config import GLMConfig
 from glm_core.errors import CheckpointError
 from glm_core.model import GLMModel
+from glm_core.outputs import MARKER, is_model_file, write_marker
 from training.distributed import MODEL_PREFIX, DistContext, barrier, unwrap
 
 STATE_FILE = "train_state.json"
@@ -354,14 +355,18 @@ def load_checkpoint(
 
 
 # ==================================================================================================== export
+TOOL = "glm-train"  # the output marker's tool name of the model directories a run or `glm-train export` writes
+
+
 def export_checkpoint(
     checkpoint: str | os.PathLike[str], directory: str | os.PathLike[str], dtype: torch.dtype = torch.float32
 ) -> Path:
     """Write a training checkpoint's model as a hub-layout directory (safetensors + config.json + tokenizer).
 
-    Runs in one process whatever the number of processes that wrote the checkpoint (DCP reads every shard); the
-    weights go to a staging directory first, then are moved in one by one (other files already in ``directory``,
-    e.g. a model card, stay).
+    Runs in one process whatever the number of processes that wrote the checkpoint (DCP reads every shard). The new
+    directory is completed in a staging directory and swapped in whole (:func:`glm_core.atomic.move_into_place`):
+    the old one stays intact until then. Files in an existing ``directory`` that are not model files (a model card,
+    notes) are carried over; its old model files are replaced, none is left to shadow the new weights.
     """
     from glm_core.checkpoint import save_model
 
@@ -385,12 +390,16 @@ def export_checkpoint(
                 and not item.name.endswith(".distcp")
             ):
                 shutil.copy2(item, tmp / item.name)  # tokenizer files
-        if not out.exists():
-            os.replace(tmp, out)
-        else:
-            for item in sorted(tmp.iterdir()):
-                os.replace(item, out / item.name)
-            tmp.rmdir()
+        if out.is_dir():
+            for item in sorted(out.iterdir()):
+                if item.name == MARKER or is_model_file(item.name) or (tmp / item.name).exists():
+                    continue
+                if item.is_dir() and not item.is_symlink():
+                    shutil.copytree(item, tmp / item.name, symlinks=True)
+                else:
+                    shutil.copy2(item, tmp / item.name, follow_symlinks=False)
+        write_marker(tmp, TOOL)
+        move_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

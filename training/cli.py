@@ -45,6 +45,7 @@ import torch.distributed as dist
 from glm_core.config import PRESETS, GLMConfig
 from glm_core.errors import CheckpointError, ConfigError, GLMError
 from glm_core.model import KERNEL_CHOICES, build_model
+from glm_core.outputs import check_output
 from training.checkpointing import STATE_FILE, export_checkpoint, find_latest_checkpoint, read_train_state
 from training.config import DECAY_STYLES, PRECISIONS, TrainConfig
 from training.distributed import init_distributed
@@ -54,7 +55,7 @@ from training.loop import LOG_FILE, append_log, train
 from training.options import add_safety_arguments
 from training.recipes import BestModel, add_recipe_arguments, resolve_recipe, steps_for_epochs
 from training.reporting import REPORT_BACKENDS, ReportConfig, default_backend
-from training.resume import check_resume, refuse_existing_run, resolve_resumed_schedule
+from training.resume import check_resume, check_run_outputs, refuse_existing_run, resolve_resumed_schedule
 from training.run_record import run_record
 from training.superglue import TaskLoader, evaluation_task_loader
 from training.tasks import PretrainTask, TrainingTask
@@ -202,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="demo, boolq|cb|copa|multirc|record|rte|wic|wsc (optionally :PATTERN), or a .jsonl",
     )
-    ft.add_argument("--data-dir", default="evaluation/data")
+    ft.add_argument("--data-dir", default=None, help="task data root (default: the evaluation package's data/)")
     ft.add_argument(
         "--val-file", default=None, help="validation .jsonl for a .jsonl --task (demo: DATA/demo/val.jsonl)"
     )
@@ -361,6 +362,7 @@ def run(
         expected = "--steps or --epochs (one of them)" if args.command == "finetune" else "--steps"
         raise ConfigError(f"glm-train {args.command} needs {expected}")
     resume = _resume_path(args)
+    check_run_outputs(args)
     if resume is None:
         refuse_existing_run(args.out)  # nothing in a directory that holds a run is truncated
     stored_task = read_train_state(resume)["meta"].get("task", {}) if resume is not None else {}
@@ -533,6 +535,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def run_export(args: argparse.Namespace) -> dict[str, Any]:
     """``glm-train export RUN_DIR OUT``: the checkpoint's model in the hub layout."""
+    check_output(args.out, overwrite=args.overwrite, flag="OUT", make_parents=True, error=CheckpointError)
     source = Path(args.run_dir)
     if args.step is not None:
         source = source / "checkpoints" / f"step_{args.step:07d}"
@@ -545,10 +548,6 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
         source = found
     read_train_state(source)  # a clear error before anything is written
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise CheckpointError(f"{out} already exists; pass --overwrite to replace its weights, or choose a new OUT")
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"{out} is a file; expected a directory path")
     export_checkpoint(source, out, DTYPES[args.dtype])
     return {"command": "export", "checkpoint": str(source), "out": str(out), "dtype": args.dtype}
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from glm_core.model import GLMModel
 from training.loop import Evaluate
+from training.resume import packaged_data_dir
 
 EvaluateFactory = Callable[[Any], "Evaluate | None"]
 
@@ -22,14 +23,13 @@ def evaluation_factory(args: argparse.Namespace) -> EvaluateFactory:
     specs = getattr(args, "eval_tasks", "")
     if args.no_eval or not specs:
         return lambda tokenizer: None
-    import evaluation
     from evaluation.backends.torch import TorchBackend
     from evaluation.runner import evaluate as run_evaluation
     from evaluation.runner import read_tasks
     from evaluation.tasks import expand_task_list
 
     # the package's own data by default: not a path relative to the working directory
-    data_dir = Path(args.eval_data_dir) if args.eval_data_dir else Path(evaluation.__file__).resolve().parent / "data"
+    data_dir = Path(args.eval_data_dir) if args.eval_data_dir else packaged_data_dir()
     plan = read_tasks(expand_task_list(specs), data_dir, split=None, limit=args.eval_limit)
 
     def factory(tokenizer: Any) -> Evaluate:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from glm_core.errors import CheckpointError, ConfigError
+from glm_core.outputs import check_output
 from training.checkpointing import find_latest_checkpoint, read_train_state
 from training.config import TrainConfig
 
@@ -106,3 +107,23 @@ def refuse_existing_run(out: str) -> None:
         raise CheckpointError(
             f"{out} already holds a run ({', '.join(held)}); pass --resume auto to continue it, or choose a new --out"
         )
+
+
+def packaged_data_dir() -> Path:
+    """The evaluation package's own data directory (the demo task, the fixtures): found from the installed package,
+    not from the working directory."""
+    import evaluation
+
+    return Path(evaluation.__file__).resolve().parent / "data"
+
+
+def check_run_outputs(args: Any) -> None:
+    """Where a run writes, checked before any work: ``--out`` and ``--final-dir`` are not the current directory or
+    one of its parents, not files, and can be made. (Whether ``--out`` may hold an earlier run is
+    :func:`refuse_existing_run`'s and ``--resume``'s to say; a final directory keeps the files that are not model
+    files, see ``export_checkpoint``.) A fine-tuning run without ``--data-dir`` reads the packaged tasks."""
+    check_output(args.out, overwrite=True, flag="--out", make_parents=True, error=ConfigError)
+    if getattr(args, "final_dir", None):
+        check_output(args.final_dir, overwrite=True, flag="--final-dir", make_parents=True, error=ConfigError)
+    if getattr(args, "command", None) == "finetune" and getattr(args, "data_dir", "") is None:
+        args.data_dir = str(packaged_data_dir())
