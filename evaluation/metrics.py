@@ -25,9 +25,11 @@ __all__ = [
     "accuracy",
     "bleu",
     "exact_match",
+    "files2rouge",
     "macro_f1",
     "multirc_scores",
     "perplexity",
+    "ptb_tokenize",
     "record_scores",
     "rouge",
     "split_sentences",
@@ -152,14 +154,18 @@ def split_sentences(text: str) -> list[str]:
     return out
 
 
-def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1 / ROUGE-2 / ROUGE-Lsum F-measure (``rouge-score``, ``use_stemmer=True``; spec §6.4)."""
-    _check_lengths(predictions, references, "ROUGE")
+def _rouge_scorer(types: list[str]):
     try:
         from rouge_score import rouge_scorer
     except ImportError:
         raise ConfigError("ROUGE needs the rouge-score package: pip install 'glm-harness[eval]'") from None
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeLsum"], use_stemmer=True)
+    return rouge_scorer.RougeScorer(types, use_stemmer=True)
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1 / ROUGE-2 / ROUGE-Lsum F-measure (``rouge-score``, ``use_stemmer=True``; spec §6.4)."""
+    _check_lengths(predictions, references, "ROUGE")
+    scorer = _rouge_scorer(["rouge1", "rouge2", "rougeLsum"])
     totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeLsum": 0.0}
     for pred, ref in zip(predictions, references, strict=True):
         # rougeLsum treats newlines as sentence boundaries (spec §6.4: sentences joined by "\n")
@@ -276,10 +282,6 @@ def original_rouge(
     then near-duplicates (:func:`_remove_duplicate`, 0.7); sentences are joined by newlines for rougeLsum.
     """
     _check_lengths(predictions, references, "ROUGE")
-    try:
-        from rouge_score import rouge_scorer
-    except ImportError:
-        raise ConfigError("ROUGE needs the rouge-score package: pip install 'glm-harness[eval]'") from None
     refs = ["\n".join(fix_tokenization(s, dataset) for s in ref.strip().split("[SEP]")) for ref in references]
     preds = []
     for prediction in predictions:
@@ -288,10 +290,106 @@ def original_rouge(
         if duplicate_rate and duplicate_rate < 1:
             kept = _remove_duplicate(kept, duplicate_rate)
         preds.append("\n".join(kept))
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeLsum"], use_stemmer=True)
+    scorer = _rouge_scorer(["rouge1", "rouge2", "rougeLsum"])
     totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     for pred, ref in zip(preds, refs, strict=True):
         scores = scorer.score(pred, ref)  # the original's argument order (F-measure is symmetric)
+        totals["rouge1"] += scores["rouge1"].fmeasure
+        totals["rouge2"] += scores["rouge2"].fmeasure
+        totals["rougeL"] += scores["rougeLsum"].fmeasure
+    n = max(len(predictions), 1)
+    return {key: value / n for key, value in totals.items()}
+
+
+# ------------------------------------------------------------------------------------------------ files2rouge
+# The README's pipeline (scripts/evaluate_seq2seq.sh): Stanford CoreNLP's PTBTokenizer (-preserveLines) on the
+# hypothesis and reference files, then files2rouge, which splits every line into sentences at " ." and runs
+# ROUGE-1.5.5 with "-c 95 -r 1000 -n 2 -a -m". ptb_tokenize follows the PTB conventions of PTBTokenizer's defaults
+# (ptb3Escaping) with regular expressions; files2rouge is the scoring half, through rouge-score.
+_PTB_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st jr sr inc ltd co corp vs etc no gen gov sen rep mt jan feb mar apr jun jul aug sep sept "
+    "oct nov dec".split()
+)
+_PTB_SUBSTITUTIONS = [
+    (re.compile("[\u201c\u201e]"), " `` "),  # curly double quotes (latexQuotes)
+    (re.compile("\u201d"), " '' "),
+    (re.compile("\u2018"), " ` "),
+    (re.compile("\u2019"), "'"),  # right single quote: the apostrophe of contractions, handled below
+    (re.compile("[\u2013\u2014]"), " -- "),  # ptb3Dashes: en and em dash
+    (re.compile("\u2026"), " ... "),
+    (re.compile(r'(^|(?<=[\s(\[{<]))"'), " `` "),  # opening double quote: at the start or after space / bracket
+    (re.compile(r'"'), " '' "),
+    (re.compile(r"\.\.\.+"), " ... "),
+    (re.compile(r"--+"), " -- "),
+    (re.compile(r"(?<!\d),|,(?!\d)"), " , "),  # comma, except inside a number (3,000)
+    (re.compile(r"(?<!\d):|:(?!\d)"), " : "),  # colon, except inside a time (10:30)
+    (re.compile(r"([;?!%$#@])"), r" \1 "),
+    (re.compile(r"\("), " -LRB- "),
+    (re.compile(r"\)"), " -RRB- "),
+    (re.compile(r"\["), " -LSB- "),
+    (re.compile(r"\]"), " -RSB- "),
+    (re.compile(r"\{"), " -LCB- "),
+    (re.compile(r"\}"), " -RCB- "),
+    (re.compile(r"(?i)\b(can)(not)\b"), r"\1 \2"),
+    (re.compile(r"(?i)(\w)(n't)\b"), r"\1 \2"),  # don't -> do n't, can't -> ca n't, won't -> wo n't
+    (re.compile(r"(?i)(\w)('s|'m|'d|'re|'ve|'ll)\b"), r"\1 \2"),
+    (re.compile(r"(^|(?<=\s))'(?!'|(?:[sdm]|re|ve|ll)\b|\d)"), " ` "),  # opening single quote ('90s stays)
+    (re.compile(r"(?<=\w)'(?=\s|$)"), " ' "),  # closing single quote / plural possessive (dogs' -> dogs ')
+]
+
+
+def _ptb_period(token: str, last: bool) -> list[str]:
+    """A token ending in ``.``: abbreviations keep it (and at the end of the line PTBTokenizer adds a sentence-final
+    ``.`` after them), other words give it up as a token of its own."""
+    if token in (".", "...") or not token.endswith("."):
+        return [token]
+    stem = token[:-1]
+    if re.fullmatch(r"(?:[A-Za-z]\.)*[A-Za-z]", stem) or stem.lower() in _PTB_ABBREVIATIONS:
+        return [token, "."] if last else [token]
+    return [stem, "."]
+
+
+def ptb_tokenize(text: str) -> str:
+    """``text`` as one line of PTB tokens, the conventions of CoreNLP's ``PTBTokenizer -preserveLines``: ``"`` as
+    ```` `` ```` / ``''``, brackets as ``-LRB- -RRB- -LSB- -RSB- -LCB- -RCB-``, ``n't`` and ``'s 'm 'd 're 've 'll``
+    split off (``can't`` -> ``ca n't``, ``cannot`` -> ``can not``), ``, ; : ? ! % $ # @``, ``...`` and ``--`` as
+    tokens (commas and colons inside numbers kept), a word's final period split off unless the word is an
+    abbreviation (``U.S.``, ``Mr.``; at the end of the line a ``.`` token follows it), en/em dashes as ``--``.
+    Newlines become spaces (the original's hypothesis file has one line per example)."""
+    text = " ".join(text.split())
+    for pattern, replacement in _PTB_SUBSTITUTIONS:
+        text = pattern.sub(replacement, text)
+    tokens = text.split()
+    out: list[str] = []
+    for i, token in enumerate(tokens):
+        out.extend(_ptb_period(token, i == len(tokens) - 1))
+    return " ".join(out)
+
+
+def files2rouge_sentences(line: str, eos: str = ".") -> list[str]:
+    """files2rouge's ``split_files``: ``(" %s\\n" % eos).join(line.split(" %s" % eos))``, a new sentence after every
+    ``" ."`` of the tokenized line (also inside ``" ..."``); empty sentences are skipped, as ROUGE-1.5.5 does."""
+    text = f" {eos}\n".join(line.strip().split(f" {eos}"))
+    return [s for s in text.split("\n") if s.strip()]
+
+
+def files2rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """The README's ROUGE (``scripts/evaluate_seq2seq.sh``) as far as it can be followed without Java and Perl:
+    :func:`ptb_tokenize` on both sides, :func:`files2rouge_sentences`, then ROUGE-1.5.5 ``-n 2 -m`` as rouge-score
+    computes it (lower case, non-alphanumerics as spaces, Porter stemming of tokens longer than 3 characters,
+    ROUGE-1/2 over the whole text, ROUGE-L as the summary-level union LCS over the sentences), mean F per example.
+
+    The hypotheses are ROUGE's *models* and the references its *peers*: the script runs ``files2rouge hypo target``
+    and files2rouge 2.1 reads its arguments as ``reference summary``. F of ROUGE-1/2 is symmetric; the union-LCS
+    ROUGE-L sums over the hypothesis' sentences. An empty side scores 0 (files2rouge stops at an empty line).
+    ``rougeL`` is the summary-level ROUGE-L."""
+    _check_lengths(predictions, references, "ROUGE")
+    scorer = _rouge_scorer(["rouge1", "rouge2", "rougeLsum"])
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for pred, ref in zip(predictions, references, strict=True):
+        model = "\n".join(files2rouge_sentences(ptb_tokenize(pred)))
+        peer = "\n".join(files2rouge_sentences(ptb_tokenize(ref)))
+        scores = scorer.score(model, peer)  # rouge-score's (target, prediction) = ROUGE-1.5.5's (model, peer)
         totals["rouge1"] += scores["rouge1"].fmeasure
         totals["rouge2"] += scores["rouge2"].fmeasure
         totals["rougeL"] += scores["rougeLsum"].fmeasure

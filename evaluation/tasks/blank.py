@@ -11,7 +11,12 @@ pass through the tokenizer (``decode(encode(x))``) so case and spacing conventio
 in-code metric for this task).
 
 Repeated 3-grams are banned over the whole generated stream ``b0 [sop] b1 ...`` as the original's processors see
-it. Not copied: its output file drops the last token of every filled text (``DecodeIds(output_tokens[:-1])``).
+it. The filled text is built as ``BlankLMEvaluater.evaluate`` builds it (``tasks/seq2seq/evaluate.py:421, 478-488``):
+the source tokens the evaluater holds are the dataset's test sample, ``source + [sop]``
+(``tasks/seq2seq/dataset.py:752``), pads are skipped, masks replaced by their blanks, and
+``DecodeIds(output_tokens[:-1])`` drops the last token - always that trailing ``sop``, because every test sample
+ends with it (the source is cut or padded to 256 first, and pads, not ``sop``, are the only tokens skipped). So no
+token of the text is lost, and there is no other variant to offer.
 """
 
 from __future__ import annotations
@@ -87,7 +92,7 @@ class BlankInfilling(Task):
             prompt = self.prompt(ex, ctx)
             [result] = generate_batch(ctx.backend, [prompt], special, config)
             blanks = within_budget(result.blanks, special.sop, budget)
-            filled = fill_blanks(prompt.input_ids.tolist(), blanks, special.mask, special.pad)
+            filled = original_output_tokens(prompt.input_ids.tolist(), blanks, special.mask, special.pad, special.sop)
             records.append(
                 {
                     "key": ex.key,
@@ -117,6 +122,14 @@ def within_budget(blanks: Sequence[Sequence[int]], sop: int, budget: int) -> lis
         else:
             out[-1].append(token)
     return out
+
+
+def original_output_tokens(
+    source: Sequence[int], blanks: Sequence[Sequence[int]], mask: int, pad: int, sop: int
+) -> list[int]:
+    """``output_tokens[:-1]`` of ``BlankLMEvaluater.evaluate`` (``evaluate.py:421, 478-488``): the evaluater walks the
+    dataset's test sample, ``source + [sop]`` (``dataset.py:752``), so the dropped last token is that ``sop``."""
+    return fill_blanks([*source, sop], blanks, mask, pad)[:-1]
 
 
 def fill_blanks(source: Sequence[int], blanks: Sequence[Sequence[int]], mask: int, pad: int) -> list[int]:

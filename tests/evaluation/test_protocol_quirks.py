@@ -1,0 +1,262 @@
+"""The README's ROUGE pipeline rebuilt (PTB tokenisation + files2rouge), and the original's quirks kept by default:
+the blank-infilling output's dropped last token, SQuAD question generation's ROUGE reference, and the
+unidirectional zero-shot multiple choice.
+
+Expectations are worked out by hand from the rule named in each test (the original THUDM/GLM file and line, the
+PTB tokenisation conventions, files2rouge 2.1 and ROUGE-1.5.5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from evaluation import metrics
+from evaluation.tasks import get_task
+from evaluation.tasks.base import EvalContext, Example
+from evaluation.tasks.blank import original_output_tokens
+from evaluation.tasks.multichoice import uni_choice_input
+from glm_core.errors import ConfigError
+from tests.evaluation.test_superglue_patterns import ids
+from tests.evaluation.vocab import CLS, PAD, SOP, UNK
+
+FIXTURES = Path(__file__).resolve().parents[2] / "evaluation" / "data" / "fixtures"
+
+# Three prediction / reference pairs whose numbers PROTOCOL.md records for the three ROUGE variants: contractions and
+# brackets (PTB splits "can't" into "ca n't", brackets become -LRB- / -RRB-), sentences in another order (the
+# summary-level ROUGE-L sees sentences, the original's [SEP]-split metric one sentence per side), short sentences.
+ROUGE_FIXTURE = [
+    (
+        "The mayor said he can't attend the meeting (held on Monday). Officials didn't comment.",
+        "The mayor can't attend Monday's meeting, officials said. The council didn't respond.",
+    ),
+    (
+        "Officials didn't comment. The U.S. mayor won't attend the meeting on Monday.",
+        "The U.S. mayor won't attend Monday's meeting. Officials didn't comment on it.",
+    ),
+    (
+        "Scientists found a new species of frog. It lives in the rainforest.",
+        "A new frog species was found by scientists in the Amazon rainforest.",
+    ),
+]
+
+
+# ---------------------------------------------------------------------------------------------------- PTB + files2rouge
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        # double quotes as `` and '', brackets escaped, n't split (can't -> ca n't), sentence-final period split off
+        ('He said, "I can\'t go (now)."', "He said , `` I ca n't go -LRB- now -RRB- . ''"),
+        # numbers keep their comma and point, % and $ are tokens, won't -> wo n't, abbreviations keep their period
+        (
+            "The U.S. economy grew 3.5% to $3,000. It won't stop.",
+            "The U.S. economy grew 3.5 % to $ 3,000 . It wo n't stop .",
+        ),
+        # cannot -> can not, times keep their colon, 's split, ... and ; are tokens, Mr. is an abbreviation
+        (
+            "Mr. Smith cannot come at 10:30; he's ill... really!",
+            "Mr. Smith can not come at 10:30 ; he 's ill ... really !",
+        ),
+        # plural possessive, '90s kept whole, -- a token
+        ("The dogs' bone was '90s style -- odd.", "The dogs ' bone was '90s style -- odd ."),
+        # an abbreviation ending the line is followed by a sentence-final period
+        ("It is in the U.S.", "It is in the U.S. ."),
+        # curly quotes, en dash and the right single quote as apostrophe; single quotes as ` and '
+        ("\u201cCurly\u201d quotes \u2013 dash\u2019s 'quoted' word", "`` Curly '' quotes -- dash 's ` quoted ' word"),
+        # [SEP] of BERT-tokenizer predictions: its brackets are escaped like any other
+        ("first [SEP] second", "first -LSB- SEP -RSB- second"),
+    ],
+)
+def test_ptb_tokenize_follows_the_ptb_conventions(text: str, tokens: str) -> None:
+    assert metrics.ptb_tokenize(text) == tokens
+
+
+def test_files2rouge_sentences_split_at_space_period() -> None:
+    # files2rouge/utils.py split_files (2.1.0): (" %s\n" % eos).join(line.split(" %s" % eos)), eos "."
+    assert metrics.files2rouge_sentences("a b . c d .") == ["a b .", " c d ."]
+    assert metrics.files2rouge_sentences("no period here") == ["no period here"]
+    # the " ..." of an ellipsis also starts with " .": files2rouge splits there too
+    assert metrics.files2rouge_sentences("wait ... go") == ["wait .", ".. go"]
+
+
+def test_files2rouge_scores_a_pair_worked_out_by_hand() -> None:
+    pytest.importorskip("rouge_score")
+    # PTB: "He ca n't go -LRB- now -RRB- ." -> ROUGE-1.5.5 tokens (lower case, non-alphanumerics as spaces):
+    # he ca n t go lrb now rrb (8); reference: he can not go now (5). Common unigrams he, go, now: F = 2*3/(8+5).
+    # No common bigram. One sentence per side: LCS he go now = 3, as ROUGE-1.
+    out = metrics.files2rouge(["He can't go (now)."], ["He can not go now."])
+    assert out == {"rouge1": pytest.approx(6 / 13), "rouge2": 0.0, "rougeL": pytest.approx(6 / 13)}
+    # rouge-score on the raw text: he can t go now / he can not go now -> 4 common of 5 and 5
+    assert metrics.rouge(["He can't go (now)."], ["He can not go now."])["rouge1"] == pytest.approx(0.8)
+
+
+def test_files2rouge_takes_the_hypotheses_as_rouge_models() -> None:
+    pytest.importorskip("rouge_score")
+    # scripts/evaluate_seq2seq.sh:5 runs "files2rouge hypo target"; files2rouge 2.1.0 main() reads "reference summary",
+    # so the hypotheses are ROUGE-1.5.5's models. Summary-level LCS (ROUGE-1.5.5 sub lcs) sums hits over the model's
+    # sentences: models "cat ." / "cat ." each hit the peer "cat cat ." once -> 2 of 2 tokens, F = 1. With the
+    # reference as model, its one sentence "cat cat" gets a union LCS of one token -> 1 of 2, F = 0.5.
+    assert metrics.files2rouge(["Cat. Cat."], ["Cat cat."])["rougeL"] == pytest.approx(1.0)
+    assert metrics.files2rouge(["Cat cat."], ["Cat. Cat."])["rougeL"] == pytest.approx(0.5)
+
+
+def test_three_rouge_variants_on_the_fixture() -> None:
+    pytest.importorskip("rouge_score")
+    # the numbers evaluation/PROTOCOL.md records ("What the three ROUGE variants give on one fixture")
+    preds, refs = [p for p, _ in ROUGE_FIXTURE], [r for _, r in ROUGE_FIXTURE]
+    original = metrics.original_rouge(preds, refs, "cnn_dm_org")
+    sentences = metrics.rouge(preds, refs)
+    f2r = metrics.files2rouge(preds, refs)
+    assert [round(original[k], 4) for k in ("rouge1", "rouge2", "rougeL")] == [0.8091, 0.3595, 0.5538]
+    assert [round(sentences[k], 4) for k in ("rouge1", "rouge2", "rougeLsum")] == [0.8091, 0.3595, 0.6398]
+    assert [round(f2r[k], 4) for k in ("rouge1", "rouge2", "rougeL")] == [0.807, 0.3971, 0.6326]
+    # pair 2 (same sentences, other order): one LCS over the whole text vs the union LCS over sentences
+    pair = ROUGE_FIXTURE[1]
+    assert metrics.original_rouge([pair[0]], [pair[1]], "cnn_dm_org")["rougeL"] == pytest.approx(18 / 31)
+    assert metrics.files2rouge([pair[0]], [pair[1]])["rougeL"] == pytest.approx(0.8571, abs=1e-4)
+
+
+def test_rouge_option_files2rouge_scores_the_original_output_files() -> None:
+    pytest.importorskip("rouge_score")
+    # tasks/seq2seq/finetune.py:121-131 output_func: .hyps = the decoded predictions, .refs = meta["ref"] (the
+    # tokenizer round trip of the target), the two files evaluate_seq2seq.sh reads
+    task = get_task("cnndm")
+    task.configure({"rouge": "files2rouge"})
+    assert task.config()["rouge"] == "files2rouge"
+    records = [{"prediction": "He can't go (now).", "reference": "x", "reference_roundtrip": "He can not go now."}]
+    assert task.aggregate(records)["rouge1"] == pytest.approx(6 / 13)
+    with pytest.raises(ConfigError, match="--rouge must be one of original, sentences, files2rouge"):
+        get_task("xsum").configure({"rouge": "perl"})
+
+
+# ---------------------------------------------------------------------------------------------------- SQuAD QG reference
+def test_squad_qg_rouge_reference_is_the_answer_by_default() -> None:
+    # tasks/seq2seq/dataset.py:173-179 SQuADGenerationProcessor: meta["ref"] = DecodeIds(EncodeAsIds(answer)), the
+    # text evaluate.py:158 rouge_metric compares the generated question with
+    example = Example("0", {"context": "c", "question": "who visited paris ?", "answer": "bob"})
+    task = get_task("squad_qg")
+    task.configure({})
+    assert task.rouge_reference(example) == "bob" and task.reference(example) == "who visited paris ?"
+    assert task.task_id == "squad_qg" and task.config()["rouge_reference"] == "answer"
+    question = get_task("squad_qg")
+    question.configure({"qg_reference": "question"})
+    assert question.rouge_reference(example) == "who visited paris ?" and question.task_id == "squad_qg-qref"
+    with pytest.raises(ConfigError, match="--qg-reference must be 'answer' or 'question'"):
+        get_task("squad_qg").configure({"qg_reference": "context"})
+
+
+def test_squad_qg_bleu_is_against_the_question_and_rouge_against_the_reference() -> None:
+    pytest.importorskip("rouge_score")
+    task = get_task("squad_qg")
+    task.configure({})
+    record = {
+        "prediction": "who visited paris ?",
+        "reference": "who visited paris ?",
+        "rouge_reference": "bob",
+        "reference_roundtrip": "bob",
+        "rouge_dataset": "cnn_dm_org",
+    }
+    out = task.aggregate([record])
+    assert out["bleu4"] == pytest.approx(1.0)
+    # the prediction is one sentence of 4 words: evaluate.py:171 drops it (len(split()) <= 4) -> nothing matches
+    assert out["rouge1"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------- blank infilling
+def test_blank_output_drops_only_the_sop_the_dataset_appends() -> None:
+    # tasks/seq2seq/dataset.py:752 BlankLMDataset (test split): tokens = source_tokens + [sop_id], the tensor
+    # evaluate.py:421 keeps as src_tokens; evaluate.py:478-488 copies it with pads skipped and masks replaced, then
+    # DecodeIds(output_tokens[:-1]). Transcribed here on its own to compare with the task's code.
+    sop, mask, pad = SOP, 3, PAD
+
+    def original(sample: list[int], blanks: list[list[int]]) -> list[int]:
+        output_tokens, current_blank = [], 0
+        for token in sample:
+            if token == mask:
+                if current_blank < len(blanks):
+                    output_tokens += blanks[current_blank]
+                current_blank += 1
+            elif token not in [pad]:
+                output_tokens.append(token)
+        return output_tokens[:-1]
+
+    cases = [
+        ([5, mask, 6, pad, pad], [[11, 12]]),  # padded source
+        ([5, 6, mask], [[11, 12]]),  # the text ends with a blank: its last token stays
+        ([5, mask, 6, mask], [[11]]),  # budget spent before the second blank
+        ([5, 6, 7, 8], []),  # source cut to the length before its mask
+    ]
+    for source, blanks in cases:
+        expected = original([*source, sop], blanks)
+        assert original_output_tokens(source, blanks, mask, pad, sop) == expected
+        assert sop not in expected
+    assert original_output_tokens([5, 6, mask], [[11, 12]], mask, pad, sop) == [5, 6, 11, 12]
+
+
+# ---------------------------------------------------------------------------------------------------- multichoice uni
+def uni_ctx(tokenizer, max_length: int, gmask: int | None = 30524) -> EvalContext:
+    special = dataclasses.replace(tokenizer.special, gmask=gmask)
+    tok = SimpleNamespace(encode=tokenizer.encode, special=special)
+    return EvalContext(backend=SimpleNamespace(tokenizer=tok, max_length=max_length), scorer=None)  # type: ignore[arg-type]
+
+
+def test_multichoice_uni_inputs_as_build_uni_input_from_ids(tokenizer) -> None:
+    # tasks/superglue/dataset.py:102-118 MultiChoiceDataset.__getitem__ with --unidirectional: mask = gMASK, none
+    # appended; tasks/data_utils.py:106-141 build_uni_input_from_ids: ids [CLS] [gMASK] [sop] inputs choice[:-1],
+    # sep = 2, positions 0 1 then the mask's (1), block positions 0 0 1 2 ..., targets = choice from the last input
+    gmask, eos = 30524, tokenizer.special.eos
+    task = get_task("multichoice_uni")
+    examples = task.read(FIXTURES, "test", None)
+    [mat, sky] = task.samples(examples[0], uni_ctx(tokenizer, 512))
+    inputs = ids("the cat sat on the [MASK] .")
+    assert mat.input_ids.tolist() == [CLS, gmask, SOP, *inputs]  # "mat" is one token: choice[:-1] is empty
+    assert mat.sep == 2
+    n = len(mat)
+    assert mat.position_ids.tolist() == [[0, 1] + [1] * (n - 2), [0, 0, *range(1, n - 1)]]
+    assert mat.targets.tolist()[-1] == ids("mat")[0] and mat.loss_mask.tolist() == [0.0] * (n - 1) + [1.0]
+    assert mat.candidate_spans == ((n - 1, n),) and sky.targets.tolist()[-1] == ids("sky")[0]
+    assert eos not in mat.input_ids.tolist()[1:]  # no [eos], no appended [MASK]
+    # a two-token choice: its first token is fed, both are targets
+    [_, river] = task.samples(examples[2], uni_ctx(tokenizer, 512))
+    assert river.input_ids.tolist()[-1] == ids("the")[0]
+    assert river.targets.tolist()[-2:] == ids("the river") and river.loss_mask.sum() == 2
+    # left cut as the bidirectional task: len(inputs) + longest + 2 > seq_length keeps the last 8 - 2 - 2 inputs
+    [france, the_river] = task.samples(examples[2], uni_ctx(tokenizer, 8))
+    assert france.input_ids.tolist()[3:] == ids("bob visited paris , the capital of")[-4:]
+    assert len(france) == 7 and len(the_river) == 8
+
+
+def test_multichoice_uni_layout_and_refusal_without_gmask(tokenizer) -> None:
+    special = dataclasses.replace(tokenizer.special, gmask=9)
+    sample = uni_choice_input([20, 21], [30, 31, 32], special)
+    # build_uni_input_from_ids: [CLS] gMASK sop 20 21 30 31 | targets at index 4.. = 30 31 32
+    assert sample.input_ids.tolist() == [CLS, 9, SOP, 20, 21, 30, 31]
+    np.testing.assert_array_equal(sample.targets[4:], [30, 31, 32])
+    assert sample.loss_mask.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    task = get_task("multichoice_uni")
+    example = task.read(FIXTURES, "test", None)[0]
+    with pytest.raises(ConfigError, match=r"needs a \[gMASK\] token"):
+        task.samples(example, uni_ctx(tokenizer, 512, gmask=None))
+
+
+def test_multichoice_uni_scores_are_the_summed_choice_logprobs(torch_backend, monkeypatch) -> None:
+    from evaluation.scoring import Scorer
+    from tests.evaluation.test_scoring import reference_logprobs
+
+    # a stand-in [gMASK] id inside the tiny model's vocabulary (the test vocabulary has no gMASK)
+    special = dataclasses.replace(torch_backend.tokenizer.special, gmask=UNK)
+    monkeypatch.setattr(torch_backend.tokenizer, "special", special)
+    task = get_task("multichoice_uni")
+    examples = task.read(FIXTURES, "test", None)
+    ctx = EvalContext(backend=torch_backend, scorer=Scorer(torch_backend, batch_size=4), seq_length=64)
+    records = task.predict(examples, ctx)
+    for ex, record in zip(examples, records, strict=True):
+        samples = task.samples(ex, ctx)
+        expected = [reference_logprobs(torch_backend.model, s).sum() for s in samples]
+        # the scorer runs in float32, the reference log-softmax in float64
+        np.testing.assert_allclose(record["scores"], expected, rtol=1e-5, atol=1e-5)
+        assert record["pred"] == int(np.argmax(expected))
