@@ -122,7 +122,7 @@ def test_three_rouge_variants_on_the_fixture() -> None:
 
 def test_rouge_option_files2rouge_scores_the_original_output_files() -> None:
     pytest.importorskip("rouge_score")
-    # tasks/seq2seq/finetune.py:121-131 output_func: .hyps = the decoded predictions, .refs = meta["ref"] (the
+    # tasks/seq2seq/finetune.py:124-131 output_func: .hyps = the decoded predictions, .refs = meta["ref"] (the
     # tokenizer round trip of the target), the two files evaluate_seq2seq.sh reads
     task = get_task("cnndm")
     task.configure({"rouge": "files2rouge"})
@@ -162,7 +162,7 @@ def test_squad_qg_bleu_is_against_the_question_and_rouge_against_the_reference()
     }
     out = task.aggregate([record])
     assert out["bleu4"] == pytest.approx(1.0)
-    # the prediction is one sentence of 4 words: evaluate.py:171 drops it (len(split()) <= 4) -> nothing matches
+    # the prediction is one sentence of 4 words: evaluate.py:172-173 drops it (len(split()) <= 4) -> nothing matches
     assert out["rouge1"] == 0.0
 
 
