@@ -6,7 +6,8 @@
 - ReCoRD EM / F1 with the official SQuAD normalisation (lower case, no punctuation, no articles a/an/the, single
   spaces), maximum over the gold answers;
 - ROUGE-1/2/Lsum F-measure through Google's ``rouge-score`` with ``use_stemmer=True`` (spec §6.4), sentences joined by
-  newlines for Lsum;
+  newlines for Lsum; the original's logged ROUGE (:func:`original_rouge`); the README's PTB tokenisation +
+  files2rouge + ROUGE-1.5.5 pipeline rebuilt on rouge-score (:func:`ptb_tokenize`, :func:`files2rouge`);
 - corpus BLEU-4 (uniform weights, brevity penalty) and exact match for blank infilling;
 - perplexity from summed log-likelihoods.
 """

@@ -9,6 +9,7 @@ PTB tokenisation conventions, files2rouge 2.1 and ROUGE-1.5.5).
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -260,3 +261,23 @@ def test_multichoice_uni_scores_are_the_summed_choice_logprobs(torch_backend, mo
         # the scorer runs in float32, the reference log-softmax in float64
         np.testing.assert_allclose(record["scores"], expected, rtol=1e-5, atol=1e-5)
         assert record["pred"] == int(np.argmax(expected))
+
+
+def test_cli_hands_the_rouge_and_reference_options_to_the_tasks(
+    model_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    pytest.importorskip("rouge_score")
+    from evaluation.tasks import summarization
+    from tests.evaluation.test_cli import run_cli
+
+    short = dataclasses.replace(summarization.SETTINGS["squad_qg"], max_target_length=4, num_beams=2)
+    monkeypatch.setitem(summarization.SETTINGS, "squad_qg", short)  # a short search: the wiring is under test
+
+    out = tmp_path / "results.json"
+    args = ["--model", str(model_dir), "--tasks", "squad_qg", "--data-dir", str(FIXTURES), "--limit", "1"]
+    code, _, _ = run_cli([*args, "--rouge", "files2rouge", "--qg-reference", "question", "--output", str(out)], capsys)
+    assert code == 0
+    results = json.loads(out.read_text())
+    entry = results["tasks"]["squad_qg-qref"]
+    assert entry["config"]["rouge"] == "files2rouge" and entry["config"]["rouge_reference"] == "question"
+    assert results["settings"]["qg_reference"] == "question" and set(entry["metrics"]) >= {"rouge1", "bleu4"}
