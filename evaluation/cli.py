@@ -25,6 +25,7 @@ from evaluation.backends import BACKENDS, load_backend
 from evaluation.backends.devices import check_device
 from evaluation.runner import evaluate, format_table, read_tasks
 from evaluation.tasks import GROUPS, expand_task_list, task_names
+from evaluation.tasks.summarization import ROUGE_VARIANTS
 from glm_core.atomic import write_text_atomically
 from glm_core.errors import ConfigError, GLMError
 from glm_core.outputs import check_output, interrupt_exit_code, terminate_as_interrupt
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rouge",
-        choices=("original", "sentences", "files2rouge"),
+        choices=ROUGE_VARIANTS,
         default="original",
         help="seq2seq ROUGE: the original's logged metric ([SEP]-split, fix_tokenization, short and duplicate "
         "sentences dropped, tokenizer round trip; default), rouge-score rouge1/2/Lsum over .!?-split sentences, or "
