@@ -84,6 +84,37 @@ def test_files2rouge_sentences_split_at_space_period() -> None:
     assert metrics.files2rouge_sentences("wait ... go") == ["wait .", ".. go"]
 
 
+# ROUGE-1.5.5.pl "sub stem" (files2rouge/RELEASE-1.5.5, the Perl run on these words): its Porter stemmer, with the
+# 2004 step-4 change (-ement words go through -ment and -ent again) and without NLTK's extensions
+PERL_STEMS = {
+    "they": "thei", "movement": "movem", "news": "new", "used": "us", "professional": "profess",
+    "agreement": "agreem", "yelling": "yell", "hopping": "hop", "relational": "relat", "conditional": "condit",
+    "feed": "feed", "agreed": "agre", "ponies": "poni", "caresses": "caress", "generalization": "gener",
+    "electricity": "electr", "adjustment": "adjust", "adoption": "adopt", "fulness": "ful", "yesterday": "yesterdai",
+}  # fmt: skip
+
+
+def test_rouge155_stemmer_is_the_perl_one() -> None:
+    assert {w: metrics.rouge155_stem(w) for w in PERL_STEMS} == PERL_STEMS
+    # ROUGE-1.5.5 -m stems tokens longer than 3 characters only; A-Z lower-cased, other characters separate
+    assert metrics.Rouge155Tokenizer().tokenize("The News-feed's 3,000 days") == [
+        "the",
+        "new",
+        "feed",
+        "s",
+        "3",
+        "000",
+        "dai",
+    ]
+
+
+def test_files2rouge_stems_as_rouge155_not_as_nltk() -> None:
+    pytest.importorskip("rouge_score")
+    # "news" -> "new" in ROUGE-1.5.5 (matches "new", 3 letters, not stemmed); NLTK's Porter keeps "news"
+    assert metrics.files2rouge(["The news"], ["The new"])["rouge1"] == pytest.approx(1.0)
+    assert metrics.rouge(["The news"], ["The new"])["rouge1"] == pytest.approx(0.5)
+
+
 def test_files2rouge_scores_a_pair_worked_out_by_hand() -> None:
     pytest.importorskip("rouge_score")
     # PTB: "He ca n't go -LRB- now -RRB- ." -> ROUGE-1.5.5 tokens (lower case, non-alphanumerics as spaces):
