@@ -307,9 +307,27 @@ def original_rouge(
 # hypothesis and reference files, then files2rouge, which splits every line into sentences at " ." and runs
 # ROUGE-1.5.5 with "-c 95 -r 1000 -n 2 -a -m". ptb_tokenize follows the PTB conventions of PTBTokenizer's defaults
 # (ptb3Escaping) with regular expressions; files2rouge is the scoring half, through rouge-score.
-_PTB_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof st jr sr inc ltd co corp vs etc no gen gov sen rep mt jan feb mar apr jun jul aug sep sept "
-    "oct nov dec".split()
+# PTBLexer.flex (CoreNLP 3.7.0) abbreviation classes: ABBREV1 (months, days, states, company forms, etc.) keep their
+# period and, before an upper-case word or at the end of the line, are followed by a sentence-final "."; titles
+# (ABTITLE, ABBREV2) keep their period; an acronym (U.S.) before a sentence-opening word also gets a "." (PTBLexer
+# looks past the newline, so one ending a line gets it when the next line opens with such a word; not here).
+_PTB_ABBREV1 = re.compile(
+    r"(?i:jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec|mon|tue|tues|wed|thu|thurs|fri|inc|cos?|corp|ltd|plc|"
+    r"bancorp|assn|univ|intl|sys|tel|est|ext|sq|jr|sr|bros|ph\.d|ed\.d|blvd|rd|esq|etc|al|seq|bldg)"
+    r"|Ala|Ariz|Az|Ark|Calif|Colo|Conn|Ct|Dak|Del|Fla|Ga|Ill|Ind|Kans?|Ky|La|Mass|Md|Mich|Minn|Miss|Mo|Mont|Neb|Nev|"
+    r"Okla|Ore|Pa|Penn|Tenn|Tex|Va|Vt|Wash|Wisc?|Wyo"
+)
+_PTB_TITLES = re.compile(
+    r"(?i:mr|mrs|ms|miss|drs?|profs?|sens?|reps?|attys?|lt|col|gen|messrs|govs?|adm|rev|maj|sgt|cpl|pvt|capt|ste?|"
+    r"ave|pres|lieut|hon|brig|co?mdr|pfc|spc|supts?|det|mt|ft|adj|adv|asst|assoc|ens|insp|mlle|mme|msgr|sfc|vs|v|"
+    r"alex|wm|jos|cie|a\.k\.a|cf|treas|ph|invt|elec|natl|m[ft]g|dept)"
+)
+_PTB_BEFORE_NUMBER = re.compile(r"(?i:ca|figs?|prop|nos?|sect?s?|arts?|bldg|pp|op)")  # ABBREV3: No. 1, Fig. 2
+_PTB_ACRONYM = re.compile(r"[A-Za-z](?:\.[A-Za-z])*")
+_PTB_SENTENCE_OPENERS = frozenset(
+    "About According Additionally After An A As At But Did During Earlier He Her Here How However If In It Last Many "
+    "More Mr. Ms. Now Once One Other Our She Since So Some Such That The Their Then There These They This We When While "
+    "What Who Why Yet You".split()
 )
 _PTB_SUBSTITUTIONS = [
     (re.compile("[\u201c\u201e]"), " `` "),  # curly double quotes (latexQuotes)
@@ -318,6 +336,8 @@ _PTB_SUBSTITUTIONS = [
     (re.compile("\u2019"), "'"),  # right single quote: the apostrophe of contractions, handled below
     (re.compile("[\u2013\u2014]"), " -- "),  # ptb3Dashes: en and em dash
     (re.compile("\u2026"), " ... "),
+    (re.compile("\u00a3"), " # "),  # normalizeCurrency: pound as #, euro (and other currencies) as $
+    (re.compile("[\u20ac\u00a5]"), " $ "),
     (re.compile(r'(^|(?<=[\s(\[{<]))"'), " `` "),  # opening double quote: at the start or after space / bracket
     (re.compile(r'"'), " '' "),
     (re.compile(r"\.\.\.+"), " ... "),
@@ -325,6 +345,7 @@ _PTB_SUBSTITUTIONS = [
     (re.compile(r"(?<!\d),|,(?!\d)"), " , "),  # comma, except inside a number (3,000)
     (re.compile(r"(?<!\d):|:(?!\d)"), " : "),  # colon, except inside a time (10:30)
     (re.compile(r"([;?!%$#@])"), r" \1 "),
+    (re.compile(r"\b(\d+(?:,\d{3})*\.\d+)([A-Za-z]+)\b"), r"\1 \2"),  # 1.2bn -> 1.2 bn (but 5m stays)
     (re.compile(r"\("), " -LRB- "),
     (re.compile(r"\)"), " -RRB- "),
     (re.compile(r"\["), " -LSB- "),
@@ -332,39 +353,48 @@ _PTB_SUBSTITUTIONS = [
     (re.compile(r"\{"), " -LCB- "),
     (re.compile(r"\}"), " -RCB- "),
     (re.compile(r"(?i)\b(can)(not)\b"), r"\1 \2"),
+    (re.compile(r"(?i)\b(gon|got|wan)(na|ta)\b"), r"\1 \2"),  # gonna -> gon na, gotta -> got ta, wanna -> wan na
+    (re.compile(r"(?i)\b(lem|gim)(me)\b"), r"\1 \2"),
     (re.compile(r"(?i)(\w)(n't)\b"), r"\1 \2"),  # don't -> do n't, can't -> ca n't, won't -> wo n't
     (re.compile(r"(?i)(\w)('s|'m|'d|'re|'ve|'ll)\b"), r"\1 \2"),
-    (re.compile(r"(^|(?<=\s))'(?!'|(?:[sdm]|re|ve|ll)\b|\d)"), " ` "),  # opening single quote ('90s stays)
-    (re.compile(r"(?<=\w)'(?=\s|$)"), " ' "),  # closing single quote / plural possessive (dogs' -> dogs ')
+    (re.compile(r"(^|(?<=\s))'(?!'|(?:[sdm]|re|ve|ll|n)\b|\d)"), " ` "),  # opening single quote ('90s stays)
+    (re.compile(r"(?<=[\w.!?,;:])'(?=\s|$)"), " ' "),  # closing single quote / plural possessive (dogs' -> dogs ')
 ]
 
 
-def _ptb_period(token: str, last: bool) -> list[str]:
-    """A token ending in ``.``: abbreviations keep it (and at the end of the line PTBTokenizer adds a sentence-final
-    ``.`` after them), other words give it up as a token of its own."""
+def _ptb_period(token: str, following: str | None) -> list[str]:
+    """A token ending in ``.`` before ``following`` (``None`` at the end of the line): words give the period up as
+    a token of its own; abbreviations keep it, and add a sentence-final ``.`` where PTBLexer does."""
     if token in (".", "...") or not token.endswith("."):
         return [token]
     stem = token[:-1]
-    if re.fullmatch(r"(?:[A-Za-z]\.)*[A-Za-z]", stem) or stem.lower() in _PTB_ABBREVIATIONS:
-        return [token, "."] if last else [token]
+    if _PTB_ABBREV1.fullmatch(stem):
+        ends_sentence = following is None or following[:1].isupper() or following == "``"
+        return [token, "."] if ends_sentence else [token]
+    if _PTB_TITLES.fullmatch(stem) or (_PTB_BEFORE_NUMBER.fullmatch(stem) and following and following[0].isdigit()):
+        return [token]
+    if _PTB_ACRONYM.fullmatch(stem):
+        if following not in _PTB_SENTENCE_OPENERS:
+            return [token]
+        return [stem, "."] if len(stem) == 1 else [token, "."]  # "J." ending a sentence is "J ."
     return [stem, "."]
 
 
 def ptb_tokenize(text: str) -> str:
-    """``text`` as one line of PTB tokens, the conventions of CoreNLP's ``PTBTokenizer -preserveLines``: ``"`` as
-    ```` `` ```` / ``''``, brackets as ``-LRB- -RRB- -LSB- -RSB- -LCB- -RCB-``, ``n't`` and ``'s 'm 'd 're 've 'll``
-    split off (``can't`` -> ``ca n't``, ``cannot`` -> ``can not``), ``, ; : ? ! % $ # @``, ``...`` and ``--`` as
-    tokens (commas and colons inside numbers kept), a word's final period split off unless the word is an
-    abbreviation (``U.S.``, ``Mr.``; at the end of the line a ``.`` token follows it), en/em dashes as ``--``.
-    Newlines become spaces (the original's hypothesis file has one line per example)."""
+    """``text`` as one line of PTB tokens, following CoreNLP 3.7.0's ``PTBTokenizer -preserveLines`` defaults:
+    ``"`` as ```` `` ```` / ``''``, brackets as ``-LRB- -RRB- -LSB- -RSB- -LCB- -RCB-``, ``n't`` and ``'s 'm 'd 're
+    've 'll`` split off (``can't`` -> ``ca n't``, ``cannot`` -> ``can not``, ``gonna`` -> ``gon na``), ``, ; : ? !
+    % $ # @``, ``...`` and ``--`` as tokens (commas and colons inside numbers kept, ``1.2bn`` -> ``1.2 bn``), pound
+    and euro signs as ``#`` and ``$``, a word's final period split off unless the word is an abbreviation (PTBLexer's classes: titles keep the
+    period; months, company forms, ``etc.`` and acronyms before a new sentence are followed by a ``.`` token), en/em
+    dashes as ``--``. Newlines become spaces (the original's hypothesis file has one line per example)."""
     text = " ".join(text.split())
     for pattern, replacement in _PTB_SUBSTITUTIONS:
         text = pattern.sub(replacement, text)
     tokens = text.split()
-    out: list[str] = []
-    for i, token in enumerate(tokens):
-        out.extend(_ptb_period(token, i == len(tokens) - 1))
-    return " ".join(out)
+    following: list[str | None] = [*tokens[1:], None]
+    pieces = (_ptb_period(token, nxt) for token, nxt in zip(tokens, following[: len(tokens)], strict=True))
+    return " ".join(piece for group in pieces for piece in group)
 
 
 # ROUGE-1.5.5's own Porter stemmer (ROUGE-1.5.5.pl "sub stem", Martin Porter's Perl release 1 with Chin-Yew Lin's

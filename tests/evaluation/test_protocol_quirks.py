@@ -47,6 +47,8 @@ ROUGE_FIXTURE = [
 
 
 # ---------------------------------------------------------------------------------------------------- PTB + files2rouge
+# Every expected line is what CoreNLP 3.7.0's PTBTokenizer (built from the v3.7.0 sources) printed for the text with
+# scripts/evaluate_seq2seq.sh's flags, "-ioFileList -preserveLines".
 @pytest.mark.parametrize(
     ("text", "tokens"),
     [
@@ -64,8 +66,19 @@ ROUGE_FIXTURE = [
         ),
         # plural possessive, '90s kept whole, -- a token
         ("The dogs' bone was '90s style -- odd.", "The dogs ' bone was '90s style -- odd ."),
-        # an abbreviation ending the line is followed by a sentence-final period
-        ("It is in the U.S.", "It is in the U.S. ."),
+        # an acronym ending the line keeps its period (at the end of the file; before a line opening with "The",
+        # "He", ... CoreNLP adds a "." token, which changes no ROUGE score); before such a word it ends the sentence
+        ("They met in the U.S.", "They met in the U.S."),
+        ("The U.K. He said no.", "The U.K. . He said no ."),
+        # titles keep their period; pound sign as #, a decimal amount split from its unit; gonna -> gon na
+        (
+            "Bob met Lt. Gen. Smith and paid \u00a32.3m; he's gonna say: 'it's over.'",
+            "Bob met Lt. Gen. Smith and paid # 2.3 m ; he 's gon na say : ` it 's over . '",
+        ),
+        # company abbreviations keep their period and end the sentence before a capital; single letters split
+        ("He works for Acme Inc. He said no to J.", "He works for Acme Inc. . He said no to J."),
+        ("He works for Acme Inc.", "He works for Acme Inc. ."),
+        ("", ""),
         # curly quotes, en dash and the right single quote as apostrophe; single quotes as ` and '
         ("\u201cCurly\u201d quotes \u2013 dash\u2019s 'quoted' word", "`` Curly '' quotes -- dash 's ` quoted ' word"),
         # [SEP] of BERT-tokenizer predictions: its brackets are escaped like any other
