@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -49,42 +53,42 @@ ROUGE_FIXTURE = [
 # ---------------------------------------------------------------------------------------------------- PTB + files2rouge
 # Every expected line is what CoreNLP 3.7.0's PTBTokenizer (built from the v3.7.0 sources) printed for the text with
 # scripts/evaluate_seq2seq.sh's flags, "-ioFileList -preserveLines".
-@pytest.mark.parametrize(
-    ("text", "tokens"),
-    [
-        # double quotes as `` and '', brackets escaped, n't split (can't -> ca n't), sentence-final period split off
-        ('He said, "I can\'t go (now)."', "He said , `` I ca n't go -LRB- now -RRB- . ''"),
-        # numbers keep their comma and point, % and $ are tokens, won't -> wo n't, abbreviations keep their period
-        (
-            "The U.S. economy grew 3.5% to $3,000. It won't stop.",
-            "The U.S. economy grew 3.5 % to $ 3,000 . It wo n't stop .",
-        ),
-        # cannot -> can not, times keep their colon, 's split, ... and ; are tokens, Mr. is an abbreviation
-        (
-            "Mr. Smith cannot come at 10:30; he's ill... really!",
-            "Mr. Smith can not come at 10:30 ; he 's ill ... really !",
-        ),
-        # plural possessive, '90s kept whole, -- a token
-        ("The dogs' bone was '90s style -- odd.", "The dogs ' bone was '90s style -- odd ."),
-        # an acronym ending the line keeps its period (at the end of the file; before a line opening with "The",
-        # "He", ... CoreNLP adds a "." token, which changes no ROUGE score); before such a word it ends the sentence
-        ("They met in the U.S.", "They met in the U.S."),
-        ("The U.K. He said no.", "The U.K. . He said no ."),
-        # titles keep their period; pound sign as #, a decimal amount split from its unit; gonna -> gon na
-        (
-            "Bob met Lt. Gen. Smith and paid \u00a32.3m; he's gonna say: 'it's over.'",
-            "Bob met Lt. Gen. Smith and paid # 2.3 m ; he 's gon na say : ` it 's over . '",
-        ),
-        # company abbreviations keep their period and end the sentence before a capital; single letters split
-        ("He works for Acme Inc. He said no to J.", "He works for Acme Inc. . He said no to J."),
-        ("He works for Acme Inc.", "He works for Acme Inc. ."),
-        ("", ""),
-        # curly quotes, en dash and the right single quote as apostrophe; single quotes as ` and '
-        ("\u201cCurly\u201d quotes \u2013 dash\u2019s 'quoted' word", "`` Curly '' quotes -- dash 's ` quoted ' word"),
-        # [SEP] of BERT-tokenizer predictions: its brackets are escaped like any other
-        ("first [SEP] second", "first -LSB- SEP -RSB- second"),
-    ],
-)
+PTB_CASES = [
+    # double quotes as `` and '', brackets escaped, n't split (can't -> ca n't), sentence-final period split off
+    ('He said, "I can\'t go (now)."', "He said , `` I ca n't go -LRB- now -RRB- . ''"),
+    # numbers keep their comma and point, % and $ are tokens, won't -> wo n't, abbreviations keep their period
+    (
+        "The U.S. economy grew 3.5% to $3,000. It won't stop.",
+        "The U.S. economy grew 3.5 % to $ 3,000 . It wo n't stop .",
+    ),
+    # cannot -> can not, times keep their colon, 's split, ... and ; are tokens, Mr. is an abbreviation
+    (
+        "Mr. Smith cannot come at 10:30; he's ill... really!",
+        "Mr. Smith can not come at 10:30 ; he 's ill ... really !",
+    ),
+    # plural possessive, '90s kept whole, -- a token
+    ("The dogs' bone was '90s style -- odd.", "The dogs ' bone was '90s style -- odd ."),
+    # an acronym ending the line keeps its period (at the end of the file; before a line opening with "The",
+    # "He", ... CoreNLP adds a "." token, which changes no ROUGE score); before such a word it ends the sentence
+    ("They met in the U.S.", "They met in the U.S."),
+    ("The U.K. He said no.", "The U.K. . He said no ."),
+    # titles keep their period; pound sign as #, a decimal amount split from its unit; gonna -> gon na
+    (
+        "Bob met Lt. Gen. Smith and paid \u00a32.3m; he's gonna say: 'it's over.'",
+        "Bob met Lt. Gen. Smith and paid # 2.3 m ; he 's gon na say : ` it 's over . '",
+    ),
+    # company abbreviations keep their period and end the sentence before a capital; single letters split
+    ("He works for Acme Inc. He said no to J.", "He works for Acme Inc. . He said no to J."),
+    ("He works for Acme Inc.", "He works for Acme Inc. ."),
+    ("", ""),
+    # curly quotes, en dash and the right single quote as apostrophe; single quotes as ` and '
+    ("\u201cCurly\u201d quotes \u2013 dash\u2019s 'quoted' word", "`` Curly '' quotes -- dash 's ` quoted ' word"),
+    # [SEP] of BERT-tokenizer predictions: its brackets are escaped like any other
+    ("first [SEP] second", "first -LSB- SEP -RSB- second"),
+]
+
+
+@pytest.mark.parametrize(("text", "tokens"), PTB_CASES)
 def test_ptb_tokenize_follows_the_ptb_conventions(text: str, tokens: str) -> None:
     assert metrics.ptb_tokenize(text) == tokens
 
@@ -325,3 +329,52 @@ def test_cli_hands_the_rouge_and_reference_options_to_the_tasks(
     entry = results["tasks"]["squad_qg-qref"]
     assert entry["config"]["rouge"] == "files2rouge" and entry["config"]["rouge_reference"] == "question"
     assert results["settings"]["qg_reference"] == "question" and set(entry["metrics"]) >= {"rouge1", "bleu4"}
+
+
+# ---------------------------------------------------------------------------------------------------- the real tools
+# Run only where the README pipeline's tools are at hand (neither is a dependency):
+#   GLM_ROUGE155_HOME=<files2rouge>/files2rouge/RELEASE-1.5.5 (ROUGE-1.5.5.pl and data/, Perl with DB_File)
+#   GLM_CORENLP_CLASSES=<classpath holding edu.stanford.nlp.process.PTBTokenizer, CoreNLP 3.7.0>
+def test_files2rouge_equals_rouge155_pl_per_pair(tmp_path: Path) -> None:
+    home = os.environ.get("GLM_ROUGE155_HOME")
+    if not home or shutil.which("perl") is None:
+        pytest.skip("set GLM_ROUGE155_HOME to a ROUGE-1.5.5 directory (files2rouge's RELEASE-1.5.5) to run")
+    pytest.importorskip("rouge_score")
+    # ROUGE-1.5.5.pl beside a stub XML::DOM (only the -z file-list mode is used, which never parses XML)
+    shutil.copy(Path(home) / "ROUGE-1.5.5.pl", tmp_path / "ROUGE-1.5.5.pl")
+    (tmp_path / "XML").mkdir()
+    (tmp_path / "XML" / "DOM.pm").write_text(
+        "package XML::DOM;\nsub import {}\npackage XML::DOM::Parser;\nsub new { bless {}, shift }\n1;\n"
+    )
+    pairs = [
+        *ROUGE_FIXTURE,
+        ("He can't go (now).", "He can not go now."),
+        ("Cat. Cat.", "Cat cat."),
+        ("The news", "The new"),
+    ]
+    for n, (hyp, ref) in enumerate(pairs):
+        model, peer, listing = tmp_path / f"m{n}.txt", tmp_path / f"p{n}.txt", tmp_path / f"list{n}.txt"
+        model.write_text("\n".join(metrics.files2rouge_sentences(metrics.ptb_tokenize(hyp))) + "\n")
+        peer.write_text("\n".join(metrics.files2rouge_sentences(metrics.ptb_tokenize(ref))) + "\n")
+        listing.write_text(f"{peer} {model}\n")  # peer first, then its model (hypotheses are the models)
+        options = ["-e", str(Path(home) / "data"), "-c", "95", "-r", "1000", "-n", "2", "-a", "-m", "-z", "SPL"]
+        out = subprocess.run(
+            ["perl", str(tmp_path / "ROUGE-1.5.5.pl"), *options, str(listing)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        perl = {k: float(v) for k, v in re.findall(r"ROUGE-([12L]) Average_F: ([0-9.]+)", out)}
+        ours = metrics.files2rouge([hyp], [ref])
+        assert perl == {"1": round(ours["rouge1"], 5), "2": round(ours["rouge2"], 5), "L": round(ours["rougeL"], 5)}
+
+
+def test_ptb_tokenize_equals_corenlp() -> None:
+    classes = os.environ.get("GLM_CORENLP_CLASSES")
+    if not classes or shutil.which("java") is None:
+        pytest.skip("set GLM_CORENLP_CLASSES to a CoreNLP 3.7.0 classpath to run")
+    lines = [text for pair in ROUGE_FIXTURE for text in pair] + [text for text, _ in PTB_CASES if text]
+    command = ["java", "-cp", classes, "edu.stanford.nlp.process.PTBTokenizer", "-ioFileList", "-preserveLines"]
+    for text in lines:  # one file per line: what follows a line can change how CoreNLP ends it
+        out = subprocess.run(command, input=text + "\n", capture_output=True, text=True, check=True).stdout
+        assert out.rstrip("\n") == metrics.ptb_tokenize(text)
