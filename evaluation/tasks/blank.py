@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import metrics
-from evaluation.tasks.base import EvalContext, Example, Task, field_of, find_data_file, padded_prompt, read_jsonl
+from evaluation.tasks.base import (
+    EvalContext,
+    Example,
+    Task,
+    field_of,
+    find_data_file,
+    original_decode,
+    padded_prompt,
+    read_jsonl,
+)
 from glm_core.errors import DataError
 from glm_core.generation import GenerationConfig, generate_batch
 from glm_core.layout import GLMInput
@@ -96,8 +105,11 @@ class BlankInfilling(Task):
             records.append(
                 {
                     "key": ex.key,
-                    "prediction": tok.decode(filled).strip(),
-                    "reference": tok.decode(tok.encode(ex.data["original"])).strip(),
+                    # evaluate.py:488-489: blanklm_fix_tokenization(DecodeIds(output_tokens[:-1]))
+                    "prediction": blanklm_fix_tokenization(original_decode(tok, filled)).strip(),
+                    "reference": blanklm_fix_tokenization(
+                        original_decode(tok, tok.encode(ex.data["original"]))
+                    ).strip(),
                     "fills": [tok.decode(b).strip() for b in blanks],
                 }
             )
@@ -122,6 +134,27 @@ def within_budget(blanks: Sequence[Sequence[int]], sop: int, budget: int) -> lis
         else:
             out[-1].append(token)
     return out
+
+
+def blanklm_fix_tokenization(text: str) -> str:
+    """``tasks/seq2seq/evaluate.py:393-406`` ``blanklm_fix_tokenization``, rule for rule: re-join the PTB-style pieces
+    a WordPiece ``DecodeIds`` leaves apart (quotes, ``n't``, ``'s``, ``...``, ``--``, u.s. / u.k. / e.g.)."""
+    for old, new in (
+        ("` `", "``"),
+        ("' '", "''"),
+        ("n ' t", "n't"),
+        ("' s", "'s"),
+        ("' m", "'m"),
+        ("' re", "'re"),
+        (". . .", "..."),
+        (" . .", " .."),
+        ("- -", "--"),
+        ("u . s .", "u.s."),
+        ("u . k .", "u.k."),
+        ("e . g .", "e.g."),
+    ):
+        text = text.replace(old, new)
+    return text
 
 
 def original_output_tokens(

@@ -22,6 +22,8 @@ Part A = ``[CLS] [sMASK|MASK] " Content:" " " + source`` cut to ``src_seq_length
 ``src_seq_length`` inside Part A**, where the model sees the pads (the original's behaviour, the default;
 ``--source-padding none`` leaves them out). Beam search stops on ``eop`` only (``eos_token_id=eop``).
 
+Predictions and the reference round trip are decoded as the original's ``DecodeIds`` writes them
+(:func:`evaluation.tasks.base.original_decode`: WordPiece tokens space-joined, ``[SEP]`` / ``[UNK]`` kept as strings).
 Metric (``--rouge original``, the default): the ROUGE the original logs (``tasks/seq2seq/evaluate.py``
 ``rouge_metric``, :func:`evaluation.metrics.original_rouge`) against the reference round-tripped through the
 tokenizer (``meta["ref"] = DecodeIds(EncodeAsIds(target))``). ``--rouge sentences``: rouge-score rouge1/2/Lsum
@@ -39,7 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import metrics
-from evaluation.tasks.base import EvalContext, Example, Task, find_data_file, padded_prompt, read_lines
+from evaluation.tasks.base import (
+    EvalContext,
+    Example,
+    Task,
+    find_data_file,
+    original_decode,
+    padded_prompt,
+    read_lines,
+)
 from evaluation.tasks.cloze import standardize_punctuation
 from glm_core.errors import ConfigError, DataError
 from glm_core.generation import GenerationConfig, generate_batch
@@ -221,10 +231,10 @@ class Summarization(Task):
             records.append(
                 {
                     "key": ex.key,
-                    "prediction": ctx.tokenizer.decode([t for t in r.blanks[0] if t not in drop]).strip(),
+                    "prediction": original_decode(ctx.tokenizer, [t for t in r.blanks[0] if t not in drop]).strip(),
                     "reference": reference,
                     "rouge_reference": rouge_reference,
-                    "reference_roundtrip": ctx.tokenizer.decode(ctx.tokenizer.encode(rouge_reference)),
+                    "reference_roundtrip": original_decode(ctx.tokenizer, ctx.tokenizer.encode(rouge_reference)),
                     "rouge_dataset": self.rouge_dataset(ctx),
                     "generated_tokens": len(r.blanks[0]),
                 }

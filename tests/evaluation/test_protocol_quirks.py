@@ -22,8 +22,8 @@ import pytest
 
 from evaluation import metrics
 from evaluation.tasks import get_task
-from evaluation.tasks.base import EvalContext, Example
-from evaluation.tasks.blank import original_output_tokens
+from evaluation.tasks.base import EvalContext, Example, original_decode
+from evaluation.tasks.blank import blanklm_fix_tokenization, original_output_tokens
 from evaluation.tasks.multichoice import uni_choice_input
 from glm_core.errors import ConfigError
 from tests.evaluation.test_superglue_patterns import ids
@@ -244,6 +244,21 @@ def test_blank_output_drops_only_the_sop_the_dataset_appends() -> None:
         assert original_output_tokens(source, blanks, mask, pad, sop) == expected
         assert sop not in expected
     assert original_output_tokens([5, 6, mask], [[11, 12]], mask, pad, sop) == [5, 6, 11, 12]
+
+
+def test_original_decode_writes_wordpieces_as_decodeids(tokenizer) -> None:
+    # data_utils/tokenization.py:904-922 BertWordPieceTokenizer.DecodeIds: command ids as their strings, "##" pieces
+    # joined to the token before, everything else joined by one space (no clean-up around punctuation)
+    ids = [*ids_of(tokenizer, "the dog ."), tokenizer.special.sep, tokenizer.special.unk, *ids_of(tokenizer, ". . .")]
+    assert original_decode(tokenizer, ids) == "the dog . [SEP] [UNK] . . ."
+    assert tokenizer.decode(ids) != original_decode(tokenizer, ids)  # the harness' own decode cleans up
+    # evaluate.py:393-406 blanklm_fix_tokenization on that text
+    assert blanklm_fix_tokenization("i don ' t know . . . u . s . - - ok") == "i don't know ... u.s. -- ok"
+    assert blanklm_fix_tokenization("` ` hi ' ' he ' s") == "`` hi '' he 's"  # "' s" -> "'s"
+
+
+def ids_of(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text)
 
 
 # ---------------------------------------------------------------------------------------------------- multichoice uni
