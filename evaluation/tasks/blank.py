@@ -6,9 +6,10 @@ original's ``tasks/seq2seq``): Part A = ``EncodeAsIds(" " + text)`` with **no** 
 right-padded with ``[PAD]`` to 256 tokens (``--src-seq-length 256``, pads visible); greedy decoding, blanks filled
 left to right with the same cache, ``eop`` alone ends a blank, and **one budget of 200 generated
 tokens across all blanks** (``--tgt-seq-length 200``; the ``sop`` that opens each later blank counts), so blanks past
-the budget stay empty. Metrics: exact match and corpus BLEU-4 of the filled text against the original; both sides
-pass through the tokenizer (``decode(encode(x))``) so case and spacing conventions match (the original computes no
-in-code metric for this task).
+the budget stay empty. The filled text is written as the original writes it, ``blanklm_fix_tokenization(
+DecodeIds(...))``. Metrics: exact match and corpus BLEU-4 of that text against the original text put through the
+same steps (``DecodeIds(EncodeAsIds(original))``, then ``blanklm_fix_tokenization``), so case and spacing
+conventions match (the original computes no in-code metric for this task).
 
 Repeated 3-grams are banned over the whole generated stream ``b0 [sop] b1 ...`` as the original's processors see
 it. The filled text is built as ``BlankLMEvaluater.evaluate`` builds it (``tasks/seq2seq/evaluate.py:421, 478-488``):

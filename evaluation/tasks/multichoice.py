@@ -41,6 +41,7 @@ class MultiChoice(Task):
     default_split = "test"  # evaluate_multichoice.sh: --test-data
     seq_length = 512  # evaluate_multichoice.sh: MAX_SEQ_LEN=512
     protocol_source = "scripts/evaluate_multichoice.sh"
+    unidirectional = False  # MultiChoiceDataset: args.unidirectional
 
     def data_files(self, data_dir: Path, split: str) -> list[Path]:
         return [find_data_file(data_dir, [f"multichoice/{split}.jsonl", f"{split}.jsonl"], self.name)]
@@ -61,8 +62,6 @@ class MultiChoice(Task):
                 raise DataError(f"{path}:{line}: field 'label' must be an index into the choices, got {label!r}")
             out.append(Example(str(line - 1), {"inputs": text, "choices": choices, "label": label}))
         return out
-
-    unidirectional = False
 
     def samples(self, example: Example, ctx: EvalContext) -> list[GLMInput]:
         tok = ctx.tokenizer
