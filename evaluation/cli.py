@@ -25,6 +25,7 @@ from evaluation.backends import BACKENDS, load_backend
 from evaluation.backends.devices import check_device
 from evaluation.runner import evaluate, format_table, read_tasks
 from evaluation.tasks import GROUPS, expand_task_list, task_names
+from evaluation.tasks.summarization import ROUGE_VARIANTS
 from glm_core.atomic import write_text_atomically
 from glm_core.errors import ConfigError, GLMError
 from glm_core.outputs import check_output, interrupt_exit_code, terminate_as_interrupt
@@ -82,10 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rouge",
-        choices=("original", "sentences"),
+        choices=ROUGE_VARIANTS,
         default="original",
         help="seq2seq ROUGE: the original's logged metric ([SEP]-split, fix_tokenization, short and duplicate "
-        "sentences dropped, tokenizer round trip; default) or rouge-score rouge1/2/Lsum over .!?-split sentences",
+        "sentences dropped, tokenizer round trip; default), rouge-score rouge1/2/Lsum over .!?-split sentences, or "
+        "the README's PTB tokenisation + files2rouge (ROUGE-1.5.5 -n 2 -m) rebuilt on rouge-score",
+    )
+    parser.add_argument(
+        "--qg-reference",
+        choices=("answer", "question"),
+        default="answer",
+        help="squad_qg ROUGE reference: the answer, as the original logs it (default), or the question",
     )
     parser.add_argument(
         "--gelu",
@@ -145,7 +153,12 @@ def run(args: argparse.Namespace) -> int:
     check_paths(args)
     tasks = expand_task_list(
         args.tasks,
-        options={"wsc_negatives": args.wsc_negatives, "source_padding": args.source_padding, "rouge": args.rouge},
+        options={
+            "wsc_negatives": args.wsc_negatives,
+            "source_padding": args.source_padding,
+            "rouge": args.rouge,
+            "qg_reference": args.qg_reference,
+        },
     )
     plan = read_tasks(tasks, args.data_dir, split=args.split, limit=args.limit)  # bad data fails before the model loads
     extra = {}
@@ -186,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
             "wsc_negatives": args.wsc_negatives,
             "source_padding": args.source_padding,
             "rouge": args.rouge,
+            "qg_reference": args.qg_reference,
         },
     )
     if args.output is not None:

@@ -6,7 +6,7 @@
 | lambada, lambada_uni | LAMBADA last word, bidirectional / unidirectional context (spec §6.2) | ``lambada`` |
 | lm, lm_uni, wikitext, wikitext_uni | rolling-window perplexity: per-line documents, uni windows, Wikitext-103 (spec §6.3) | ``language_model`` |
 | cnndm, xsum, gigaword, squad_qg | seq2seq: summarisation, question generation; beam search + ROUGE (spec §6.4) | ``summarization`` |
-| multichoice | zero-shot multiple choice, T0-style jsonl (``evaluate_multichoice.sh``) | ``multichoice`` |
+| multichoice, multichoice_uni | zero-shot multiple choice, T0-style jsonl (``evaluate_multichoice.sh``, bi / ``--unidirectional``) | ``multichoice`` |
 | blank | multi-blank infilling, exact match + BLEU | ``blank`` |
 | demo | generic multiple-choice cloze jsonl | ``demo`` |
 """
@@ -20,7 +20,7 @@ from evaluation.tasks.blank import BlankInfilling
 from evaluation.tasks.demo import Demo
 from evaluation.tasks.lambada import Lambada, LambadaUni
 from evaluation.tasks.language_model import LanguageModel, LanguageModelUni, Wikitext, WikitextUni
-from evaluation.tasks.multichoice import MultiChoice
+from evaluation.tasks.multichoice import MultiChoice, MultiChoiceUni
 from evaluation.tasks.summarization import CNNDM, Gigaword, SQuADQuestionGeneration, XSum
 from evaluation.tasks.superglue import SUPERGLUE_TASKS
 from glm_core.errors import ConfigError
@@ -38,6 +38,7 @@ TASKS: dict[str, type[Task]] = {
     "gigaword": Gigaword,
     "squad_qg": SQuADQuestionGeneration,
     "multichoice": MultiChoice,
+    "multichoice_uni": MultiChoiceUni,
     "blank": BlankInfilling,
     "demo": Demo,
 }

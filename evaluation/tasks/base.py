@@ -122,6 +122,22 @@ def padded_prompt(part_a: Sequence[int], mask_positions: tuple[int, ...], length
     )
 
 
+def original_decode(tokenizer: GLMTokenizer, ids: Sequence[int]) -> str:
+    """Text of ``ids`` as the original's ``DecodeIds`` writes it, the text its seq2seq and blank evaluations log and
+    score. WordPiece models (``BertWordPieceTokenizer.DecodeIds``, ``data_utils/tokenization.py:904-922``): every
+    token, command tokens as their strings (``[SEP]``, ``[UNK]``), ``##`` pieces joined to the token before, the rest
+    joined by single spaces - no clean-up of the spaces around punctuation. Other families: :meth:`decode`."""
+    if tokenizer.family != "bert":
+        return tokenizer.decode(ids)
+    words: list[str] = []
+    for token in tokenizer.convert_ids_to_tokens(list(ids)):
+        if token.startswith("##") and words:
+            words[-1] += token[2:]
+        else:
+            words.append(token)
+    return " ".join(words)
+
+
 def resolve_seq_length(task: Task, requested: int | None, model_max: int) -> tuple[int, str | None]:
     """The length ``task`` is evaluated at and, when the model is shorter than asked, a one-line note.
 

@@ -6,12 +6,18 @@ original's ``tasks/seq2seq``): Part A = ``EncodeAsIds(" " + text)`` with **no** 
 right-padded with ``[PAD]`` to 256 tokens (``--src-seq-length 256``, pads visible); greedy decoding, blanks filled
 left to right with the same cache, ``eop`` alone ends a blank, and **one budget of 200 generated
 tokens across all blanks** (``--tgt-seq-length 200``; the ``sop`` that opens each later blank counts), so blanks past
-the budget stay empty. Metrics: exact match and corpus BLEU-4 of the filled text against the original; both sides
-pass through the tokenizer (``decode(encode(x))``) so case and spacing conventions match (the original computes no
-in-code metric for this task).
+the budget stay empty. The filled text is written as the original writes it, ``blanklm_fix_tokenization(
+DecodeIds(...))``. Metrics: exact match and corpus BLEU-4 of that text against the original text put through the
+same steps (``DecodeIds(EncodeAsIds(original))``, then ``blanklm_fix_tokenization``), so case and spacing
+conventions match (the original computes no in-code metric for this task).
 
 Repeated 3-grams are banned over the whole generated stream ``b0 [sop] b1 ...`` as the original's processors see
-it. Not copied: its output file drops the last token of every filled text (``DecodeIds(output_tokens[:-1])``).
+it. The filled text is built as ``BlankLMEvaluater.evaluate`` builds it (``tasks/seq2seq/evaluate.py:421, 478-488``):
+the source tokens the evaluater holds are the dataset's test sample, ``source + [sop]``
+(``tasks/seq2seq/dataset.py:752``), pads are skipped, masks replaced by their blanks, and
+``DecodeIds(output_tokens[:-1])`` drops the last token - always that trailing ``sop``, because every test sample
+ends with it (the source is cut or padded to 256 first, and pads, not ``sop``, are the only tokens skipped). So no
+token of the text is lost, and there is no other variant to offer.
 """
 
 from __future__ import annotations
@@ -21,7 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import metrics
-from evaluation.tasks.base import EvalContext, Example, Task, field_of, find_data_file, padded_prompt, read_jsonl
+from evaluation.tasks.base import (
+    EvalContext,
+    Example,
+    Task,
+    field_of,
+    find_data_file,
+    original_decode,
+    padded_prompt,
+    read_jsonl,
+)
 from glm_core.errors import DataError
 from glm_core.generation import GenerationConfig, generate_batch
 from glm_core.layout import GLMInput
@@ -87,12 +102,15 @@ class BlankInfilling(Task):
             prompt = self.prompt(ex, ctx)
             [result] = generate_batch(ctx.backend, [prompt], special, config)
             blanks = within_budget(result.blanks, special.sop, budget)
-            filled = fill_blanks(prompt.input_ids.tolist(), blanks, special.mask, special.pad)
+            filled = original_output_tokens(prompt.input_ids.tolist(), blanks, special.mask, special.pad, special.sop)
             records.append(
                 {
                     "key": ex.key,
-                    "prediction": tok.decode(filled).strip(),
-                    "reference": tok.decode(tok.encode(ex.data["original"])).strip(),
+                    # evaluate.py:488-489: blanklm_fix_tokenization(DecodeIds(output_tokens[:-1]))
+                    "prediction": blanklm_fix_tokenization(original_decode(tok, filled)).strip(),
+                    "reference": blanklm_fix_tokenization(
+                        original_decode(tok, tok.encode(ex.data["original"]))
+                    ).strip(),
                     "fills": [tok.decode(b).strip() for b in blanks],
                 }
             )
@@ -117,6 +135,35 @@ def within_budget(blanks: Sequence[Sequence[int]], sop: int, budget: int) -> lis
         else:
             out[-1].append(token)
     return out
+
+
+def blanklm_fix_tokenization(text: str) -> str:
+    """``tasks/seq2seq/evaluate.py:393-406`` ``blanklm_fix_tokenization``, rule for rule: re-join the PTB-style pieces
+    a WordPiece ``DecodeIds`` leaves apart (quotes, ``n't``, ``'s``, ``...``, ``--``, u.s. / u.k. / e.g.)."""
+    for old, new in (
+        ("` `", "``"),
+        ("' '", "''"),
+        ("n ' t", "n't"),
+        ("' s", "'s"),
+        ("' m", "'m"),
+        ("' re", "'re"),
+        (". . .", "..."),
+        (" . .", " .."),
+        ("- -", "--"),
+        ("u . s .", "u.s."),
+        ("u . k .", "u.k."),
+        ("e . g .", "e.g."),
+    ):
+        text = text.replace(old, new)
+    return text
+
+
+def original_output_tokens(
+    source: Sequence[int], blanks: Sequence[Sequence[int]], mask: int, pad: int, sop: int
+) -> list[int]:
+    """``output_tokens[:-1]`` of ``BlankLMEvaluater.evaluate`` (``evaluate.py:421, 478-488``): the evaluater walks the
+    dataset's test sample, ``source + [sop]`` (``dataset.py:752``), so the dropped last token is that ``sop``."""
+    return fill_blanks([*source, sop], blanks, mask, pad)[:-1]
 
 
 def fill_blanks(source: Sequence[int], blanks: Sequence[Sequence[int]], mask: int, pad: int) -> list[int]:

@@ -12,7 +12,11 @@ original reads, ``tasks/superglue/dataset.py`` ``MultiChoiceDataset``). As its `
   (``build_input_from_ids``); score = sum of the choice's log-probabilities (``--length-penalty`` 0), prediction =
   the best choice; metric accuracy. ``seq_length`` 512 (``MAX_SEQ_LEN=512``).
 
-The script's ``--unidirectional`` variant (``build_uni_input_from_ids``) is not provided.
+``multichoice_uni`` is the script with ``--unidirectional`` (the same ``__getitem__``, ``dataset.py:102-118``):
+``[gMASK]`` is the mask and none is appended; the same left cut; one ``build_uni_input_from_ids``
+(``tasks/data_utils.py:106-141``) sequence per choice: Part A = ``[CLS] [gMASK]`` (``sep = 2``), Part B = ``[sop]
+inputs choice[:-1]`` causal at position 1 (the mask's) with block positions ``1, 2, ...``; only the choice is
+scored. Models without a ``[gMASK]`` token cannot run it.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import numpy as np
 
 from evaluation import metrics
 from evaluation.tasks.base import EvalContext, Example, Task, field_of, find_data_file, read_jsonl
-from glm_core.errors import DataError
+from glm_core.errors import ConfigError, DataError
 from glm_core.layout import GLMInput, build_candidate_sequences
+from glm_core.special_tokens import SpecialTokens
 
 
 class MultiChoice(Task):
@@ -36,6 +41,7 @@ class MultiChoice(Task):
     default_split = "test"  # evaluate_multichoice.sh: --test-data
     seq_length = 512  # evaluate_multichoice.sh: MAX_SEQ_LEN=512
     protocol_source = "scripts/evaluate_multichoice.sh"
+    unidirectional = False  # MultiChoiceDataset: args.unidirectional
 
     def data_files(self, data_dir: Path, split: str) -> list[Path]:
         return [find_data_file(data_dir, [f"multichoice/{split}.jsonl", f"{split}.jsonl"], self.name)]
@@ -60,7 +66,9 @@ class MultiChoice(Task):
     def samples(self, example: Example, ctx: EvalContext) -> list[GLMInput]:
         tok = ctx.tokenizer
         inputs = tok.encode(example.data["inputs"])
-        if ctx.special.mask not in inputs:
+        if self.unidirectional and ctx.special.gmask is None:
+            raise ConfigError(f"task {self.name!r} needs a [gMASK] token; the model's tokenizer has none")
+        if not self.unidirectional and ctx.special.mask not in inputs:
             inputs.append(ctx.special.mask)
         choices = [tok.encode(c) for c in example.data["choices"]]
         if any(not c for c in choices):
@@ -68,6 +76,8 @@ class MultiChoice(Task):
         longest = max(map(len, choices))
         if len(inputs) + longest + 2 > ctx.max_length:
             inputs = inputs[-(ctx.max_length - longest - 2) :]
+        if self.unidirectional:
+            return [uni_choice_input(inputs, choice, ctx.special) for choice in choices]
         return build_candidate_sequences(inputs, choices, ctx.special, mask_position="last", max_length=ctx.max_length)
 
     def predict(self, examples: Sequence[Example], ctx: EvalContext) -> list[dict[str, Any]]:
@@ -82,3 +92,36 @@ class MultiChoice(Task):
 
     def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
         return {"acc": metrics.accuracy([r["pred"] for r in records], [r["label"] for r in records])}
+
+
+class MultiChoiceUni(MultiChoice):
+    name = "multichoice_uni"
+    description = "zero-shot multiple choice, unidirectional (evaluate_multichoice.sh with --unidirectional)"
+    protocol_source = "scripts/evaluate_multichoice.sh + --unidirectional"
+    unidirectional = True
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "layout": "[CLS] [gMASK] | [sop] inputs choice[:-1], causal"}
+
+
+def uni_choice_input(inputs: Sequence[int], choice: Sequence[int], special: SpecialTokens) -> GLMInput:
+    """``build_uni_input_from_ids(inputs, choice, add_cls=True, mask_id=gMASK)`` without its trailing pads: ids
+    ``[CLS] [gMASK] [sop] inputs choice[:-1]``, positions ``0, 1, 1, ...``, block positions ``0, 0, 1, 2, ...``,
+    ``sep = 2``; targets ``choice`` on the last ``len(choice)`` tokens (the last input token predicts choice[0])."""
+    ids = [special.cls, special.gmask, special.sop, *inputs, *choice[:-1]]
+    n, start = len(ids), len(ids) - len(choice)
+    positions = [0, 1] + [1] * (n - 2)
+    blocks = [0, 0, *range(1, n - 1)]
+    targets = np.full(n, special.pad, dtype=np.int64)
+    targets[start:] = choice
+    loss_mask = np.zeros(n, dtype=np.float32)
+    loss_mask[start:] = 1.0
+    return GLMInput(
+        input_ids=np.asarray(ids),
+        position_ids=np.asarray([positions, blocks]),
+        sep=2,
+        targets=targets,
+        loss_mask=loss_mask,
+        mask_positions=(1,),
+        candidate_spans=((start, n),),
+    )

@@ -22,11 +22,14 @@ Part A = ``[CLS] [sMASK|MASK] " Content:" " " + source`` cut to ``src_seq_length
 ``src_seq_length`` inside Part A**, where the model sees the pads (the original's behaviour, the default;
 ``--source-padding none`` leaves them out). Beam search stops on ``eop`` only (``eos_token_id=eop``).
 
+Predictions and the reference round trip are decoded as the original's ``DecodeIds`` writes them
+(:func:`evaluation.tasks.base.original_decode`: WordPiece tokens space-joined, ``[SEP]`` / ``[UNK]`` kept as strings).
 Metric (``--rouge original``, the default): the ROUGE the original logs (``tasks/seq2seq/evaluate.py``
 ``rouge_metric``, :func:`evaluation.metrics.original_rouge`) against the reference round-tripped through the
 tokenizer (``meta["ref"] = DecodeIds(EncodeAsIds(target))``). ``--rouge sentences``: rouge-score rouge1/2/Lsum
 over sentences split on ``.!?`` against the raw reference. Neither is the README's pipeline (PTB tokenisation +
-``files2rouge``, ROUGE-1.5.5), see ``docs/evaluation_protocol.md``.
+``files2rouge``, ROUGE-1.5.5); ``--rouge files2rouge`` is its equivalent without Java and Perl
+(:func:`evaluation.metrics.files2rouge`), see ``evaluation/PROTOCOL.md`` for what differs.
 """
 
 from __future__ import annotations
@@ -38,7 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import metrics
-from evaluation.tasks.base import EvalContext, Example, Task, find_data_file, padded_prompt, read_lines
+from evaluation.tasks.base import (
+    EvalContext,
+    Example,
+    Task,
+    find_data_file,
+    original_decode,
+    padded_prompt,
+    read_lines,
+)
 from evaluation.tasks.cloze import standardize_punctuation
 from glm_core.errors import ConfigError, DataError
 from glm_core.generation import GenerationConfig, generate_batch
@@ -56,6 +67,8 @@ class DecodingSettings:
     length_penalty: float
     no_repeat_ngram_size: int
 
+
+ROUGE_VARIANTS = ("original", "sentences", "files2rouge")
 
 SETTINGS = {
     "cnndm": DecodingSettings(608, 160, 55, 5, 0.7, 3),  # seq_cnndm_org.sh (seq_cnndm.sh: the same)
@@ -102,8 +115,8 @@ class Summarization(Task):
         self.rouge = options.get("rouge", "original")
         if self.source_padding not in ("visible", "none"):
             raise ConfigError(f"--source-padding must be 'visible' or 'none', got {self.source_padding!r}")
-        if self.rouge not in ("original", "sentences"):
-            raise ConfigError(f"--rouge must be 'original' or 'sentences', got {self.rouge!r}")
+        if self.rouge not in ROUGE_VARIANTS:
+            raise ConfigError(f"--rouge must be one of {', '.join(ROUGE_VARIANTS)}, got {self.rouge!r}")
 
     @property
     def task_id(self) -> str:
@@ -187,6 +200,10 @@ class Summarization(Task):
     def reference(self, example: Example) -> str:
         return example.data["target"]
 
+    def rouge_reference(self, example: Example) -> str:
+        """The text ROUGE compares with: ``meta["ref"]`` of the original's processor, before the round trip."""
+        return self.reference(example)
+
     def rouge_dataset(self, ctx: EvalContext) -> str:
         """The ``dataset`` argument of the original's ``fix_tokenization`` (``tasks/seq2seq/finetune.py:97-102``)."""
         if ctx.tokenizer.family == "bert":
@@ -210,13 +227,14 @@ class Summarization(Task):
         drop = {ctx.special.eop, ctx.special.pad}  # evaluate.py: tokens not in [end_token, pad_token]
         records = []
         for ex, r in zip(examples, results, strict=True):
-            reference = self.reference(ex)
+            reference, rouge_reference = self.reference(ex), self.rouge_reference(ex)
             records.append(
                 {
                     "key": ex.key,
-                    "prediction": ctx.tokenizer.decode([t for t in r.blanks[0] if t not in drop]).strip(),
+                    "prediction": original_decode(ctx.tokenizer, [t for t in r.blanks[0] if t not in drop]).strip(),
                     "reference": reference,
-                    "reference_roundtrip": ctx.tokenizer.decode(ctx.tokenizer.encode(reference)),
+                    "rouge_reference": rouge_reference,
+                    "reference_roundtrip": original_decode(ctx.tokenizer, ctx.tokenizer.encode(rouge_reference)),
                     "rouge_dataset": self.rouge_dataset(ctx),
                     "generated_tokens": len(r.blanks[0]),
                 }
@@ -226,7 +244,9 @@ class Summarization(Task):
     def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
         predictions = [r["prediction"] for r in records]
         if self.rouge == "sentences":
-            return metrics.rouge(predictions, [r["reference"] for r in records])
+            return metrics.rouge(predictions, [r.get("rouge_reference", r["reference"]) for r in records])
+        if self.rouge == "files2rouge":  # the .hyps / .refs files of finetune.py's output_func: meta["ref"]
+            return metrics.files2rouge(predictions, [r["reference_roundtrip"] for r in records])
         dataset = records[0]["rouge_dataset"] if records else "cnn_dm_org"
         return metrics.original_rouge(predictions, [r["reference_roundtrip"] for r in records], dataset)
 
@@ -314,9 +334,31 @@ class Gigaword(Summarization):
 class SQuADQuestionGeneration(Summarization):
     """SQuAD 1.1 question generation (``seq_squad_generation.sh``, ``SQuADGenerationProcessor``).
 
-    The original logs ROUGE against the *answer* (``meta["ref"]`` is the answer round-tripped); here the reference
-    is the question, the text the model generates. Also reported: corpus BLEU-4 over whitespace tokens.
+    ROUGE is logged as the original computes it: against the *answer* (``tasks/seq2seq/dataset.py:173-179``,
+    ``meta["ref"] = DecodeIds(EncodeAsIds(answer))``, which ``rouge_metric`` reads), the default;
+    ``--qg-reference question`` compares with the question, the text the model generates. BLEU-4 (corpus, whitespace
+    tokens; not computed by the original) is always against the question.
     """
+
+    def __init__(self, option: str | None = None) -> None:
+        super().__init__(option)
+        self.qg_reference = "answer"
+
+    def configure(self, options: dict[str, Any]) -> None:
+        super().configure(options)
+        self.qg_reference = options.get("qg_reference", "answer")
+        if self.qg_reference not in ("answer", "question"):
+            raise ConfigError(f"--qg-reference must be 'answer' or 'question', got {self.qg_reference!r}")
+
+    @property
+    def task_id(self) -> str:
+        return super().task_id + ("-qref" if self.qg_reference == "question" else "")
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "rouge_reference": self.qg_reference}
+
+    def rouge_reference(self, example: Example) -> str:
+        return example.data[self.qg_reference]
 
     name = corpus = "squad_qg"
     description = "SQuAD question generation, beam 5 (seq_squad_generation.sh)"

@@ -11,8 +11,8 @@ import torch
 
 from evaluation.scoring import Scorer
 from evaluation.tasks import expand_task_list, get_task, summarization
-from evaluation.tasks.base import EvalContext
-from evaluation.tasks.blank import BlankInfilling
+from evaluation.tasks.base import EvalContext, original_decode
+from evaluation.tasks.blank import BlankInfilling, blanklm_fix_tokenization
 from glm_core.errors import ConfigError
 from glm_core.layout import build_lambada_input
 
@@ -100,7 +100,9 @@ def test_blank_infilling_fills_every_mask(ctx, monkeypatch) -> None:
         # one budget of 4 tokens for all blanks (the original's --tgt-seq-length, sop included): later blanks may be empty
         assert 1 <= len(r["fills"]) <= ex.data["text"].count("[MASK]")
         assert "[MASK]" not in r["prediction"]
-        assert r["reference"] == ctx.tokenizer.decode(ctx.tokenizer.encode(ex.data["original"])).strip()
+        # the original's DecodeIds text (WordPiece tokens joined by spaces) after blanklm_fix_tokenization
+        reference = original_decode(ctx.tokenizer, ctx.tokenizer.encode(ex.data["original"]))
+        assert r["reference"] == blanklm_fix_tokenization(reference).strip()
     out = task.aggregate(records)
     assert 0 <= out["bleu"] <= 1 and 0 <= out["exact_match"] <= 1
 
