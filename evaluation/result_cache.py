@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the paper protocol per task (references, decoding, lengths); records of 1 are recomputed
 
 
 def cache_file_name(task_id: str, backend: str, dtype: str, model_hash: str, data_stamp: str) -> str:
