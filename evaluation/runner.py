@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from evaluation.result_cache import ResultCache, cache_file_name
 from evaluation.scoring import Scorer
 from evaluation.tasks.base import EvalContext, Example, Task, file_stamp, resolve_seq_length
-from glm_core.errors import DataError
+from glm_core.errors import DataError, LayoutError
 
 EXAMPLES_PER_CHUNK = 32  # examples predicted (and cached) together; bounds what an interrupt can lose
 
@@ -58,6 +58,24 @@ def read_tasks(tasks: Sequence[Task], data_dir: Path, *, split: str | None, limi
     return plan
 
 
+def _predict(planned: PlannedTask, chunk: list[Any], ctx: EvalContext) -> list[dict[str, Any]]:
+    """``task.predict``; an example that cannot be laid out (too long, no mask, ...) is named in the error: its key
+    and the data file it came from (the chunk is retried one example at a time to find it)."""
+    try:
+        return planned.task.predict(chunk, ctx)
+    except LayoutError as exc:
+        culprit, reason = None, exc
+        for example in chunk if len(chunk) > 1 else []:
+            try:
+                planned.task.predict([example], ctx)
+            except LayoutError as single:
+                culprit, reason = example, single
+                break
+        culprit = culprit or chunk[0]
+        files = ", ".join(str(p) for p in planned.data_files) or "the task's data"
+        raise LayoutError(f"{planned.task.task_id}: example {culprit.key!r} of {files}: {reason}") from None
+
+
 def run_task(
     planned: PlannedTask,
     ctx: EvalContext,
@@ -79,7 +97,7 @@ def run_task(
     with tqdm(total=len(examples), initial=resumed, desc=task.task_id, disable=not progress, unit="ex") as bar:
         for i in range(0, len(todo), chunk_size):
             chunk = todo[i : i + chunk_size]
-            records = task.predict(chunk, ctx)
+            records = _predict(planned, chunk, ctx)
             if cache is not None:
                 cache.append(records)
             computed.update((str(r["key"]), r) for r in records)

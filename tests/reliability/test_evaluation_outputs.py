@@ -128,3 +128,17 @@ def test_compare_refuses_an_output_it_did_not_write_and_keeps_exit_1_for_drift(t
     assert run(same, "--output", str(report)) == 0
     assert run({"demo": {"metrics": {"accuracy": 0.9}}}, "--output", str(report), "--overwrite") == 1  # drift
     assert "accuracy" in report.read_text()
+
+
+def test_an_example_that_cannot_be_laid_out_is_named_with_its_file(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data" / "demo"
+    data.mkdir(parents=True)
+    long_choice = " ".join(["word"] * 40)
+    rows = [
+        {"text": "The cat sat on the [MASK].", "choices": ["mat", "sky"], "label": 0},
+        {"text": "Paris is in [MASK].", "choices": ["France", long_choice], "label": 0},
+    ]
+    (data / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["--model", "glm-tiny", "--tasks", "demo", "--data-dir", str(tmp_path / "data"), "--seq-length", "16"]
+    code, err = _eval(args, capsys)
+    _one_line(code, err, "demo: example", "val.jsonl", "maximum length")
