@@ -562,6 +562,10 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "model", None):
+            from glm_core.hub import resolve_model_path
+
+            args.model = resolve_model_path(args.model)  # a hub id becomes its snapshot directory
         if args.command == "export":
             summary = run_export(args)
         elif args.command == "pretokenize":

@@ -19,6 +19,7 @@ import numpy as np
 
 from evaluation.backends.info import backend_info
 from glm_core.errors import ConfigError
+from glm_core.hub import resolve_model_path
 from glm_core.special_tokens import SpecialTokens
 from glm_core.tokenizer import GLMTokenizer
 
@@ -89,12 +90,15 @@ def load_backend(
             f"the {kind} backend cannot be imported ({exc}); install it with: pip install 'glm-harness[{extra}]'"
         ) from None
     backend_cls = getattr(module, class_name)
+    path = resolve_model_path(path)  # local path > preset > hub id owner/name[@revision] (glm_core.hub)
     params = inspect.signature(backend_cls).parameters
     if "device" in params:
         kwargs["device"] = device
     elif "providers" in params and "providers" not in kwargs:
-        # ONNX Runtime names devices by execution provider (spec onnx_export §2)
+        # ONNX Runtime names devices by execution provider (spec onnx_export §2), the GPU by the provider's device_id
         kwargs["providers"] = "cuda" if str(device).startswith("cuda") else "cpu"
+        if "device_id" in params and str(device).startswith("cuda:"):
+            kwargs.setdefault("device_id", int(str(device).partition(":")[2]))
     if "dtype" in params:
         kwargs["dtype"] = dtype
     backend = backend_cls(path, **kwargs)
@@ -153,12 +157,14 @@ def _describe(backend: Any, kind: str, path: str | os.PathLike[str], device: str
     providers = list(getattr(backend, "providers", []) or [])
     config = getattr(backend, "config", {})
     exported = config.get("dtype") or config.get("kv_dtype") if isinstance(config, dict) else None
+    # the precision that ran: a backend that checks the request (ONNX: fixed at export) says so itself
+    recorded = getattr(backend, "dtype", None) or dtype or exported
     return backend_info(
         backend=kind,
         path=path,
         device=device,
         provider=providers[0] if providers else kind,
-        dtype=_DTYPE_ALIASES.get(str(dtype or exported), str(dtype or exported or "fp32")),
+        dtype=_DTYPE_ALIASES.get(str(recorded), str(recorded or "fp32")),
         packages=("onnxruntime", "onnx") if kind == "onnx" else ("torch",),
     )
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from evaluation.backends.onnx_graph import check_requested_dtype
 from glm_core.errors import ConfigError, ExportError, InputError
 from glm_core.special_tokens import SpecialTokens
 
@@ -226,6 +227,9 @@ class OnnxBackend:
     """The GLM step contract (DESIGN.md) over ``onnxruntime.InferenceSession``.
 
     ``providers``: ORT provider names (default CPU); ``"cuda"``/``"cpu"`` are accepted as shorthands.
+    ``device_id``: the GPU of the CUDA execution provider (``cuda:N``). ``dtype``: a check, not a cast: the graph's
+    own precision or ``auto`` (:mod:`evaluation.backends.onnx_graph`). ``tokenizer``: a
+    :class:`~glm_core.tokenizer.GLMTokenizer` to use instead of the model directory's.
     ``threads``: intra-op threads (default: ORT's choice). ``allow_spinning=False`` stops ORT's worker threads
     from spinning between runs (spec onnx_export §4.2 #10: set it when torch shares the process/cores).
     """
@@ -237,14 +241,19 @@ class OnnxBackend:
         threads: int | None = None,
         allow_spinning: bool = True,
         graph_optimization: str = "all",
+        *,
+        device_id: int = 0,
+        dtype: str | None = None,
+        tokenizer: Any = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.config = read_model_config(self.model_dir)
+        self.dtype = check_requested_dtype(self.config, dtype, str(self.model_dir))
         self.model_path = self.model_dir / self.config["model_file"]
         self.external_data = check_external_data(self.model_path)  # before any session touches the file
         self.providers = _resolve_providers(providers)
         self.on_cuda = self.providers[0] == CUDA_PROVIDER
-        self.device_id = 0
+        self.device_id = int(device_id)
         options = ort.SessionOptions()
         if threads is not None:
             if threads < 1:
@@ -261,7 +270,14 @@ class OnnxBackend:
             raise ConfigError(f"graph_optimization must be one of {sorted(levels)}, got {graph_optimization!r}")
         options.graph_optimization_level = levels[graph_optimization]
         try:
-            self.session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=self.providers)
+            self.session = ort.InferenceSession(
+                str(self.model_path),
+                sess_options=options,
+                providers=self.providers,
+                provider_options=[
+                    {"device_id": str(self.device_id)} if p == CUDA_PROVIDER else {} for p in self.providers
+                ],
+            )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise ExportError(f"{self.model_path}: onnxruntime cannot load the model ({str(exc)[:300]})") from None
 
@@ -275,7 +291,7 @@ class OnnxBackend:
         self.present_names = [f"present.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")]
         self.output_names = ["logits", *self.present_names]
         self._check_session_io()
-        self._tokenizer: Any = None
+        self._tokenizer: Any = tokenizer
         self.calls = 0
         self.tokens_seen = 0
 
