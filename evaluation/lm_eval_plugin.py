@@ -327,6 +327,12 @@ class _GLMLMBase(TemplateLM):
         return Scorer(self._scoring_backend, batch_size=batch_size, progress=progress)
 
     # ------------------------------------------------------------------ loglikelihood
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        # lm-eval evens out the ranks by repeating a rank's last request object: each one is scored once
+        unique, where = _unique_instances(requests)
+        results = super().loglikelihood(unique, disable_tqdm=disable_tqdm)
+        return [results[i] for i in where]
+
     def _loglikelihood_tokens(
         self,
         requests: list[tuple[tuple[str, str] | None, list[int], list[int]]],
@@ -380,6 +386,11 @@ class _GLMLMBase(TemplateLM):
 
     # ------------------------------------------------------------------ rolling log-likelihood
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        unique, where = _unique_instances(requests)
+        totals = self._loglikelihood_rolling(unique, disable_tqdm)
+        return [totals[i] for i in where]
+
+    def _loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool) -> list[float]:
         texts = [req.args[0] for req in requests]
         # spec §6.3 windows over [eos] + text: every text token is scored once, conditioned on the prefix token.
         documents = [[self.prefix_token_id, *self.tok_encode(text)] for text in texts]
@@ -462,6 +473,19 @@ class _GLMLMBase(TemplateLM):
         bar.close()
         self.requests_scored["generate_until"] += len(args)
         return collator.get_original(outputs)
+
+
+def _unique_instances(requests: list[T]) -> tuple[list[T], list[int]]:
+    """The distinct request objects (by identity) and, per request, the index of its object among them."""
+    index: dict[int, int] = {}
+    unique: list[T] = []
+    where = []
+    for req in requests:
+        if id(req) not in index:
+            index[id(req)] = len(unique)
+            unique.append(req)
+        where.append(index[id(req)])
+    return unique, where
 
 
 def _cut_at_stop(text: str, until: Sequence[str]) -> str:
