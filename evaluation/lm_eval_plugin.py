@@ -9,19 +9,35 @@ Both classes share everything above the step contract (DESIGN.md): requests are 
 say which backend :func:`evaluation.backends.load_backend` opens and how to tell whether CUDA is there, so a
 difference between ``glm-torch`` and ``glm-onnx`` results can only come from the forward pass.
 
-How lm-eval requests map onto GLM (spec lm_eval_integration §2):
+How lm-eval requests map onto GLM — one protocol with the native tasks (README "lm-eval: the request layouts"):
 
 - ``loglikelihood(context, continuation)``: the context and continuation are tokenized separately (``backend =
-  "seq2seq"``). Left to right (spec glm_reference §6.2): Part A = ``[CLS] context [gMASK]``, Part B = ``[sop]
-  continuation``; the context is cut from the left to fit ``max_length``. If the context holds a blank of its own
-  (``[MASK]``, ``[sMASK]``, ``[gMASK]`` in the text, as in the ``glm_demo`` task) the continuation fills that blank
-  instead (cloze, spec §2.4-2: Part A = ``[CLS] context [eos]``, no eop appended). Requests with the same context
-  share one Part A: it runs once and its K/V cache is expanded over the choices (spec §2.4-3).
+  "seq2seq"``); the context is cut from the left to fit ``max_length``; requests with the same context share one
+  Part A, run once, its K/V cache expanded over the choices (spec §2.4-3).
+
+  * **Cloze** — the context holds a blank of its own (``[MASK]``, ``[sMASK]``, ``[gMASK]`` in the text, as in the
+    ``glm_demo`` task): Part A = ``[CLS] context [eos]``, Part B = ``[sop] continuation``, and the score includes
+    ``[eop]`` after the continuation: the candidate fills the blank *exactly*, as in the original multi-token PVPs
+    (GLM ``tasks/superglue/pvp.py:232-233``, spec §2.4-2) and in the native cloze tasks (``demo``, COPA, WSC,
+    ReCoRD). So ``glm_demo`` through lm-eval and the native ``demo`` task give the same scores. ``cloze_eop=false``
+    drops the eop, the layout of the original zero-shot ``MultiChoiceDataset`` (``tasks/superglue/dataset.py:97-127``).
+  * **Left to right** — no blank in the context: Part A = ``[CLS] context [gMASK]``, Part B = ``[sop]
+    continuation``, no eop (the continuation is a prefix of the text, not a whole span): the layout
+    ``generate_until`` uses, so ``is_greedy`` means "greedy generation produces it". ``context_eos=true`` puts
+    ``[eos]`` after the mask, the original LAMBADA layout (``tasks/language_model/dataset.py:111-134``,
+    ``build_input_from_ids(add_eos=True)``) and the native ``lambada`` task: with it ``--tasks lambada_openai``
+    reproduces the paper's LAMBADA protocol (its ``acc`` is the original "argmax at every target token").
 - ``loglikelihood_rolling(text)``: GLM's rolling-window perplexity (spec §6.3) over ``[eos] + text``, so that every
-  token of the text is scored exactly once, conditioned on the eos "prefix token" as lm-eval expects.
+  token of the text is scored exactly once, conditioned on the eos "prefix token" as lm-eval expects (the original
+  LM evaluation leaves the first token unscored as Part A; lm-eval's byte/word perplexities need every token).
 - ``generate_until(context, gen_kwargs)``: the blank of ``[CLS] context [gMASK]`` (or the context's own first blank)
-  is filled greedily (or by sampling when ``do_sample``), stopping at eop/eos or ``max_gen_toks``; the text is then cut
-  at the first ``until`` string.
+  is filled greedily (or by sampling when ``do_sample``), stopping at eop/eos or ``max_gen_toks`` (spec §2.3a: no
+  eos after a trailing gMASK); the text is then cut at the first ``until`` string. Sampling is seeded by ``seed=``
+  (model args) or a ``seed`` in the generation kwargs, else by lm-eval's ``--seed`` (see :meth:`sampling_seed`).
+
+Several processes (``accelerate launch`` / ``torchrun``): each scores its share of the documents on its own device,
+lm-eval gathers on rank 0 (:mod:`evaluation.lm_eval_distributed`). ``--apply_chat_template`` is refused: GLM has no
+chat template. ``--model_args`` win over lm-eval's own ``--device`` / ``--batch_size`` values.
 
 No ``@register_model`` here (spec §1.3 E3): :mod:`evaluation._lmeval_bootstrap` registers ``"module:Class"``
 placeholders. torch and onnxruntime are imported only when a model is built, each only by its own backend.
@@ -126,12 +142,15 @@ class _LengthLimitedBackend:
 class _GLMLMBase(TemplateLM):
     """lm-eval ``TemplateLM`` over one GLM backend; subclasses set :attr:`backend_kind` and CUDA detection.
 
-    Model arguments: ``pretrained`` (model path; also names lm-eval's output directory, spec §4), ``device``
-    (``"cuda:0"`` by default as lm-eval always passes it; falls back to CPU with a warning when CUDA is not
-    available), ``batch_size`` (``"N"``, ``"auto"``, ``"auto:N"``: auto starts at ``max_batch_size`` and halves on
-    an out-of-memory error), ``max_batch_size`` (64), ``max_length`` (default and upper bound: the model's
-    ``max_sequence_length``), ``max_gen_toks`` (256, when a task does not say), ``dtype`` (``fp32``/``fp16``/``bf16``;
-    default: the backend's), ``seed`` (sampling, 1234). Other keyword arguments go to the backend class.
+    Model arguments: ``pretrained`` (model path, preset or hub id ``owner/name[@revision]``; also names lm-eval's
+    output directory, spec §4), ``device`` (``"cuda:0"`` by default as lm-eval always passes it; falls back to CPU
+    with a warning when CUDA is not available; with several processes ``cuda:{LOCAL_RANK}``), ``batch_size``
+    (``"N"``, ``"auto"``, ``"auto:N"``: auto starts at ``max_batch_size`` and halves on an out-of-memory error),
+    ``max_batch_size`` (64), ``max_length`` (default and upper bound: the model's ``max_sequence_length``),
+    ``max_gen_toks`` (256, when a task does not say), ``dtype`` (torch: ``fp32``/``fp16``/``bf16``; ONNX: a check
+    against the exported graph's precision, which is what gets recorded), ``seed`` (sampling; default: from lm-eval's
+    ``--seed``), ``tokenizer`` (a model directory, preset or hub id whose tokenizer to use), ``cloze_eop`` (true),
+    ``context_eos`` (false). Other keyword arguments go to the backend class.
     """
 
     backend = "seq2seq"  # lm-eval: encode context and continuation separately (Part A / Part B, spec §2)
