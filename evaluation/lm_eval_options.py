@@ -3,7 +3,7 @@
 lm-eval passes ``--model_args`` values as parsed strings (``"true"`` becomes ``True``, numbers become numbers) and
 prints a traceback for any exception a model raises. A mistake a user can fix (a bad argument, a model that is not
 there, ``--apply_chat_template`` on a model without a chat template) should instead read like the project's own
-command-line tools: under lm-eval's command line (``lm_eval``, ``python -m lm_eval``, ``glm-lm-eval``) it is one line
+command-line tools: under lm-eval's command line (``lm_eval``, ``python -m lm_eval``, ``glm-lm-eval``: lm-eval's ``_cli`` code calls the model) it is one line
 on stderr and exit status 2; through the Python API (``simple_evaluate``) it is raised as the :class:`GLMError`.
 """
 
@@ -33,8 +33,13 @@ def as_bool(value: bool | str | int, name: str) -> bool:
 
 
 def under_lm_eval_cli() -> bool:
-    """True inside lm-eval's command line (its ``_cli`` package is imported only there, not by the Python API)."""
-    return any(name.startswith("lm_eval._cli") for name in sys.modules)
+    """True when lm-eval's command line (its ``lm_eval._cli`` package) is on the call stack, not the Python API."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith("lm_eval._cli"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextmanager
