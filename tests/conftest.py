@@ -7,6 +7,8 @@ import os
 # Triton kernels run under the interpreter on CPU-only machines; the flag is read when kernels are decorated,
 # so it must be set before any kernel module is imported (spec fused_ops §3).
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# No test reaches the network: a name that looks like a hub id (owner/name) resolves from the local cache or fails.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
