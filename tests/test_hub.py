@@ -81,11 +81,15 @@ def test_evaluation_and_export_cli_refuse_an_uncached_id_with_exit_2(offline_hub
     pytest.importorskip("torch")
     from evaluation.cli import main as eval_main
     from export.onnx import main as export_main
+    from glm_core.cli import main as generate_main
+    from glm_core.convert import main as convert_main
     from training.cli import main as train_main
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("one document.\n\nanother one.\n", encoding="utf-8")
     runs = {
+        "glm-generate": lambda: generate_main(["--model", "THUDM/glm-large", "It is [MASK]."]),
+        "convert": lambda: convert_main(["THUDM/glm-large", str(tmp_path / "converted")]),
         "glm-eval": lambda: eval_main(["--model", "THUDM/glm-large", "--tasks", "demo", "--limit", "2"]),
         "export": lambda: export_main(["--ckpt", "THUDM/glm-large", "--out", str(tmp_path / "onnx")]),
         "glm-train": lambda: train_main(
@@ -96,7 +100,7 @@ def test_evaluation_and_export_cli_refuse_an_uncached_id_with_exit_2(offline_hub
         assert run() == 2, tool
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "THUDM/glm-large" in err and "hf download" in err, (tool, err)
-    assert not (tmp_path / "onnx").exists() and not (tmp_path / "tok").exists()  # nothing half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]  # nothing half-written
 
 
 def test_hub_ids_load_in_every_tool(offline_hub: Path, tmp_path: Path, capsys) -> None:
@@ -115,6 +119,14 @@ def test_hub_ids_load_in_every_tool(offline_hub: Path, tmp_path: Path, capsys) -
     assert "models--THUDM--glm-tiny" in by_id["model_path"]
     assert by_id["model_hash"] == preset["model_hash"]  # the same files, read through the snapshot's symlinks
     assert by_id["tasks"]["demo"]["records"] == preset["tasks"]["demo"]["records"]  # the same scores
+
+    from glm_core.cli import main as generate_main
+
+    capsys.readouterr()
+    assert generate_main(["--model", "THUDM/glm-tiny", "--json", "The capital of Veldora is [MASK]."]) == 0
+    by_id_text = capsys.readouterr().out
+    assert generate_main(["--model", "glm-tiny", "--json", "The capital of Veldora is [MASK]."]) == 0
+    assert by_id_text == capsys.readouterr().out
 
     model, tokenizer, notes = load_checkpoint("THUDM/glm-tiny")  # export --ckpt: weights and the tokenizer beside them
     assert tokenizer is not None and model.config.name == "glm-tiny" and notes == []
