@@ -74,3 +74,38 @@ def test_each_request_is_scored_by_one_process_once(runs) -> None:
     for kind, count in single["scored"].items():
         shares = [r["scored"].get(kind, 0) for r in two["ranks"]]
         assert sum(shares) == count and all(shares), (kind, shares)  # split, none twice, the pad not rescored
+
+
+def test_each_process_takes_the_gpu_of_its_local_rank(monkeypatch) -> None:
+    import types
+
+    from evaluation import backends
+    from evaluation.lm_eval_distributed import ProcessGroup
+
+    group = ProcessGroup(rank=3, world_size=4, local_rank=1)
+    assert group.device("cuda:0") == group.device("cuda") == "cuda:1"  # lm-eval passes cuda:0 to every process
+    assert group.device("cpu") == "cpu" and ProcessGroup().device("cuda:0") == "cuda:0"
+
+    seen = {}
+
+    class FakeOnnxBackend:  # the ONNX backend's signature: providers + the CUDA provider's device_id
+        def __init__(self, model_dir, providers=None, *, device_id=0, dtype=None, tokenizer=None):
+            seen.update(providers=providers, device_id=device_id)
+
+    module = types.ModuleType("fake_onnx_backend")
+    module.FakeOnnxBackend = FakeOnnxBackend
+    monkeypatch.setitem(sys.modules, "fake_onnx_backend", module)
+    monkeypatch.setitem(backends.BACKENDS, "fake", ("fake_onnx_backend", "FakeOnnxBackend"))
+    backends.load_backend("fake", str(REPO), device=group.device("cuda:0"))
+    assert seen == {"providers": "cuda", "device_id": 1}
+
+
+def test_without_a_launcher_there_is_one_process(monkeypatch) -> None:
+    from evaluation.lm_eval_distributed import ProcessGroup
+    from glm_core.errors import ConfigError
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert ProcessGroup.from_environment(on_cuda=False) == ProcessGroup(0, 1, 0)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match="WORLD_SIZE='two'"):
+        ProcessGroup.from_environment(on_cuda=False)
