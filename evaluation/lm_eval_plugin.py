@@ -156,7 +156,7 @@ class _GLMLMBase(TemplateLM):
     backend = "seq2seq"  # lm-eval: encode context and continuation separately (Part A / Part B, spec §2)
     backend_kind: str = ""  # "torch" | "onnx": the evaluation.backends name
 
-    def __init__(self, pretrained: str, **kwargs: Any) -> None:
+    def __init__(self, pretrained: str = "", **kwargs: Any) -> None:
         super().__init__()
         with user_errors_end_the_cli(f"glm-{self.backend_kind}"):
             self._init(pretrained, **kwargs)
