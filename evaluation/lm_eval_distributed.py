@@ -31,10 +31,15 @@ class ProcessGroup:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    collective_device: str = "cpu"  # where lm-eval's gather tensors live: the process's GPU under NCCL, else CPU
 
     @classmethod
     def from_environment(cls, on_cuda: bool) -> ProcessGroup:
-        """Join the process group the launcher describes (``WORLD_SIZE`` > 1), or a single process."""
+        """Join the process group the launcher describes (``WORLD_SIZE`` > 1), or a single process.
+
+        ``on_cuda``: the model runs on CUDA. The collectives use NCCL on the process's GPU when torch itself has
+        CUDA, else gloo on the CPU (e.g. ``glm-onnx`` on onnxruntime-gpu beside a CPU build of torch).
+        """
         world_size = _env_int("WORLD_SIZE", 1)
         if world_size <= 1:
             return cls()
@@ -47,16 +52,23 @@ class ProcessGroup:
                 f"WORLD_SIZE={world_size}: data-parallel lm-eval needs torch (lm-eval gathers results with "
                 "torch.distributed); install torch or run one process"
             ) from None
+        nccl = on_cuda and torch.cuda.is_available()
         if not dist.is_initialized():
-            if on_cuda:
+            if nccl:
                 torch.cuda.set_device(local_rank)
             try:
                 from accelerate import PartialState  # HFLM's route: accelerate picks backend and timeouts
             except ImportError:
-                dist.init_process_group(backend="nccl" if on_cuda else "gloo")
+                dist.init_process_group(backend="nccl" if nccl else "gloo")
             else:
-                PartialState(cpu=not on_cuda)
-        return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+                PartialState(cpu=not nccl)
+        nccl = dist.get_backend() == "nccl"
+        return cls(
+            rank=dist.get_rank(),
+            world_size=dist.get_world_size(),
+            local_rank=local_rank,
+            collective_device=f"cuda:{local_rank}" if nccl else "cpu",
+        )
 
     def device(self, requested: str) -> str:
         """``cuda:{local_rank}`` for a CUDA request when several processes share the machine; else ``requested``."""

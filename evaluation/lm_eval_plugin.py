@@ -302,7 +302,8 @@ class _GLMLMBase(TemplateLM):
 
     @property
     def device(self) -> str:
-        return self.device_name
+        # lm-eval builds its gather tensors here (evaluator.py:568-574): with several processes, the collectives' device
+        return self.process_group.collective_device if self.world_size > 1 else self.device_name
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
         # GLM text ids never carry [CLS]/eos: glm_core.layout adds the special tokens of each layout.
