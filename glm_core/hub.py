@@ -130,7 +130,7 @@ def snapshot_path(repo_id: str, revision: str | None = None, *, local_files_only
         if only_local:
             where = "HF_HUB_OFFLINE=1" if local_files_only is None else "local_files_only=True"
         else:
-            where = "and the hub could not be reached"
+            where = "the hub could not be reached"
         raise CheckpointError(
             f"{label}: no such local path, and the hub model is not in the Hugging Face cache "
             f"({cache_dir() or 'the default cache'}; {where}); fetch it once with `{fetch}` while online, "
