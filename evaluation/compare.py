@@ -37,6 +37,7 @@ from typing import Any
 from glm_core.atomic import write_text_atomically
 from glm_core.data_files import read_jsonl
 from glm_core.errors import DataError, GLMError
+from glm_core.outputs import check_output
 
 __all__ = [
     "Run",
@@ -667,14 +668,44 @@ def _parser() -> argparse.ArgumentParser:
         help="smallest allowed fraction of identical generations (default %(default)g)",
     )
     parser.add_argument("--format", choices=("md", "json"), default="md", help="report format (default md)")
-    parser.add_argument("--output", help="write the report to this file instead of stdout")
+    parser.add_argument("--output", help="write the report to this file instead of stdout (a new file)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output (only a report of this tool)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing; only the exit status tells")
     return parser
 
 
+def _not_a_report(path: Path) -> str | None:
+    """Why ``path`` is not a report this tool wrote (``None``: it is one)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return "not a UTF-8 text file"
+    if text.startswith("# Run comparison\n"):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return "neither a Markdown nor a JSON comparison report"
+    ok = isinstance(data, dict) and {"ok", "thresholds", "a", "b"} <= data.keys()
+    return None if ok else "a JSON file without the report keys ok, thresholds, a, b"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 the runs agree, 1 they drift apart, 2 bad input or usage (argparse's own status too)."""
     args = _parser().parse_args(argv)
     try:
+        if args.output:
+            check_output(
+                args.output,
+                overwrite=args.overwrite,
+                flag="--output",
+                directory=False,
+                foreign=_not_a_report,
+                what="a comparison report",
+                make_parents=True,
+            )
         thresholds = Thresholds(
             max_ll_diff=args.max_ll_diff,
             ll_rtol=args.ll_rtol,
@@ -688,7 +719,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     text = json.dumps(report, indent=2, sort_keys=True) + "\n" if args.format == "json" else render_markdown(report)
     if args.output:
-        write_text_atomically(Path(args.output), text)
+        try:
+            write_text_atomically(Path(args.output), text)
+        except OSError as exc:
+            print(f"error: --output {args.output}: could not be written ({exc.strerror or exc})", file=sys.stderr)
+            return 2
     elif not args.quiet:
         sys.stdout.write(text)
     return 0 if report["ok"] else 1

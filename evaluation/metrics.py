@@ -91,9 +91,24 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
 
 
+def _transliterator():
+    try:
+        from unidecode import unidecode
+    except ImportError:
+        return None
+    return unidecode
+
+
+UNIDECODE = _transliterator()  # the original's normalize_answer uses unidecode (an 'eval' extra dependency)
+
+
 def squad_normalize(text: str) -> str:
-    """Official SQuAD v1.1 answer normalisation: lower case, drop punctuation, drop articles, collapse spaces."""
+    """SQuAD v1.1 answer normalisation as the original's ``tasks/superglue/evaluate.py`` ``normalize_answer``:
+    lower case transliterated to ASCII with ``unidecode`` (when the package is installed; else kept as written),
+    drop punctuation, drop articles, collapse spaces."""
     text = text.lower()
+    if UNIDECODE is not None:
+        text = UNIDECODE(text)
     text = "".join(ch for ch in text if ch not in _PUNCTUATION)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
@@ -151,6 +166,135 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
         scores = scorer.score("\n".join(split_sentences(ref)), "\n".join(split_sentences(pred)))
         for key in totals:
             totals[key] += scores[key].fmeasure
+    n = max(len(predictions), 1)
+    return {key: value / n for key, value in totals.items()}
+
+
+# ------------------------------------------------------------------------------------------------ the original's ROUGE
+def _is_digit(w: str) -> bool:
+    return all(ch.isdigit() or ch == "," for ch in w)
+
+
+def fix_tokenization(text: str, dataset: str) -> str:
+    """``tasks/seq2seq/evaluate.py`` ``fix_tokenization`` of the original, rule for rule: identity for
+    ``cnn_dm_org``, ``[UNK]`` -> ``UNK`` for ``gigaword``, else (``cnn_dm``, BERT-tokenizer models) PTB-style quotes,
+    contractions, ``...``, digit groups, acronyms and dashes rejoined."""
+    if dataset == "cnn_dm_org":
+        return text
+    if dataset == "gigaword":
+        return text.replace("[UNK]", "UNK")
+    tokens = text.split()
+    out: list[str] = []
+    left_quote = left_single = prev_dash = False
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        flag_prev_dash = False
+        if tok == '"':
+            out.append("''" if left_quote else "``")
+            left_quote = not left_quote
+            i += 1
+        elif tok == "'" and out and out[-1].endswith("n") and i < len(tokens) - 1 and tokens[i + 1] == "t":
+            out[-1] = out[-1][:-1]
+            out.append("n't")
+            i += 2
+        elif tok == "'" and i < len(tokens) - 1 and tokens[i + 1] in ("s", "d", "ll"):
+            out.append("'" + tokens[i + 1])
+            i += 2
+        elif tok == "'":
+            out.append("'" if left_single else "`")
+            left_single = not left_single
+            i += 1
+        elif tok == "." and i < len(tokens) - 2 and tokens[i + 1] == "." and tokens[i + 2] == ".":
+            out.append("...")
+            i += 3
+        elif tok == "," and out and _is_digit(out[-1]) and i < len(tokens) - 1 and _is_digit(tokens[i + 1]):
+            out[-1] += "," + tokens[i + 1]  # $ 3 , 000 -> $ 3,000
+            i += 2
+        elif tok == "." and out and out[-1].isdigit() and i < len(tokens) - 1 and tokens[i + 1].isdigit():
+            out[-1] += "." + tokens[i + 1]  # 3 . 03 -> 3.03
+            i += 2
+        elif (
+            tok == "."
+            and out
+            and len(out[-1]) == 1
+            and out[-1].isalpha()
+            and i < len(tokens) - 2
+            and len(tokens[i + 1]) == 1
+            and tokens[i + 1].isalpha()
+            and tokens[i + 2] == "."
+        ):
+            k = i + 3  # U . N . -> U.N.
+            while k + 2 < len(tokens) and len(tokens[k + 1]) == 1 and tokens[k + 1].isalpha() and tokens[k + 2] == ".":
+                k += 2
+            out[-1] += "".join(tokens[i:k])
+            i = k
+        elif tok == "-":
+            if i < len(tokens) - 1 and tokens[i + 1] == "-":
+                out.append("--")
+                i += 2
+            elif i == len(tokens) - 1 or i == 0:
+                out.append("-")
+                i += 1
+            elif out[-1] not in string.punctuation and tokens[i + 1][0] not in string.punctuation:
+                out[-1] += "-"
+                i += 1
+                flag_prev_dash = True
+            else:
+                out.append("-")
+                i += 1
+        elif prev_dash and out and tok[0] not in string.punctuation:
+            out[-1] += tok
+            i += 1
+        else:
+            out.append(tok)
+            i += 1
+        prev_dash = flag_prev_dash
+    return " ".join(out)
+
+
+def _remove_duplicate(sentences: list[str], duplicate_rate: float) -> list[str]:
+    """A sentence is dropped when more than ``duplicate_rate`` of its distinct words appeared in earlier ones."""
+    kept, history = [], set()
+    for sentence in sentences:
+        words = set(sentence.lower().split())
+        if len(words & history) / len(words) <= duplicate_rate:
+            kept.append(sentence)
+        history |= words
+    return kept
+
+
+def original_rouge(
+    predictions: Sequence[str], references: Sequence[str], dataset: str, duplicate_rate: float = 0.7
+) -> dict[str, float]:
+    """The ROUGE the original logs (``tasks/seq2seq/evaluate.py`` ``rouge_metric``): mean ``rouge-score`` F-measure
+    (``use_stemmer=True``) of rouge1, rouge2 and rougeLsum, reported as ``rougeL`` as the original's "rouge-l".
+
+    References (the target round-tripped through the tokenizer by the caller) and predictions are split on
+    ``[SEP]`` only, each sentence passed through :func:`fix_tokenization` (``dataset``: ``cnn_dm`` for BERT-tokenizer
+    models, ``gigaword`` for Gigaword, else ``cnn_dm_org``); prediction sentences of at most 4 words are dropped,
+    then near-duplicates (:func:`_remove_duplicate`, 0.7); sentences are joined by newlines for rougeLsum.
+    """
+    _check_lengths(predictions, references, "ROUGE")
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError:
+        raise ConfigError("ROUGE needs the rouge-score package: pip install 'glm-harness[eval]'") from None
+    refs = ["\n".join(fix_tokenization(s, dataset) for s in ref.strip().split("[SEP]")) for ref in references]
+    preds = []
+    for prediction in predictions:
+        kept = [fix_tokenization(s, dataset) for s in prediction.strip().split("[SEP]")]
+        kept = [s for s in kept if len(s.split()) > 4]
+        if duplicate_rate and duplicate_rate < 1:
+            kept = _remove_duplicate(kept, duplicate_rate)
+        preds.append("\n".join(kept))
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeLsum"], use_stemmer=True)
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for pred, ref in zip(preds, refs, strict=True):
+        scores = scorer.score(pred, ref)  # the original's argument order (F-measure is symmetric)
+        totals["rouge1"] += scores["rouge1"].fmeasure
+        totals["rouge2"] += scores["rouge2"].fmeasure
+        totals["rougeL"] += scores["rougeLsum"].fmeasure
     n = max(len(predictions), 1)
     return {key: value / n for key, value in totals.items()}
 

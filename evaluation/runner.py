@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from evaluation.result_cache import ResultCache, cache_file_name
 from evaluation.scoring import Scorer
-from evaluation.tasks.base import EvalContext, Example, Task, file_stamp
+from evaluation.tasks.base import EvalContext, Example, Task, file_stamp, resolve_seq_length
 from glm_core.errors import DataError
 
 EXAMPLES_PER_CHUNK = 32  # examples predicted (and cached) together; bounds what an interrupt can lose
@@ -120,28 +121,50 @@ def evaluate(
     verbose: bool = False,
     settings: dict[str, Any] | None = None,
     include_records: bool = False,
+    seq_length: int | None = None,
 ) -> dict[str, Any]:
-    """Run every planned task on ``backend``; the results dict (see the module docstring)."""
+    """Run every planned task on ``backend``; the results dict (see the module docstring).
+
+    Each task runs at its own sequence length (the original's ``MAX_SEQ_LEN``, :attr:`Task.seq_length`) unless
+    ``seq_length`` overrides it; lengths above the model's maximum are capped with a note on stderr and in the
+    task's entry.
+    """
     info = backend.info()
     scorer = Scorer(backend, batch_size=batch_size, share_part_a=share_part_a)
-    ctx = EvalContext(backend=backend, scorer=scorer, batch_size=batch_size, verbose=verbose)
+    gelu = getattr(getattr(backend, "config", None), "gelu", None)  # a --gelu switch changes every record
     tasks: dict[str, Any] = {}
     for planned in plan:
+        length, note = resolve_seq_length(planned.task, seq_length, int(backend.max_length))
+        if note is not None:
+            print(f"glm-eval: note: {note}", file=sys.stderr)
+        ctx = EvalContext(backend=backend, scorer=scorer, batch_size=batch_size, verbose=verbose, seq_length=length)
         cache = None
         if cache_dir is not None:
             stamp = "|".join(file_stamp(p) for p in planned.data_files)
             name = cache_file_name(
-                planned.task.task_id, str(info["backend"]), str(info["dtype"]), str(info["model_hash"]), stamp
+                f"{planned.task.task_id}-L{length}" + (f"-{gelu}" if gelu else ""),
+                str(info["backend"]),
+                str(info["dtype"]),
+                str(info["model_hash"]),
+                stamp,
             )
             header = {
                 "task": planned.task.task_id,
+                "seq_length": length,
+                "gelu": gelu,
                 "backend": info["backend"],
                 "dtype": info["dtype"],
                 "model_hash": info["model_hash"],
                 "data": stamp,
             }
             cache = ResultCache(cache_dir / name, header)
-        tasks[planned.task.task_id] = run_task(planned, ctx, cache, progress=progress, include_records=include_records)
+        entry = run_task(planned, ctx, cache, progress=progress, include_records=include_records)
+        entry["config"] = {"seq_length": length, **entry["config"]}
+        if planned.task.protocol_source:
+            entry["config"]["protocol_source"] = planned.task.protocol_source
+        if note is not None:
+            entry["notes"] = [note]
+        tasks[planned.task.task_id] = entry
     return {
         "model_hash": info["model_hash"],
         "model_path": info.get("model_path"),
@@ -150,7 +173,13 @@ def evaluate(
         "device": info.get("device"),
         "dtype": info["dtype"],
         "versions": info.get("versions", {}),
-        "settings": {"batch_size": batch_size, "share_part_a": share_part_a, **(settings or {})},
+        "settings": {
+            "batch_size": batch_size,
+            "share_part_a": share_part_a,
+            "seq_length": seq_length,
+            **(settings or {}),
+            "model_gelu": gelu,
+        },
         "scoring_tokens": {
             "part_a": scorer.stats.part_a_tokens,
             "chunks": scorer.stats.chunk_tokens,

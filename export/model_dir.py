@@ -14,21 +14,23 @@ nothing at ``--out`` (DESIGN.md, rules of the house).
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import onnx
 
+from evaluation.backends.info import is_model_file
 from evaluation.backends.onnx import CONFIG_FORMAT_VERSION, MODEL_FILE
 from glm_core.atomic import make_staging_dir, move_into_place
 from glm_core.config import GLMConfig
 from glm_core.errors import ExportError
+from glm_core.outputs import check_output, foreign_to, write_marker
 from glm_core.special_tokens import SpecialTokens
 
 DATA_FILE = MODEL_FILE + ".data"
 REPORT_FILE = "export_report.json"
+TOOL = "export.onnx"  # the output marker's tool name: --overwrite replaces only directories that carry it
 PROTOBUF_LIMIT = 2 * 1024**3
 # Leave room for the graph itself under protobuf's hard 2 GB limit.
 EXTERNAL_DATA_THRESHOLD = int(1.8 * 1024**3)
@@ -246,8 +248,8 @@ class StagingDir:
 
     def commit(self) -> Path:
         shutil.rmtree(self.work, ignore_errors=True)
-        if self.out.exists() and not self.overwrite:
-            raise ExportError(f"{self.out}: exists (appeared during the export); pass --overwrite to replace it")
+        write_marker(self.path, TOOL)
+        check_output_path(self.out, self.overwrite)  # again: something may have appeared there during the export
         move_into_place(self.path, self.out)
         return self.out
 
@@ -262,15 +264,19 @@ class StagingDir:
             self.discard()
 
 
+def _writes(name: str) -> bool:
+    """The names an export writes into its directory."""
+    return name == REPORT_FILE or is_model_file(name)
+
+
 def check_output_path(out: Path, overwrite: bool) -> None:
-    """Fail before any slow work when ``--out`` cannot be written."""
-    if out.exists():
-        if not overwrite:
-            raise ExportError(f"{out}: already exists; pass --overwrite to replace it")
-        if not out.is_dir():
-            raise ExportError(f"{out}: exists and is not a directory; choose another --out")
-    parent = out.parent
-    if not parent.is_dir():
-        raise ExportError(f"{parent}: parent directory of --out does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"{parent}: not writable; choose another --out")
+    """Fail before any slow work when ``--out`` cannot be written: not the current directory or a parent, not a
+    file, a writable parent; an existing directory only with ``--overwrite`` and only if an export wrote it."""
+    check_output(
+        out,
+        overwrite=overwrite,
+        flag="--out",
+        foreign=lambda p: foreign_to(p, {TOOL}, signature=(MODEL_FILE, "glm_config.json"), expected=_writes),
+        what="an ONNX export directory",
+        error=ExportError,
+    )

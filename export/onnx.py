@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from glm_core.errors import ExportError, GLMError
+from glm_core.outputs import interrupt_exit_code, terminate_as_interrupt
 
 EXAMPLES = """\
 examples:
@@ -131,7 +132,9 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
         help="weights in model.onnx.data: auto = only above protobuf's 2 GB limit",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="execution provider to validate on")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out that an earlier export wrote (only that)"
+    )
     parser.add_argument(
         "--random-weights",
         action="store_true",
@@ -610,13 +613,14 @@ def summary(report: dict[str, Any], out: Path) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     try:
-        report = export(options)
+        with terminate_as_interrupt():
+            report = export(options)
     except GLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("error: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(exc)
     print(summary(report, options.out))
     return 0
 

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
+from glm_core.atomic import chmod_default
 from glm_core.config import PRESETS, GLMConfig
-from glm_core.errors import CheckpointError, ConfigError, UnknownPresetError, UnsafeCheckpointError
+from glm_core.errors import CheckpointError, ConfigError, GLMWarning, UnknownPresetError, UnsafeCheckpointError
 from glm_core.hub import resolve_model_path
 from glm_core.model import GLMModel
 
@@ -73,18 +74,26 @@ def _torch_load(path: Path) -> object:
         with torch.serialization.safe_globals(_numpy_data_globals()):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError as exc:
-        lines = str(exc).splitlines()
-        offending = next((ln.strip() for ln in lines if "Unsupported global" in ln or "GLOBAL" in ln), "")
-        msg = offending or (lines[0] if lines else "unsupported pickle content")
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+        text = str(exc)
+        named = re.search(r"GLOBAL ([\w.]+)", text)
+        if named or "weights_only" in text or "Unsupported global" in text:
+            what = f"names {named.group(1)}, which is" if named else "references"
             raise UnsafeCheckpointError(
-                f"{path}: refused to load: the pickle references code outside the tensor allow-list "
-                f"(torch.load(weights_only=True)): {msg[:200]}"
+                f"{path}: refused to load: the pickle {what} code outside the tensor allow-list of "
+                "torch.load(weights_only=True); only tensors and plain data are loaded (prefer safetensors)"
             ) from None
-        raise CheckpointError(f"{path}: corrupt checkpoint ({msg[:200]})") from None
+        first = text.splitlines()[0] if text else "unsupported pickle content"
+        raise CheckpointError(f"{path}: corrupt checkpoint ({_clip(first)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({first[:200]})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_clip(first)})") from None
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """A library's message shortened at a word boundary, marked as shortened."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def _is_zip(path: Path) -> bool:
@@ -280,8 +289,11 @@ def normalise_keys(state: StateDict, source: str) -> StateDict:
     return out
 
 
-def infer_config(state: StateDict, source: str, gelu: str) -> GLMConfig:
-    """Read the architecture off the tensor shapes (original checkpoints carry no config.json)."""
+def infer_config(state: StateDict, source: str, gelu: str, num_attention_heads: int | None = None) -> GLMConfig:
+    """Read the architecture off the tensor shapes (original checkpoints carry no config.json).
+
+    The head count is not in any shape: a preset whose shapes match gives it, else ``num_attention_heads`` must.
+    """
     try:
         V, h = state["word_embeddings.weight"].shape
         rows = state["transformer.position_embeddings.weight"].shape[0]
@@ -303,7 +315,18 @@ def infer_config(state: StateDict, source: str, gelu: str) -> GLMConfig:
     preset = PRESETS.get(name)
     # d = 64 for every released model (spec §1.6); a matched preset also settles the tokenizer family
     # (glm-roberta-large and glm-2b/10b share V = 50304).
-    heads = preset["num_attention_heads"] if preset else h // 64
+    if num_attention_heads is not None:
+        heads = num_attention_heads
+    elif preset is not None:
+        heads = preset["num_attention_heads"]
+    else:
+        raise CheckpointError(
+            f"{source}: the weights (vocab {V}, hidden {h}, {len(layer_ids)} layers, {rows - 1} positions) match no "
+            "known GLM and carry no config.json, so the number of attention heads is unknown; pass it "
+            "(--num-attention-heads N, or num_attention_heads=/config= in Python) or add a config.json"
+        )
+    if h % heads:
+        raise CheckpointError(f"{source}: hidden size {h} is not divisible by {heads} attention heads")
     family = (
         preset["tokenizer_family"] if preset else {30592: "bert", 50048: "sentencepiece", 50304: "gpt2"}.get(V, "bert")
     )
@@ -373,6 +396,7 @@ def load_model(
     copy_gmask_row: bool | None = None,
     random_weights: bool = False,
     seed: int = 0,
+    num_attention_heads: int | None = None,
     local_files_only: bool | None = None,
 ) -> GLMModel:
     """Load a GLM from a checkpoint directory/file, a preset name or a hub id (``owner/name[@revision]``), in eval
@@ -388,6 +412,9 @@ def load_model(
     ``random_weights``: presets other than ``glm-tiny`` have no weights in this package; with ``True`` they are built
     with seeded random weights (export and benchmark work), otherwise asking for one is an error.
     ``dtype="auto"`` keeps the checkpoint's own dtype (e.g. fp16 hub weights stay fp16).
+    ``num_attention_heads``: for a checkpoint without ``config.json`` whose shapes match no preset (the head count
+    is in no tensor shape); without it such a checkpoint is an error, never a guess.
+    A checkpoint without ``config.json`` loads with a :class:`GLMWarning` that says what was inferred.
     """
     torch_dtype = None if dtype == "auto" else _as_dtype(dtype)
     name = resolve_model_path(path_or_preset, local_files_only=local_files_only)
@@ -398,7 +425,8 @@ def load_model(
             if not random_weights:
                 raise CheckpointError(
                     f"preset {name!r} has no weights in this package: pass the directory of your {name} checkpoint "
-                    f"(hub or original layout), or ask for seeded random weights explicitly (random_weights=True)"
+                    f"(hub or original layout), or ask for seeded random weights explicitly (--random-weights where a "
+                    "command offers it, random_weights=True in Python)"
                 )
             return _random_preset(name, torch_dtype or torch.float32, gelu, device, kernels, seed)
         elif os.sep not in name and not name.startswith("."):
@@ -417,7 +445,21 @@ def load_model(
             if "gelu" not in _raw_config_keys(cfg_dir):  # a hub config.json has no gelu field: pick by layout
                 config = config.replace(gelu="erf" if layout == "hub" else "tanh")
         else:
-            config = infer_config(state, str(root), "erf" if layout == "hub" else "tanh")
+            chosen = gelu or ("erf" if layout == "hub" else "tanh")
+            config = infer_config(state, str(root), chosen, num_attention_heads)
+            warnings.warn(
+                GLMWarning(
+                    f"{root}: no config.json; inferred {config.name} from the tensor shapes ({config.num_layers} "
+                    f"layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, vocab "
+                    f"{config.vocab_size}, {config.tokenizer_family} tokenizer) with {chosen} GeLU"
+                    + (
+                        " (given)"
+                        if gelu
+                        else f" (the default for {layout}-layout weights; pass gelu= / --gelu to change it)"
+                    )
+                ),
+                stacklevel=2,
+            )
     if gelu is not None:
         config = config.replace(gelu=gelu)
     if copy_gmask_row is None:
@@ -514,6 +556,7 @@ def save_model(
     }
     if max_shard_bytes is None or sum(t.numel() * t.element_size() for t in state.values()) <= max_shard_bytes:
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        chmod_default(out / "model.safetensors", 0o666)  # safetensors writes 0600; model files are shared
     else:
         shards: list[dict[str, torch.Tensor]] = [{}]
         size = 0
@@ -528,6 +571,7 @@ def save_model(
         for i, shard in enumerate(shards):
             fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             save_file(shard, str(out / fname), metadata={"format": "pt"})
+            chmod_default(out / fname, 0o666)
             weight_map.update({k: fname for k in shard})
         index = {
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},

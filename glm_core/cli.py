@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from glm_core.errors import GLMError
+from glm_core.errors import GLMError, print_warnings_on_one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +67,12 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
         vocab_size=len(tokenizer),
     )
     results = []
-    for text in args.text:
+    for index, text in enumerate(args.text, 1):
+        if not text.strip():
+            raise GLMError(
+                f"text {index} is empty; expected text to fill, with [MASK], [sMASK] or [gMASK] blanks "
+                "(a text without one gets [gMASK] at its end)"
+            )
         prompt = build_generation_prompt(
             tokenizer.encode(text), tokenizer.special, max_length=model.config.max_sequence_length
         )
@@ -81,6 +86,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    print_warnings_on_one_line()
     try:
         results = run(args)
     except GLMError as exc:

@@ -7,11 +7,15 @@ Exit status 2 with one line on stderr for any user error.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from glm_core.atomic import staged_directory
-from glm_core.errors import GLMError
+from glm_core.errors import GLMError, print_warnings_on_one_line
+from glm_core.outputs import check_output, foreign_to, interrupt_exit_code, terminate_as_interrupt, write_marker
+
+TOOL = "glm_core.convert"
 
 EXAMPLE = """example:
   python -m glm_core.convert ./glm-large-blank ./glm-large-hub            # original layout (MP shards merged)
@@ -31,10 +35,52 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dst", help="output directory (must not exist unless --overwrite)")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="dtype of the written weights")
     parser.add_argument("--gelu", choices=["tanh", "erf"], default=None, help="GeLU variant recorded in config.json")
-    parser.add_argument("--max-shard-gb", type=float, default=None, help="shard the safetensors above this size")
+    parser.add_argument(
+        "--max-shard-gb", type=positive_gb, default=None, help="shard the safetensors above this size (GB, > 0)"
+    )
     parser.add_argument("--prefix", action="store_true", help="write keys with the HF 'glm.' prefix")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    parser.add_argument(
+        "--num-attention-heads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="head count of an original checkpoint whose shapes match no released GLM (it has no config.json)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing DST that an earlier conversion wrote (only that)"
+    )
     return parser
+
+
+def positive_gb(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a size in GB greater than 0") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a size; expected a number of GB greater than 0")
+    return value
+
+
+def _writes(name: str) -> bool:
+    """The names a conversion writes into DST."""
+    return (
+        name in ("config.json", "model.safetensors", "model.safetensors.index.json")
+        or re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", name) is not None
+        or name in TOKENIZER_FILES
+        or name.endswith(".model")
+    )
+
+
+def check_destination(dst: str, overwrite: bool) -> Path:
+    """DST is checked before the (slow) load: a new path, or with ``--overwrite`` an earlier conversion's output."""
+    return check_output(
+        dst,
+        overwrite=overwrite,
+        flag="DST",
+        foreign=lambda p: foreign_to(p, {TOOL}, signature=("config.json",), expected=_writes),
+        what="a converted checkpoint",
+    )
 
 
 def convert(
@@ -46,20 +92,16 @@ def convert(
     max_shard_gb: float | None = None,
     prefix: bool = False,
     overwrite: bool = False,
+    num_attention_heads: int | None = None,
 ) -> Path:
     from glm_core.checkpoint import SHIPPED_PRESETS, load_model, save_model
 
-    out = Path(dst)
-    if out.exists() and not overwrite:
-        raise GLMError(f"{out}: already exists; pass --overwrite to replace it")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise GLMError(f"{parent}: parent directory of the output does not exist")
+    out = check_destination(dst, overwrite)
     # Without --dtype the weights keep their stored dtype (an fp16 glm-10b stays 19.8 GB, not 39.6 GB).
     from glm_core.hub import resolve_model_path
 
     src = resolve_model_path(src)  # a hub id becomes its snapshot directory
-    model = load_model(src, dtype=dtype or "auto", gelu=gelu)
+    model = load_model(src, dtype=dtype or "auto", gelu=gelu, num_attention_heads=num_attention_heads)
     src_dir = Path(SHIPPED_PRESETS.get(src, src))
     src_dir = src_dir if src_dir.is_dir() else src_dir.parent
     tokenizer_files = [p for p in sorted(src_dir.iterdir()) if _is_tokenizer_file(p)] if src_dir.is_dir() else []
@@ -69,6 +111,7 @@ def convert(
             save_model(
                 model, tmp, max_shard_bytes=max_bytes, prefix="glm." if prefix else "", extra_files=tokenizer_files
             )
+            write_marker(tmp, TOOL, source=str(src))
     except OSError as exc:
         raise GLMError(f"{out}: could not write the converted checkpoint ({exc.strerror or exc})") from None
     return out
@@ -92,22 +135,25 @@ def _is_tokenizer_file(path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    print_warnings_on_one_line()
     try:
-        out = convert(
-            args.src,
-            args.dst,
-            dtype=args.dtype,
-            gelu=args.gelu,
-            max_shard_gb=args.max_shard_gb,
-            prefix=args.prefix,
-            overwrite=args.overwrite,
-        )
+        with terminate_as_interrupt():
+            out = convert(
+                args.src,
+                args.dst,
+                dtype=args.dtype,
+                gelu=args.gelu,
+                max_shard_gb=args.max_shard_gb,
+                prefix=args.prefix,
+                overwrite=args.overwrite,
+                num_attention_heads=args.num_attention_heads,
+            )
     except GLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("error: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(exc)
     print(f"wrote {out}")
     return 0
 

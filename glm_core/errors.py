@@ -5,6 +5,10 @@ CLIs catch :class:`GLMError`, print its message on one line and exit with status
 
 from __future__ import annotations
 
+import sys
+import warnings
+from typing import Any, TextIO
+
 
 class GLMError(Exception):
     """Base class for user-facing errors: bad input, bad files, bad configuration."""
@@ -53,3 +57,31 @@ class ExportError(GLMError):
 
 class KernelUnavailableError(GLMError):
     """A fused kernel was requested where it cannot run (no CUDA, no Triton, dtype)."""
+
+
+class GLMWarning(UserWarning):
+    """Something was inferred or adjusted that the user should know about; CLIs print it on one line."""
+
+
+def print_warnings_on_one_line() -> None:
+    """For CLIs: a :class:`GLMWarning` prints as ``warning: <message>``, without the source line Python adds; other
+    warnings print as before."""
+    shown = warnings.showwarning
+    if getattr(shown, "_glm_one_line", False):
+        return
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> Any:
+        if issubclass(category, GLMWarning):
+            print(f"warning: {message}", file=file or sys.stderr)
+            return None
+        return shown(message, category, filename, lineno, file, line)
+
+    show._glm_one_line = True  # type: ignore[attr-defined]
+    warnings.showwarning = show

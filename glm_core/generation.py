@@ -88,6 +88,10 @@ class GenerationConfig:
     seed: int | None = None
     bad_words: tuple[int, ...] = ()
     vocab_size: int | None = None  # ids >= this (the embedding's padding rows, spec §1.6) are never generated
+    stop_on_eos: bool = True  # False: eop alone ends a blank (the original's seq2seq beam search, eos_token_id=eop)
+    # greedy / sampling: True bans repeated n-grams over the stream of all blanks so far, "b0 [sop] b1 [sop] ...",
+    # as the original's BlankLMEvaluater; False (default) within the current blank only
+    no_repeat_across_blanks: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "sample", "beam"):
@@ -232,7 +236,9 @@ def _filled_sequence(part_a: list[int], fills: dict[int, list[int]]) -> list[int
     return out
 
 
-def _stop_ids(tokens: SpecialTokens) -> list[int]:
+def _stop_ids(tokens: SpecialTokens, config: GenerationConfig) -> list[int]:
+    if not config.stop_on_eos:
+        return [tokens.eop]
     return sorted({tokens.eop, tokens.eos})  # spec §2.3a: stop on eop or eod
 
 
@@ -278,6 +284,13 @@ class _Sampler:
     def history(self) -> list[int]:
         return self.plan.forced.get(self.mask_pos, []) + self.generated
 
+    def stream(self, sop: int) -> list[int]:
+        """Every blank generated so far, the current one last, each later one opened by ``sop``."""
+        out: list[int] = []
+        for k, blank in enumerate([*self.blanks, self.history()]):
+            out += ([sop] if k else []) + list(blank)
+        return out
+
     def finish_blank(self, stop: int | None, sop: int) -> None:
         self.blanks.append(list(self.generated))
         self.mask_positions.append(self.mask_pos)
@@ -313,7 +326,8 @@ def _choose(
 ) -> None:
     """Pick the next token of ``state`` from its logits ``row [V]`` and schedule what to feed next."""
     logp = log_softmax(row)
-    scores = process_logits(row, state.history(), len(state.generated), config, stop_ids, banned)
+    history = state.stream(sop) if config.no_repeat_across_blanks else state.history()
+    scores = process_logits(row, history, len(state.generated), config, stop_ids, banned)
     if config.strategy == "sample":
         token = _sample(warp_logits(scores, config.temperature, config.top_k, config.top_p), rng)
     else:
@@ -337,7 +351,7 @@ def _decode_group(
     rng: np.random.Generator,
 ) -> list[GenerationResult]:
     """Greedy / sampling for prompts of equal length (each keeps its own ``sep``), batched through the cache."""
-    stop_ids, banned = _stop_ids(tokens), _banned(tokens, config)
+    stop_ids, banned = _stop_ids(tokens, config), _banned(tokens, config)
     states = [_Sampler(_plan(p)) for p in prompts]
     input_ids = np.stack([p.input_ids for p in prompts])  # [B, S]
     position_ids = np.stack([p.position_ids for p in prompts])  # [B, 2, S]
@@ -480,7 +494,7 @@ def _feed(backend: StepBackend, past: Any, ids: list[int], mask_pos: int, fed: i
 def _beam_search(
     backend: StepBackend, prompt: GLMInput, tokens: SpecialTokens, config: GenerationConfig
 ) -> GenerationResult:
-    stop_ids, banned = _stop_ids(tokens), _banned(tokens, config)
+    stop_ids, banned = _stop_ids(tokens, config), _banned(tokens, config)
     plan = _plan(prompt)
     logits, past = backend.step(
         prompt.input_ids[None], prompt.position_ids[None], np.asarray([prompt.sep], dtype=np.int64), None

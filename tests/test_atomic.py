@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,7 @@ def test_the_old_target_is_put_back_when_the_new_one_cannot_be_moved_in(tmp_path
         real_replace(src, dst)
 
     monkeypatch.setattr(atomic.os, "replace", replace)
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # the two-rename path of file systems without it
     with pytest.raises(OSError, match="rename refused"):
         move_into_place(staging, out)
     assert _tree(out) == {"old.txt": b"old"}
@@ -129,3 +132,59 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644
+
+
+# ------------------------------------------------------------------------------------------ swaps and leftovers
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_an_existing_target_is_swapped_atomically_and_nothing_is_left_beside_it(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    staging = make_staging_dir(out)
+    assert staging.name.startswith(f".tmp-out-{os.getpid()}@{atomic._HOST}-")  # the writer can be told apart
+    (staging / "new.txt").write_text("new")
+    move_into_place(staging, out)
+    assert _tree(out) == {"new.txt": b"new"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_new_run_removes_the_staging_dirs_of_dead_writers_only(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    dead, host = _dead_pid(), atomic._HOST
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {
+            "dead": f".tmp-out-{dead}@{host}-abc",
+            "alive": f".tmp-out-{sleeper.pid}@{host}-def",
+            "other host": f".tmp-out-{dead}@elsewhere-ghi",
+            "unnamed writer": ".tmp-out-jkl",
+            "other target": f".tmp-outer-{dead}@{host}-mno",
+        }
+        for name in names.values():
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "w.bin").write_bytes(b"x" * 10)
+        staging = make_staging_dir(out)
+        left = sorted(p.name for p in tmp_path.iterdir())
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert names["dead"] not in left
+    assert sorted(set(names.values()) - {names["dead"]} | {staging.name}) == left
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and names["dead"] in err and "did not finish" in err
+
+
+def test_a_writer_killed_between_the_two_renames_gets_its_old_output_back(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    aside = tmp_path / f".old-out-{_dead_pid()}@{atomic._HOST}-xyz"
+    (aside / "out").mkdir(parents=True)
+    (aside / "out" / "w.bin").write_bytes(b"old")
+    removed = atomic.remove_stale_staging(out)
+    assert removed == [aside] and _tree(out) == {"w.bin": b"old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert "restored" in capsys.readouterr().err

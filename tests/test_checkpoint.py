@@ -48,7 +48,8 @@ def test_three_layouts_load_to_identical_logits(tiny_model, tmp_path):
         "mp_rank_00_model_states.pt",
         "mp_rank_01_model_states.pt",
     ]
-    models = [load_model(p, gelu="tanh") for p in (hub_bin, sharded, original)]
+    heads = tiny_model.config.num_attention_heads  # an original checkpoint of no released shape must be told
+    models = [load_model(p, gelu="tanh", num_attention_heads=heads) for p in (hub_bin, sharded, original)]
     ref = _logits(half)
     for m in models:
         assert torch.equal(_logits(m), ref)
@@ -58,8 +59,9 @@ def test_gelu_default_follows_layout(tiny_model, tmp_path):
     hub = _save_hub_bin(tiny_model, tmp_path / "hub")
     orig = save_original(tiny_model, tmp_path / "orig")
     assert load_model(hub).config.gelu == "erf"  # bit-match the hub remote code (spec §1.4)
-    assert load_model(orig).config.gelu == "tanh"  # as the checkpoints were trained
-    assert load_model(orig, gelu="erf").config.gelu == "erf"
+    heads = tiny_model.config.num_attention_heads
+    assert load_model(orig, num_attention_heads=heads).config.gelu == "tanh"  # as the checkpoints were trained
+    assert load_model(orig, gelu="erf", num_attention_heads=heads).config.gelu == "erf"
 
 
 def test_mp_merge_uses_stride3_qkv_regroup(tiny_model):
@@ -160,10 +162,13 @@ def test_convert_cli_merges_and_fails_cleanly(tiny_model, tmp_path):
         cmd = [sys.executable, "-m", "glm_core.convert", *map(str, args)]
         return subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
 
-    ok = run(orig, dst)
+    unknown = run(orig, dst)  # no config.json and no released shape: the head count must be given
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "--num-attention-heads" in unknown.stderr
+    ok = run(orig, dst, "--num-attention-heads", tiny_model.config.num_attention_heads)
     assert ok.returncode == 0, ok.stderr
+    assert ok.stderr.startswith("warning: ") and "no config.json" in ok.stderr and "tanh GeLU" in ok.stderr
     assert torch.equal(_logits(load_model(dst, gelu="tanh")), _logits(tiny_model))
-    again = run(orig, dst)
+    again = run(orig, dst, "--num-attention-heads", 2)
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "already exists" in again.stderr
     bad = run(tmp_path / "missing", tmp_path / "out2")
     assert bad.returncode == 2 and "does not exist" in bad.stderr

@@ -6,6 +6,7 @@ precision produced its numbers, and ``evaluation.compare`` can refuse to compare
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import platform
@@ -15,13 +16,39 @@ from pathlib import Path
 from glm_core.errors import CheckpointError
 
 HASH_CHUNK_BYTES = 1 << 20
-# Files that say nothing about the model's numbers (editor backups, our own caches).
-_IGNORED_SUFFIXES = (".lock", ".tmp", ".partial")
+# The files that define a model's numbers: weights (safetensors, .bin, the original layout's .pt shards and its
+# iteration file), the ONNX graph and its external data, configs, tokenizer files. Everything else in a model
+# directory -- the export report (timings, paths), results or caches written beside the weights, model cards, the
+# output marker -- is left out, so re-exporting the same weights keeps the hash (and the evaluation cache).
+_MODEL_FILE_PATTERNS = (
+    "*.safetensors",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.onnx",
+    "*.onnx.data",
+    "*.onnx_data",
+    "config.json",
+    "glm_config.json",
+    "*.index.json",
+    "latest_checkpointed_iteration.txt",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "*.model",
+    "*tokenizer*.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 _IGNORED_DIRS = ("__pycache__", ".glm-eval-cache", ".git")
 
 
+def is_model_file(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _MODEL_FILE_PATTERNS)
+
+
 def model_files(path: str | os.PathLike[str]) -> list[Path]:
-    """Files that define a model directory (weights, configs, tokenizer), sorted by relative path."""
+    """Files that define a model directory (weights, graph, configs, tokenizer), sorted by relative path."""
     root = Path(path)
     if root.is_file():
         return [root]
@@ -30,7 +57,8 @@ def model_files(path: str | os.PathLike[str]) -> list[Path]:
     files = []
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
-        if any(part in _IGNORED_DIRS for part in rel.parts) or not p.is_file() or p.name.endswith(_IGNORED_SUFFIXES):
+        hidden = any(part in _IGNORED_DIRS or part.startswith(".") for part in rel.parts)
+        if hidden or not p.is_file() or not is_model_file(p.name):
             continue
         files.append(p)
     return files
@@ -39,8 +67,8 @@ def model_files(path: str | os.PathLike[str]) -> list[Path]:
 def model_hash(path: str | os.PathLike[str]) -> str:
     """``sha256:<hex>`` over every model file's relative name and bytes (streamed, so 20 GB checkpoints are fine).
 
-    The same directory always gives the same hash wherever it is copied; changing a weight, the config or a
-    tokenizer file changes it.
+    The same directory always gives the same hash wherever it is copied; changing a weight, the graph, the config or
+    a tokenizer file changes it; reports, results and model cards do not (:func:`model_files`).
     """
     root = Path(path)
     digest = hashlib.sha256()

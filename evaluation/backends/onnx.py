@@ -227,11 +227,13 @@ class OnnxBackend:
     """The GLM step contract (DESIGN.md) over ``onnxruntime.InferenceSession``.
 
     ``providers``: ORT provider names (default CPU); ``"cuda"``/``"cpu"`` are accepted as shorthands.
-    ``device_id``: the GPU of the CUDA execution provider (``cuda:N``). ``dtype``: a check, not a cast: the graph's
-    own precision or ``auto`` (:mod:`evaluation.backends.onnx_graph`). ``tokenizer``: a
-    :class:`~glm_core.tokenizer.GLMTokenizer` to use instead of the model directory's.
+    ``device_id``: the GPU of the CUDA execution provider (``cuda:N``; ``provider_options`` may name it instead).
+    ``dtype``: a check, not a cast: the graph's own precision or ``auto`` (:mod:`evaluation.backends.onnx_graph`).
+    ``tokenizer``: a :class:`~glm_core.tokenizer.GLMTokenizer` to use instead of the model directory's.
     ``threads``: intra-op threads (default: ORT's choice). ``allow_spinning=False`` stops ORT's worker threads
     from spinning between runs (spec onnx_export §4.2 #10: set it when torch shares the process/cores).
+    ``session_options`` / ``provider_options``: a caller's own ORT settings (the optimum wrapper passes the user's);
+    ``session_options`` replaces the options built from ``threads``, ``allow_spinning`` and ``graph_optimization``.
     """
 
     def __init__(
@@ -241,6 +243,8 @@ class OnnxBackend:
         threads: int | None = None,
         allow_spinning: bool = True,
         graph_optimization: str = "all",
+        session_options: ort.SessionOptions | None = None,
+        provider_options: Sequence[dict[str, Any]] | None = None,
         *,
         device_id: int = 0,
         dtype: str | None = None,
@@ -254,6 +258,9 @@ class OnnxBackend:
         self.providers = _resolve_providers(providers)
         self.on_cuda = self.providers[0] == CUDA_PROVIDER
         self.device_id = int(device_id)
+        for name, given in zip(self.providers, provider_options or (), strict=False):
+            if name == CUDA_PROVIDER and "device_id" in given:  # a caller's own CUDA options name the GPU
+                self.device_id = int(given["device_id"])
         options = ort.SessionOptions()
         if threads is not None:
             if threads < 1:
@@ -269,14 +276,14 @@ class OnnxBackend:
         if graph_optimization not in levels:
             raise ConfigError(f"graph_optimization must be one of {sorted(levels)}, got {graph_optimization!r}")
         options.graph_optimization_level = levels[graph_optimization]
+        if session_options is not None:
+            options = session_options
         try:
             self.session = ort.InferenceSession(
                 str(self.model_path),
                 sess_options=options,
                 providers=self.providers,
-                provider_options=[
-                    {"device_id": str(self.device_id)} if p == CUDA_PROVIDER else {} for p in self.providers
-                ],
+                provider_options=provider_options or self._provider_options(),
             )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise ExportError(f"{self.model_path}: onnxruntime cannot load the model ({str(exc)[:300]})") from None
@@ -294,6 +301,10 @@ class OnnxBackend:
         self._tokenizer: Any = tokenizer
         self.calls = 0
         self.tokens_seen = 0
+
+    def _provider_options(self) -> list[dict[str, str]]:
+        """Per provider: the CUDA execution provider runs on ``device_id`` (``cuda:N``), the others take defaults."""
+        return [{"device_id": str(self.device_id)} if p == CUDA_PROVIDER else {} for p in self.providers]
 
     # ------------------------------------------------------------------ metadata
     def _check_session_io(self) -> None:

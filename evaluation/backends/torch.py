@@ -56,9 +56,10 @@ class TorchBackend:
         *,
         kernels: str = "torch",
         tokenizer: GLMTokenizer | None = None,
+        gelu: str | None = None,
     ) -> None:
         root = resolve_model_dir(path)
-        model = load_model(root, dtype=dtype, device=device, kernels=kernels)
+        model = load_model(root, dtype=dtype, gelu=gelu, device=device, kernels=kernels)  # gelu None: the checkpoint's
         if tokenizer is None:
             try:
                 tokenizer = GLMTokenizer.from_pretrained(root)

@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from evaluation.scoring import Scorer
 from glm_core.data_files import iter_jsonl
-from glm_core.errors import DataError
+from glm_core.errors import ConfigError, DataError
+from glm_core.layout import GLMInput
 from glm_core.special_tokens import SpecialTokens
 from glm_core.tokenizer import GLMTokenizer
 
@@ -34,13 +37,18 @@ class Example:
 
 @dataclass
 class EvalContext:
-    """What ``predict`` may use: the backend, its tokenizer, the scoring engine."""
+    """What ``predict`` may use: the backend, its tokenizer, the scoring engine, the task's sequence length.
+
+    ``seq_length`` is the length one task is evaluated at (its paper setting or ``--seq-length``, never more than
+    the model's ``max_sequence_length``, see :func:`resolve_seq_length`); ``None`` means the model's own maximum.
+    """
 
     backend: Any
     scorer: Scorer
     batch_size: int = 8
     verbose: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    seq_length: int | None = None
 
     @property
     def tokenizer(self) -> GLMTokenizer:
@@ -52,7 +60,8 @@ class EvalContext:
 
     @property
     def max_length(self) -> int:
-        return int(self.backend.max_length)
+        """The longest input this task builds: ``seq_length`` when set, else the model's maximum."""
+        return int(self.seq_length if self.seq_length is not None else self.backend.max_length)
 
 
 class Task:
@@ -62,6 +71,10 @@ class Task:
     description: str = ""
     primary_metric: str = "acc"
     default_split: str = "val"  # used when the command line gives no --split
+    # the original's MAX_SEQ_LEN for this task (config_tasks/*.sh); None: the model's max_sequence_length
+    seq_length: int | None = None
+    # the original script/config the defaults reproduce (reported in the results file)
+    protocol_source: str = ""
 
     def __init__(self, option: str | None = None) -> None:
         if option is not None:
@@ -76,6 +89,9 @@ class Task:
         """Settings reported in the results file (pattern, scoring, decoding)."""
         return {}
 
+    def configure(self, options: dict[str, Any]) -> None:
+        """Take the command-line protocol options this task knows (e.g. ``wsc_negatives``); ignore the others."""
+
     def data_files(self, data_dir: Path, split: str) -> list[Path]:
         """The files ``read`` will open (used to key the cache and to report them)."""
         raise NotImplementedError
@@ -88,6 +104,44 @@ class Task:
 
     def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
         raise NotImplementedError
+
+
+def padded_prompt(part_a: Sequence[int], mask_positions: tuple[int, ...], length: int | None, pad: int) -> GLMInput:
+    """A generation prompt that is Part A only, right-padded with ``pad`` to ``length`` **inside** Part A (visible
+    to the generated tokens, as the original's seq2seq and blank datasets pad their sources); no padding for
+    ``None``. Positions ``0..n-1``, block positions 0, ``sep = n``."""
+    ids = list(part_a) + [pad] * max((length or 0) - len(part_a), 0)
+    n = len(ids)
+    return GLMInput(
+        input_ids=np.asarray(ids),
+        position_ids=np.stack([np.arange(n), np.zeros(n, dtype=np.int64)]),
+        sep=n,
+        targets=np.full(n, pad),
+        loss_mask=np.zeros(n, dtype=np.float32),
+        mask_positions=mask_positions,
+    )
+
+
+def resolve_seq_length(task: Task, requested: int | None, model_max: int) -> tuple[int, str | None]:
+    """The length ``task`` is evaluated at and, when the model is shorter than asked, a one-line note.
+
+    ``requested`` (``--seq-length``) overrides the task's paper length (``Task.seq_length``, the original's
+    ``MAX_SEQ_LEN``); without either, the model's ``max_sequence_length``. A length above the model's maximum is
+    capped at it: the position embeddings end there.
+    """
+    wanted = requested if requested is not None else task.seq_length
+    if wanted is None:
+        return model_max, None
+    if wanted < 8:
+        raise ConfigError(f"--seq-length must be at least 8 tokens, got {wanted}")
+    if wanted > model_max:
+        source = "--seq-length" if requested is not None else f"the paper's length for {task.name}"
+        note = (
+            f"{task.name}: {source} is {wanted} but the model's max_sequence_length is {model_max}; "
+            f"evaluating at {model_max}"
+        )
+        return model_max, note
+    return wanted, None
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ Scoring modes:
   (small vocabularies), the labels are scored as multi-token candidates instead (sum of log-probs, no eop) and the
   results file says so.
 - :class:`MultipleChoiceTask` (COPA, WSC, ReCoRD, demo): one sequence per candidate, ``[sop] + c[:-1]`` with
-  targets ``c + [eop]`` (spec §2.4-2); score = sum of log-probs (incl. eop) / ``len**length_penalty``. Every candidate
-  of an example shares one Part A, which the scoring engine computes once.
+  targets ``c + [eop]`` (spec §2.4-2); score = sum of log-probs (incl. eop) / ``len**length_penalty``. Part A is
+  truncated for each candidate on its own (the original ``PVP.encode``); candidates whose Part A comes out the same
+  (every candidate, when nothing is cut) share it, and the scoring engine computes it once.
 """
 
 from __future__ import annotations
@@ -118,6 +119,23 @@ def encode_candidate(text: str, tokenizer: GLMTokenizer) -> list[int]:
     return ids
 
 
+def candidate_samples(
+    pattern: Pattern, candidates: Sequence[list[int]], ctx: EvalContext, *, append_eop: bool
+) -> list[GLMInput]:
+    """``[CLS] A_c [eos] [sop] c[:-1]`` per candidate ``c``, where ``A_c`` is the pattern truncated to leave room for
+    ``c`` (+ eop) within ``ctx.max_length``: the original truncates a fresh copy of the parts for every answer
+    (``tasks/superglue/pvp.py`` ``PVP.encode``: ``this_parts_a = copy.deepcopy(parts_a)`` then ``self.truncate(...,
+    answer_ids, max_length=self.max_seq_length)``, with ``[CLS]`` and ``[eos]`` counted by
+    ``num_special_tokens_to_add``). Candidates that leave the same Part A still share it in the scoring engine."""
+    out: list[GLMInput] = []
+    for cand in candidates:
+        ids = encode_pattern(pattern, ctx.tokenizer, ctx.max_length - 2 - len(cand) - int(append_eop))
+        out.extend(
+            build_candidate_sequences(ids, [cand], ctx.special, append_eop=append_eop, max_length=ctx.max_length)
+        )
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ single-token cloze
 class ClozeClassificationTask(Task):
     """Single-token cloze classification (spec §2.4-1). Subclasses define the labels, verbalizers and patterns.
@@ -171,9 +189,7 @@ class ClozeClassificationTask(Task):
                 ids = encode_pattern(pattern, ctx.tokenizer, ctx.max_length - 3)  # [CLS], eos, sop
                 out.append(build_single_token_cloze(ids, ctx.special, max_length=ctx.max_length))
             else:
-                longest = max(len(v) for v in verbalizers)
-                ids = encode_pattern(pattern, ctx.tokenizer, ctx.max_length - 2 - longest)
-                out.extend(build_candidate_sequences(ids, verbalizers, ctx.special, max_length=ctx.max_length))
+                out.extend(candidate_samples(pattern, verbalizers, ctx, append_eop=False))
         return out
 
     # ---------------------------------------------------------------- predict / metrics
@@ -233,12 +249,9 @@ class MultipleChoiceTask(Task):
         }
 
     def samples(self, example: Example, ctx: EvalContext) -> list[GLMInput]:
-        """One ``[CLS] pattern [eos] [sop] c[:-1]`` sequence per candidate; all share one (truncated) Part A."""
+        """One ``[CLS] pattern [eos] [sop] c[:-1]`` sequence per candidate, Part A truncated for each candidate."""
         cands = [encode_candidate(c, ctx.tokenizer) for c in self.candidates(example)]
-        longest = max(len(c) for c in cands) + int(self.append_eop)
-        # one truncation for every candidate (by the longest), so that the candidates share one Part A
-        ids = encode_pattern(self.pattern(example), ctx.tokenizer, ctx.max_length - 2 - longest)
-        return build_candidate_sequences(ids, cands, ctx.special, append_eop=self.append_eop, max_length=ctx.max_length)
+        return candidate_samples(self.pattern(example), cands, ctx, append_eop=self.append_eop)
 
     def predict(self, examples: Sequence[Example], ctx: EvalContext) -> list[dict[str, Any]]:
         samples: list[GLMInput] = []

@@ -3,18 +3,20 @@
 Data: the official SuperGLUE ``*.jsonl`` files, ``<data_dir>/<Task>/<split>.jsonl`` (``BoolQ/val.jsonl``, ...) or
 ``<data_dir>/superglue/<Task>/<split>.jsonl``. Pattern ids follow ``tasks/superglue/pvp.py`` of the original code;
 the default is pattern 0 for every task, because the released finetuning script appends ``--pattern-id 0`` after
-the task configs (spec §6.1 notes). Choose another with ``task:N`` (e.g. ``boolq:4``).
+the task configs (spec §6.1 notes). Choose another with ``task:N`` (e.g. ``boolq:4``). Every task runs at its
+config's ``MAX_SEQ_LEN`` (``Task.seq_length``; ``--seq-length`` overrides). ``evaluation/PROTOCOL.md`` has the
+whole protocol.
 
-| task    | scoring                         | metrics            |
-|---------|---------------------------------|--------------------|
-| BoolQ   | single-token, " No"/" Yes"      | acc                |
-| CB      | single-token, " Yes"/" No"/" Maybe" | acc, macro-F1  |
-| RTE     | single-token, " Yes"/" No"      | acc                |
-| WiC     | single-token, " No"/" Yes"      | acc                |
-| MultiRC | single-token per answer option  | F1a, EM, acc       |
-| COPA    | 2 candidates (+eop), summed     | acc                |
-| WSC     | span1 vs negatives (+eop), mean | acc                |
-| ReCoRD  | all passage entities (+eop)     | EM, F1 (max over golds) |
+| task    | length | scoring                         | metrics            |
+|---------|--------|---------------------------------|--------------------|
+| BoolQ   | 256 | single-token, " No"/" Yes"      | acc                |
+| CB      | 256 | single-token, " Yes"/" No"/" Maybe" | acc, macro-F1  |
+| RTE     | 256 | single-token, " Yes"/" No"      | acc                |
+| WiC     | 256 | single-token, " No"/" Yes"      | acc                |
+| MultiRC | 512 | single-token per answer option  | F1a, EM, acc       |
+| COPA    | 256 | 2 candidates (+eop), summed     | acc                |
+| WSC     | 128 | span1 vs the file's candidates (+eop), mean | acc    |
+| ReCoRD  | 512 | all passage entities, sorted (+eop) | EM, F1 (max over golds) |
 """
 
 from __future__ import annotations
@@ -24,18 +26,21 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import metrics
-from evaluation.tasks.base import Example, field_of, file_stamp, find_data_file, read_jsonl
+from evaluation.tasks.base import EvalContext, Example, field_of, file_stamp, find_data_file, read_jsonl
 from evaluation.tasks.cloze import (
     MASK,
     ClozeClassificationTask,
     MultipleChoiceTask,
     Pattern,
+    candidate_samples,
+    encode_candidate,
     lowercase_first,
     remove_final_punctuation,
     shortenable,
     standardize_punctuation,
 )
 from glm_core.errors import ConfigError, DataError
+from glm_core.layout import GLMInput
 
 SPLITS = ("val", "train", "test")
 
@@ -95,6 +100,8 @@ class BoolQ(_Classification):
     """BoolQ: passage, question (spec §6.1 row BoolQ; pvp.py BoolQPVP)."""
 
     name, folder = "boolq", "BoolQ"
+    seq_length = 256  # config_tasks/task_boolq.sh: MAX_SEQ_LEN=256
+    protocol_source = "scripts/ds_finetune_superglue.sh + config_tasks/task_boolq.sh"
     description = "BoolQ yes/no questions, single-token cloze"
     labels = ("false", "true")
     patterns = (0, 1, 2, 3, 4, 5)
@@ -130,7 +137,7 @@ class BoolQ(_Classification):
             ]
         else:
             parts = [
-                "Based on the following passage ",
+                "Based on the following passage",  # pvp.py BoolQPVP: no trailing space
                 shortenable(" " + question),
                 "?",
                 MASK,
@@ -144,6 +151,8 @@ class RTE(_Classification):
     """RTE: premise (text_a), hypothesis (text_b) (spec §6.1 row RTE; pvp.py RtePVP)."""
 
     name, folder = "rte", "RTE"
+    seq_length = 256  # config_tasks/task_rte.sh: MAX_SEQ_LEN=256
+    protocol_source = "scripts/ds_finetune_superglue.sh + config_tasks/task_rte.sh"
     description = "RTE entailment, single-token cloze"
     labels: tuple[Any, ...] = ("entailment", "not_entailment")
     patterns = (0, 1, 2, 3, 4)
@@ -182,7 +191,7 @@ class RTE(_Classification):
             pattern = ([shortenable(text_b), "?"], [MASK, ".", shortenable(" " + text_a)])
         else:
             pattern = (
-                [shortenable(text_a), " question:", shortenable(" " + text_b), " True or False? answer:", MASK],
+                [shortenable(text_a), " question:", shortenable(" " + text_b), " True or False?", " answer:", MASK],
                 [],
             )
         return [(pattern, example.data["label"])]
@@ -192,6 +201,8 @@ class CB(RTE):
     """CommitmentBank: as RTE with a third label (spec §6.1 row CB; pvp.py CbPVP)."""
 
     name, folder = "cb", "CB"
+    seq_length = 256  # config_tasks/task_cb.sh: MAX_SEQ_LEN=256
+    protocol_source = "scripts/ds_finetune_superglue.sh + config_tasks/task_cb.sh"
     description = "CommitmentBank, single-token cloze"
     labels = ("entailment", "contradiction", "neutral")
     primary_metric = "acc"
@@ -208,7 +219,8 @@ class CB(RTE):
                 shortenable(text_a),
                 " question:",
                 shortenable(" " + text_b),
-                " true, false or neither? answer:",
+                " true, false or neither?",
+                " answer:",
                 MASK,
             ]
             return [((parts, []), example.data["label"])]
@@ -224,6 +236,8 @@ class WiC(_Classification):
     """Words in context (spec §6.1 row WiC; pvp.py WicPVP)."""
 
     name, folder = "wic", "WiC"
+    seq_length = 256  # config_tasks/task_wic.sh: MAX_SEQ_LEN=256
+    protocol_source = "scripts/ds_finetune_superglue.sh + config_tasks/task_wic.sh"
     description = "WiC word sense, single-token cloze"
     labels = ("false", "true")
     patterns = (0, 1, 2)
@@ -256,7 +270,8 @@ class WiC(_Classification):
                 MASK,
             ]
         else:
-            parts = [word, " . Sense (1) (a)", shortenable(' "' + s1 + '"'), " (", MASK, ') "', s2, '"']
+            # pvp.py WicPVP pattern 2, part for part (the quote after s1 is a part of its own)
+            parts = [word, " .", ' Sense (1) (a) "', shortenable(s1), '"', " (", MASK, ') "', s2, '"']
         return [((parts, []), example.data["label"])]
 
 
@@ -264,9 +279,11 @@ class MultiRC(_Classification):
     """MultiRC: one example per question, one single-token cloze per answer option (spec §6.1 row MultiRC)."""
 
     name, folder = "multirc", "MultiRC"
+    seq_length = 512  # config_tasks/task_multirc.sh: MAX_SEQ_LEN=512
+    protocol_source = "scripts/ds_finetune_superglue.sh + config_tasks/task_multirc.sh"
     description = "MultiRC answer-option verification, single-token cloze"
     labels = (0, 1)
-    patterns = (0, 1, 2, 3)
+    patterns = (0, 1, 2, 3, 4)
     primary_metric = "f1a"
 
     def read(self, data_dir: Path, split: str, limit: int | None) -> list[Example]:
@@ -305,32 +322,20 @@ class MultiRC(_Classification):
         for answer in example.data["answers"]:
             a = answer["text"]
             p = self.pattern_id
+            # pvp.py MultiRcPVP.get_parts, part for part
+            passage_part = shortenable(passage)
             if p == 0:
-                parts = [shortenable(passage), ". Question:", " " + question, "? Is it", " " + a, "?", MASK, "."]
+                parts = [passage_part, ".", " Question:", " " + question + "?", " Is it", " " + a, "?", MASK, "."]
             elif p == 1:
-                parts = [
-                    shortenable(passage),
-                    ". Question:",
-                    " " + question,
-                    '? Is the correct answer "',
-                    a,
-                    '"?',
-                    MASK,
-                    ".",
-                ]
+                parts = [passage_part, ".", " Question:", " " + question, "?", ' Is the correct answer "', a, '"?']
+                parts += [MASK, "."]
             elif p == 2:
-                parts = [
-                    shortenable(passage),
-                    ". Based on the previous passage,",
-                    " " + question,
-                    '? Is "',
-                    a,
-                    '" a correct answer?',
-                    MASK,
-                    ".",
-                ]
+                parts = [passage_part, ". Based on the previous passage,", " " + question, "?", ' Is "', a]
+                parts += ['" a correct answer?', MASK, "."]
+            elif p == 3:
+                parts = [passage_part, " " + question, "- [", MASK, "]", a]
             else:
-                parts = [shortenable(passage), " " + question, "- [", MASK, "]", a]
+                parts = [passage_part, ".", " Question:", " " + question, "?", " " + a, "?", MASK, "."]
             out.append(((parts, []), answer["label"]))
         return out
 
@@ -352,14 +357,16 @@ class COPA(_SuperGlueMixin, MultipleChoiceTask):
     """COPA: the two choices as candidates (spec §6.1 row COPA; pvp.py CopaPVP patterns 0/1)."""
 
     name, folder = "copa", "COPA"
+    seq_length = 256  # config_tasks/task_copa.sh: MAX_SEQ_LEN=256
+    protocol_source = "scripts/ds_finetune_superglue.sh + config_tasks/task_copa.sh"
     description = "COPA cause/effect, two multi-token candidates"
-    patterns = (0, 1)
+    patterns = (0, 1, 2)
 
     def __init__(self, option: str | None = None) -> None:
         self.pattern_id = 0
         if option is not None:
-            if option not in ("0", "1"):
-                raise ConfigError(f"task 'copa': unknown pattern {option!r}; expected 0 or 1")
+            if option not in ("0", "1", "2"):
+                raise ConfigError(f"task 'copa': unknown pattern {option!r}; expected 0, 1 or 2")
             self.pattern_id = int(option)
 
     @property
@@ -392,6 +399,23 @@ class COPA(_SuperGlueMixin, MultipleChoiceTask):
     def candidates(self, example: Example) -> list[str]:
         d = example.data
         return [" " + remove_final_punctuation(lowercase_first(d[c])) for c in ("choice1", "choice2")]
+
+    def samples(self, example: Example, ctx: EvalContext) -> list[GLMInput]:
+        """Patterns 0/1: the choices as candidates. Pattern 2 (``pvp.py`` ``CopaPVP.encode``, its own encoder): one
+        sequence per choice, ``'"' c1 '" or "' c2 '"?' premise [MASK] " " + choice``, every one scored on the same
+        target, the joiner ``" because"`` / ``" so"`` + eop."""
+        if self.pattern_id != 2:
+            return super().samples(example, ctx)
+        d = example.data
+        premise = shortenable(remove_final_punctuation(d["premise"]))
+        c1 = remove_final_punctuation(lowercase_first(d["choice1"]))
+        c2 = remove_final_punctuation(lowercase_first(d["choice2"]))
+        joiner = encode_candidate(" because" if d["question"] == "cause" else " so", ctx.tokenizer)
+        out: list[GLMInput] = []
+        for choice in (c1, c2):
+            pattern: Pattern = (['"', c1, '" or "', c2, '"?', premise, MASK, " " + choice], [])
+            out.extend(candidate_samples(pattern, [joiner], ctx, append_eop=True))
+        return out
 
     def pattern(self, example: Example) -> Pattern:
         d = example.data
@@ -429,16 +453,23 @@ def _fix_wsc_indices(
 class WSC(_SuperGlueMixin, MultipleChoiceTask):
     """WSC as multi-token candidates (spec §6.1 row WSC: ``--wsc-negative``, length penalty 1).
 
-    Candidates: ``" " + span1_text`` first, then negatives. Negatives come from a ``candidates`` field when the file
-    has one (the original's preprocessed WSC: a list of strings or of ``{"text": ...}``); with the official files,
-    from the other ``span1_text`` values annotated for the same text and pronoun. Prediction = True iff candidate 0
-    scores highest (spec §6.1, ``eval_utils.py``).
+    Candidates: ``" " + span1_text`` first, then ``" " + c`` for the file's ``candidates`` (a list of
+    ``{"text": ...}`` objects, as the original's WSC-negative data, or of strings), exact duplicates removed and the
+    first occurrence kept (``tasks/superglue/dataset.py`` ``WscProcessor._create_examples``: ``if not cand in
+    candidates[:i]``) - a candidate that differs from ``span1_text`` only in case stays. The paper's protocol
+    (``config_tasks/task_wsc.sh``: ``DATA_PATH=.../WSC-negative``) needs that field, so a file without it is refused
+    under the default ``--wsc-negatives file``. ``--wsc-negatives annotations`` (not the paper's protocol) takes the
+    negatives from the other ``span1_text`` values annotated for the same text and pronoun in the official files.
+    Prediction = True iff candidate 0 scores highest (spec §6.1, ``eval_utils.py``).
     """
 
     name, folder = "wsc", "WSC"
+    seq_length = 128  # config_tasks/task_wsc.sh: MAX_SEQ_LEN=128
+    protocol_source = "scripts/ds_finetune_superglue.sh + config_tasks/task_wsc.sh"
     description = "WSC coreference, span1 vs negative candidates"
     length_penalty = 1.0
     patterns = (0, 1, 2)
+    negatives_from = "file"
 
     def __init__(self, option: str | None = None) -> None:
         self.pattern_id = 0
@@ -447,12 +478,19 @@ class WSC(_SuperGlueMixin, MultipleChoiceTask):
                 raise ConfigError(f"task 'wsc': unknown pattern {option!r}; expected 0, 1 or 2")
             self.pattern_id = int(option)
 
+    def configure(self, options: dict[str, Any]) -> None:
+        source = options.get("wsc_negatives", "file")
+        if source not in ("file", "annotations"):
+            raise ConfigError(f"--wsc-negatives must be 'file' or 'annotations', got {source!r}")
+        self.negatives_from = source
+
     @property
     def task_id(self) -> str:
-        return f"wsc-p{self.pattern_id}"
+        suffix = "-annotations" if self.negatives_from == "annotations" else ""
+        return f"wsc-p{self.pattern_id}{suffix}"
 
     def config(self) -> dict[str, Any]:
-        return {"pattern_id": self.pattern_id, **super().config()}
+        return {"pattern_id": self.pattern_id, "negatives": self.negatives_from, **super().config()}
 
     def read(self, data_dir: Path, split: str, limit: int | None) -> list[Example]:
         path, rows = self._rows(data_dir, split, None)
@@ -465,29 +503,39 @@ class WSC(_SuperGlueMixin, MultipleChoiceTask):
             words, span2_index = _fix_wsc_indices(text.split(), span2_index, span2, path, line)
             given = obj.get("candidates")
             negatives = None
-            if given is not None:
-                if not isinstance(given, list):
-                    raise DataError(f"{path}:{line}: field 'candidates' must be a list")
-                negatives = [c["text"] if isinstance(c, dict) else str(c) for c in given]
+            if given is not None and self.negatives_from == "file":
+                if not isinstance(given, list) or not all(
+                    isinstance(c, str) or (isinstance(c, dict) and isinstance(c.get("text"), str)) for c in given
+                ):
+                    raise DataError(
+                        f"{path}:{line}: field 'candidates' must be a list of strings or of {{'text': str}}"
+                    )
+                negatives = [c["text"] if isinstance(c, dict) else c for c in given]
+                negatives = [c for i, c in enumerate(negatives) if c not in negatives[:i]]  # exact duplicates only
+            elif self.negatives_from == "file":
+                raise DataError(
+                    f"{path}:{line}: WSC needs a 'candidates' field (the original's WSC-negative data) under the "
+                    "paper's protocol; add it or pass --wsc-negatives annotations"
+                )
             parsed.append((line, obj, words, span1, span2, span2_index, negatives))
-        # official files: the other span1 annotations of the same sentence and pronoun are the negatives
+        # --wsc-negatives annotations: the other span1 annotations of the same sentence and pronoun are the negatives
         by_sentence: dict[tuple[str, int], list[str]] = {}
         for _, _, words, span1, _, span2_index, _ in parsed:
             by_sentence.setdefault((" ".join(words), span2_index), []).append(span1)
         out = []
         for line, obj, words, span1, span2, span2_index, negatives in parsed:
             if negatives is None:
-                negatives = by_sentence[(" ".join(words), span2_index)]
-            cands: list[str] = []
-            for c in negatives:  # distinct, first occurrence kept (original), span1 itself excluded
-                if c not in cands and c.lower() != span1.lower():
-                    cands.append(c)
+                annotated = by_sentence[(" ".join(words), span2_index)]
+                negatives = []
+                for c in annotated:  # distinct, span1 itself (up to case) left out
+                    if c not in negatives and c.lower() != span1.lower():
+                        negatives.append(c)
             data = {
                 "words": words,
                 "span1_text": span1,
                 "span2_text": span2,
                 "span2_index": span2_index,
-                "negatives": cands,
+                "negatives": negatives,
                 "label": _bool_label(obj.get("label"), path, line),
             }
             out.append(Example(_idx(obj, line), data))
@@ -511,7 +559,8 @@ class WSC(_SuperGlueMixin, MultipleChoiceTask):
         return (
             [
                 text,
-                " Question: In the passage above, what does the pronoun '*" + pronoun + "*' refer to? Answer:",
+                " Question: In the passage above, what does the pronoun '*" + pronoun + "*' refer to?",
+                " Answer:",
                 MASK,
                 ".",
             ],
@@ -529,6 +578,8 @@ class ReCoRD(_SuperGlueMixin, MultipleChoiceTask):
     """ReCoRD: every distinct passage entity is a candidate (spec §6.1 row ReCoRD; pvp.py RecordPVP)."""
 
     name, folder = "record", "ReCoRD"
+    seq_length = 512  # config_tasks/task_record.sh: MAX_SEQ_LEN=512
+    protocol_source = "scripts/ds_finetune_superglue.sh + config_tasks/task_record.sh"
     description = "ReCoRD cloze over passage entities"
     primary_metric = "f1"
 
@@ -547,9 +598,10 @@ class ReCoRD(_SuperGlueMixin, MultipleChoiceTask):
                     raise DataError(f"{path}:{line}: every entity needs integer 'start' and 'end'")
                 text = standardize_punctuation(raw[ent["start"] : ent["end"] + 1])  # 'end' is inclusive
                 if text not in entities:
-                    entities.append(text)  # order of first appearance (the original uses an unordered set)
+                    entities.append(text)
             if not entities:
                 raise DataError(f"{path}:{line}: the passage has no entities to choose from")
+            entities.sort()  # tasks/superglue/dataset.py RecordProcessor: entities = list(set); entities.sort()
             # spec §6.1: "@highlight\n" -> "- " (as the GPT-3 paper)
             passage = standardize_punctuation(raw).replace("@highlight\n", "- ")
             for q in field_of(obj, "qas", path, line, list):
@@ -576,6 +628,9 @@ class ReCoRD(_SuperGlueMixin, MultipleChoiceTask):
 
     def record_extra(self, example: Example, record: dict[str, Any]) -> dict[str, Any]:
         return {"prediction": example.data["entities"][record["pred"]], "answers": example.data["answers"]}
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "answer_normalisation": "unidecode" if metrics.UNIDECODE else "as written"}
 
     def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
         return metrics.record_scores([r["prediction"] for r in records], [r["answers"] for r in records])

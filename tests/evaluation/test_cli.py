@@ -191,5 +191,5 @@ def test_cache_of_another_model_is_not_reused(model_dir: Path, tmp_path: Path, c
     [cache] = (tmp_path / ".glm-eval-cache").glob("demo-*.jsonl")
     header = json.loads(cache.read_text().splitlines()[0])
     assert header["model_hash"] == json.loads(out.read_text())["model_hash"]
-    assert run_cli(args, capsys)[0] == 0
+    assert run_cli([*args, "--overwrite"], capsys)[0] == 0
     assert json.loads(out.read_text())["tasks"]["demo"]["resumed"] == 3

@@ -21,6 +21,7 @@ from glm_core.layout import (
     build_scoring_input,
     build_single_token_cloze,
 )
+from tests.evaluation.test_tasks import span_logits
 from tests.evaluation.vocab import MASK, WORD_IDS
 
 FIXTURES = Path(__file__).resolve().parents[2] / "evaluation" / "data" / "fixtures"
@@ -138,13 +139,9 @@ def test_single_token_cloze_reads_the_logits_at_sop(torch_backend) -> None:
     logits = Scorer(torch_backend, batch_size=2).single_token_cloze(texts, verbalizers)
     for text, row in zip(texts, logits, strict=True):
         sample = build_single_token_cloze(text, special)
-        with torch.no_grad():
-            out = torch_backend.model(
-                torch.as_tensor(sample.input_ids)[None],
-                torch.as_tensor(sample.position_ids)[None],
-                sep=torch.tensor([sample.sep]),
-            ).logits[0]
-        np.testing.assert_allclose(row, out[sample.sep, verbalizers].numpy(), rtol=0, atol=1e-5)
+        assert sample.candidate_spans == ((sample.sep, sample.sep + 1),)  # the logits at sop
+        out = span_logits(torch_backend, sample)[0]
+        np.testing.assert_allclose(row, out[verbalizers].numpy(), rtol=0, atol=1e-5)
 
 
 def test_loglikelihood_shares_a_context_and_matches_the_reference(torch_backend) -> None:

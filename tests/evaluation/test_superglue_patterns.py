@@ -66,6 +66,7 @@ def check_candidates(samples, pattern_words: str, candidates: list[str]) -> None
 
 
 def test_boolq_pattern_0(ctx) -> None:
+    # tasks/superglue/pvp.py:796-805 BoolQPVP.get_parts p0; pvp.py:294-327 single-token encode ([CLS] .. [eos] [sop])
     task, ex = example("boolq", "0")
     [sample] = task.samples(ex, ctx)
     # passage | " Question:" | " " + question | "? Answer:" | [MASK] | "."
@@ -74,6 +75,7 @@ def test_boolq_pattern_0(ctx) -> None:
 
 
 def test_boolq_pattern_4_puts_the_passage_last(ctx) -> None:
+    # tasks/superglue/pvp.py:806-808 BoolQPVP.get_parts p4
     task, ex = get_task("boolq:4"), example("boolq", "0")[1]
     [sample] = task.samples(ex, ctx)
     check_single_token(
@@ -82,6 +84,7 @@ def test_boolq_pattern_4_puts_the_passage_last(ctx) -> None:
 
 
 def test_cb_pattern_0(ctx) -> None:
+    # tasks/superglue/pvp.py:761-769 CbPVP -> RtePVP.get_parts p0 (pvp.py:720-726); verbalizer pvp.py:751-755
     task, ex = example("cb", "0")
     [sample] = task.samples(ex, ctx)
     # parts_a: '"' hypothesis(-final punct) '" ?' ; parts_b: [MASK] ', "' premise '"'   (no [SEP] between)
@@ -91,6 +94,7 @@ def test_cb_pattern_0(ctx) -> None:
 
 
 def test_rte_pattern_0(ctx) -> None:
+    # tasks/superglue/pvp.py:720-726 RtePVP.get_parts p0; verbalizer pvp.py:707-710
     task, ex = example("rte", "1")
     [sample] = task.samples(ex, ctx)
     check_single_token(sample, '" the cat sat on the mat " ? [MASK] , " the dog sat on the mat . "')
@@ -99,6 +103,7 @@ def test_rte_pattern_0(ctx) -> None:
 
 
 def test_wic_pattern_0(ctx) -> None:
+    # tasks/superglue/pvp.py:882-890 WicPVP.get_parts p0
     task, ex = example("wic", "0")
     [sample] = task.samples(ex, ctx)
     check_single_token(
@@ -109,6 +114,7 @@ def test_wic_pattern_0(ctx) -> None:
 
 
 def test_multirc_pattern_0_one_cloze_per_answer(ctx) -> None:
+    # tasks/superglue/pvp.py:835-842 MultiRcPVP.get_parts p0, one example per answer (dataset.py MultiRcProcessor)
     task, ex = example("multirc", "0-0")
     samples = task.samples(ex, ctx)
     passage = "bob visited paris . alice visited london . they went home today"  # final punctuation removed
@@ -120,6 +126,7 @@ def test_multirc_pattern_0_one_cloze_per_answer(ctx) -> None:
 
 
 def test_copa_pattern_0_cause(ctx) -> None:
+    # tasks/superglue/pvp.py:443-461 CopaPVP.get_answers / get_parts p0; candidates + eop (pvp.py:231-233)
     task, ex = example("copa", "0")
     samples = task.samples(ex, ctx)
     # '"' c1 '" or "' c2 '"?' premise(-punct) " because" [MASK] "." ; candidates " " + lowercased choice, + eop
@@ -128,6 +135,7 @@ def test_copa_pattern_0_cause(ctx) -> None:
 
 
 def test_copa_pattern_0_effect_uses_so(ctx) -> None:
+    # tasks/superglue/pvp.py:456-459: joiner ', so' for effect
     task, ex = example("copa", "1")
     samples = task.samples(ex, ctx)
     pattern = '" the road was wet " or " the road was hot " ? the rain fell , so [MASK] .'
@@ -135,23 +143,26 @@ def test_copa_pattern_0_effect_uses_so(ctx) -> None:
 
 
 def test_wsc_pattern_0_marks_the_pronoun_and_adds_negatives(ctx) -> None:
+    # tasks/superglue/pvp.py:542-565 WscPVP.get_answers / get_parts p0; candidates from the file (dataset.py:448-455)
     task, ex = example("wsc", "0")
     samples = task.samples(ex, ctx)
     pattern = (
         "the city council refused the demonstrators a permit because * they * feared violence . "
         "the pronoun ' * they * ' refers to [MASK] ."
     )
-    # candidate 0 = span1; the negative comes from the other span1 annotated for the same sentence and pronoun
+    # candidate 0 = span1; the negative comes from the example's candidates field (the WSC-negative layout)
     check_candidates(samples, pattern, ["the city council", "the demonstrators"])
     assert task.length_penalty == 1.0  # spec §6.1: WSC scores are length-normalised
 
 
 def test_record_candidates_are_passage_entities(ctx) -> None:
+    # tasks/superglue/pvp.py:651-660 RecordPVP; dataset.py:818-832 sorted entities, '@highlight\n' -> '- '
     task, ex = example("record", "0-0")
     samples = task.samples(ex, ctx)
     # "@highlight\n" -> "- "; passage | " " + left of @placeholder | [MASK] | right
     pattern = "bob visited paris today . - alice went to london [MASK] visited the capital of france ."
-    check_candidates(samples, pattern, ["bob", "paris", "alice", "london"])
+    # the distinct entities sorted (tasks/superglue/dataset.py:827 entities.sort()): Alice, Bob, London, Paris
+    check_candidates(samples, pattern, ["alice", "bob", "london", "paris"])
     assert ex.data["answers"] == ["Bob"]
 
 

@@ -29,6 +29,18 @@ def read(name: str):
     return task, task.read(FIXTURES, task.default_split, None)
 
 
+def span_logits(backend, sample) -> torch.Tensor:
+    """The model's logits at ``sample.candidate_spans[0]``, from one direct forward pass."""
+    with torch.no_grad():
+        logits = backend.model(
+            torch.as_tensor(sample.input_ids)[None],
+            torch.as_tensor(sample.position_ids)[None],
+            sep=torch.tensor([sample.sep]),
+        ).logits[0]
+    start, end = sample.candidate_spans[0]
+    return logits[start:end]
+
+
 def test_lambada_correct_means_argmax_at_every_target_token(ctx, torch_backend) -> None:
     task, examples = read("lambada")
     records = task.predict(examples, ctx)
@@ -36,23 +48,18 @@ def test_lambada_correct_means_argmax_at_every_target_token(ctx, torch_backend) 
     for ex, record in zip(examples, records, strict=True):
         assert ex.data["target"].startswith(" ") and " " not in ex.data["target"][1:]  # the last word, spec §6.2
         sample = build_lambada_input(tok.encode(ex.data["context"]), tok.encode(ex.data["target"]), tok.special)
-        with torch.no_grad():
-            logits = torch_backend.model(
-                torch.as_tensor(sample.input_ids)[None],
-                torch.as_tensor(sample.position_ids)[None],
-                sep=torch.tensor([sample.sep]),
-            ).logits[0]
+        logits = span_logits(torch_backend, sample)
         start, end = sample.candidate_spans[0]
-        greedy = logits[start:end].argmax(-1).numpy() == sample.targets[start:end]
+        greedy = logits.argmax(-1).numpy() == sample.targets[start:end]
         assert record["correct"] == int(greedy.all())
         assert record["num_tokens"] == end - start
     assert task.aggregate(records)["acc"] == pytest.approx(np.mean([r["correct"] for r in records]))
 
 
 def test_perplexity_counts_every_token_but_the_first(ctx, torch_backend) -> None:
-    task, examples = read("lm")
+    task, examples = read("lm:stream")  # the whole file as one token stream
     [record] = task.predict(examples, ctx)
-    text = examples[0].data["text"]
+    [text] = examples[0].data["documents"]
     assert record["num_tokens"] == len(torch_backend.tokenizer.encode(text))
     assert record["num_scored"] == record["num_tokens"] - 1
     out = task.aggregate([record])
@@ -78,7 +85,10 @@ def test_summarization_generates_and_scores_rouge(ctx, monkeypatch) -> None:
         assert r["reference"] == ex.data["target"] and isinstance(r["prediction"], str)
         assert 2 <= r["generated_tokens"] <= 6  # min_length .. max_target_length
     scores = task.aggregate(records)
-    assert set(scores) == {"rouge1", "rouge2", "rougeLsum"} and all(0 <= v <= 1 for v in scores.values())
+    # the original's logged metric by default: its "rouge-l" is rouge-score's rougeLsum over [SEP]-split sentences
+    assert set(scores) == {"rouge1", "rouge2", "rougeL"} and all(0 <= v <= 1 for v in scores.values())
+    task.configure({"rouge": "sentences"})
+    assert set(task.aggregate(records)) == {"rouge1", "rouge2", "rougeLsum"}
 
 
 def test_blank_infilling_fills_every_mask(ctx, monkeypatch) -> None:
@@ -87,7 +97,8 @@ def test_blank_infilling_fills_every_mask(ctx, monkeypatch) -> None:
     assert isinstance(task, BlankInfilling)
     records = task.predict(examples, ctx)
     for ex, r in zip(examples, records, strict=True):
-        assert len(r["fills"]) == ex.data["text"].count("[MASK]")
+        # one budget of 4 tokens for all blanks (the original's --tgt-seq-length, sop included): later blanks may be empty
+        assert 1 <= len(r["fills"]) <= ex.data["text"].count("[MASK]")
         assert "[MASK]" not in r["prediction"]
         assert r["reference"] == ctx.tokenizer.decode(ctx.tokenizer.encode(ex.data["original"])).strip()
     out = task.aggregate(records)

@@ -44,7 +44,7 @@ def test_original_checkpoint_with_numpy_rng_state_loads(tiny_model, tmp_path):
     }
     torch.save(payload, tag / "mp_rank_00_model_states.pt")
     (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").write_text("release")
-    model = _load(tmp_path / "ckpt")
+    model = _load(tmp_path / "ckpt", num_attention_heads=tiny_model.config.num_attention_heads)
     ref = tiny_model.half().float()  # the checkpoint holds fp16 weights
     torch.testing.assert_close(_logits(model), _logits(ref), rtol=0, atol=0)
 
@@ -124,7 +124,8 @@ def test_convert_keeps_the_source_dtype_by_default(tiny_model, tmp_path):
     src = ck.save_original(tiny_model, tmp_path / "orig", dtype=torch.float16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert main([str(src), str(tmp_path / "hub")]) == 0
+        heads = str(tiny_model.config.num_attention_heads)
+        assert main([str(src), str(tmp_path / "hub"), "--num-attention-heads", heads]) == 0
     with safe_open(str(tmp_path / "hub" / "model.safetensors"), "pt") as fh:
         assert fh.get_tensor("word_embeddings.weight").dtype == torch.float16
 
