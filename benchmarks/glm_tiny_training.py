@@ -27,13 +27,14 @@ CORPUS_COMMAND = "python -m training.corpus corpus --out runs/corpus.txt"
 PRETRAIN_COMMAND = (
     "OMP_NUM_THREADS=1 glm-train pretrain --model glm-tiny --from-scratch --seed 1234 --corpus runs/corpus.txt "
     "--out runs/glm-tiny-pretrain --steps 1500 --seq-length 128 --micro-batch-size 16 --lr 1e-3 --warmup-ratio 0.05 "
-    "--min-lr-ratio 0.1 --dropout 0.0 --bert-prob 0.7 --gap-sentence-prob 0.2 --kernels torch --eval-tasks demo "
-    "--eval-every 250 --save-every 250 --log-every 25"
+    "--min-lr-ratio 0.1 --eps 1e-8 --dropout 0.0 --bert-prob 0.7 --gap-sentence-prob 0.2 --kernels torch "
+    "--eval-tasks demo --eval-every 250 --save-every 250 --log-every 25"
 )
 FINETUNE_COMMAND = (
     "OMP_NUM_THREADS=1 glm-train finetune --model runs/glm-tiny-pretrain/checkpoints/step_0001500 --task demo "
-    "--out runs/glm-tiny-finetune --steps 200 --micro-batch-size 16 --lr 1e-4 --max-length 64 --eval-every 50 "
-    "--log-every 25 --final-dir glm_core/assets/glm-tiny --final-dtype fp16"
+    "--out runs/glm-tiny-finetune --steps 200 --micro-batch-size 16 --lr 1e-4 --betas 0.9 0.98 "
+    "--lr-decay-style cosine --dropout 0 --max-length 64 --eval-every 50 --log-every 25 "
+    "--final-dir glm_core/assets/glm-tiny --final-dtype fp16"
 )
 
 

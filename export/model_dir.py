@@ -14,6 +14,7 @@ nothing at ``--out`` (DESIGN.md, rules of the house).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,17 @@ from typing import Any
 import onnx
 
 from evaluation.backends.info import is_model_file
-from evaluation.backends.onnx import CONFIG_FORMAT_VERSION, MODEL_FILE
+from evaluation.backends.onnx import (
+    CONFIG_FORMAT_VERSION,
+    METADATA_CONFIG_FIELDS,
+    METADATA_CONFIG_KEY,
+    METADATA_MASK_KEY,
+    METADATA_TOKENIZER_KEY,
+    MODEL_FILE,
+    MODEL_FORMAT_KEY,
+    MODEL_FORMAT_VERSION,
+)
+from evaluation.backends.onnx_device import length_field
 from glm_core.atomic import make_staging_dir, move_into_place
 from glm_core.config import GLMConfig
 from glm_core.errors import ExportError
@@ -90,23 +101,6 @@ def save_model_file(model: onnx.ModelProto, directory: Path, external: bool) -> 
     return []
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _length_field(number: int, length: int) -> bytes:
-    """Protobuf key + length of a length-delimited field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(length)
-
-
 # Field numbers of onnx.proto3: ModelProto.graph, GraphProto.initializer, TensorProto.raw_data.
 _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
 _COPY_CHUNK = 64 * 1024 * 1024
@@ -132,18 +126,18 @@ def inline_external_data(src: Path, dst: Path) -> None:
         length = int(info["length"]) if "length" in info else data_file.stat().st_size - offset
         tensor.ClearField("external_data")
         tensor.data_location = onnx.TensorProto.DEFAULT
-        head = tensor.SerializeToString() + _length_field(_TENSOR_RAW_DATA, length)
+        head = tensor.SerializeToString() + length_field(_TENSOR_RAW_DATA, length)
         pieces.append((head, data_file, offset, length))
     graph.ClearField("initializer")
     graph_rest = graph.SerializeToString()
     encoded = [
-        (_length_field(_GRAPH_INITIALIZER, len(head) + length), head, f, off, length) for head, f, off, length in pieces
+        (length_field(_GRAPH_INITIALIZER, len(head) + length), head, f, off, length) for head, f, off, length in pieces
     ]
     graph_length = len(graph_rest) + sum(len(key) + len(head) + length for key, head, _, _, length in encoded)
     model.ClearField("graph")
     with open(dst, "wb") as out:
         out.write(model.SerializeToString())
-        out.write(_length_field(_MODEL_GRAPH, graph_length))
+        out.write(length_field(_MODEL_GRAPH, graph_length))
         out.write(graph_rest)
         for key, head, data_file, offset, length in encoded:
             out.write(key)
@@ -226,6 +220,59 @@ def model_config(
         "tokenizer": has_tokenizer,
         "special_tokens": None if special is None else {**special.to_dict(), "bad_words": list(special.bad_words)},
     }
+
+
+# ModelProto.metadata_props and the fields of its StringStringEntryProto (onnx.proto3).
+_MODEL_METADATA_PROPS, _ENTRY_KEY, _ENTRY_VALUE = 14, 1, 2
+METADATA_PREFIX = "glm."
+
+
+def model_metadata(glm_config: dict[str, Any]) -> dict[str, str]:
+    """``model.onnx``'s own description: format version, mask rule, GLM config, tokenizer convention.
+
+    The backend reads these (evaluation.backends.onnx.read_model_metadata), refuses a format version it does not
+    know and checks the config against ``glm_config.json``; other tools see what the graph computes without it.
+    """
+    config_fields = (*METADATA_CONFIG_FIELDS, "max_sequence_length", "gelu", "layernorm_epsilon", "dtype", "kv_dtype")
+    config = {k: glm_config[k] for k in (*config_fields, "optimize", "quantize")}
+    tokenizer = {
+        "family": glm_config["tokenizer_family"],
+        "special_tokens": glm_config["special_tokens"],
+        "position_ids": glm_config["position_ids"],
+        "sep": glm_config["mask"]["sep"],
+    }
+    return {
+        MODEL_FORMAT_KEY: str(MODEL_FORMAT_VERSION),
+        METADATA_MASK_KEY: MASK_RULE,
+        METADATA_CONFIG_KEY: json.dumps(config, sort_keys=True),
+        METADATA_TOKENIZER_KEY: json.dumps(tokenizer, sort_keys=True),
+    }
+
+
+def append_metadata(model_path: Path, props: dict[str, str]) -> None:
+    """Add ``metadata_props`` entries to ``model_path`` by appending them to the file.
+
+    A protobuf message is the concatenation of its fields and repeated fields accumulate, so appending entries is
+    the same as adding them to the loaded model, without reading (or holding) its weights. The file must not hold
+    these keys yet (:func:`drop_glm_metadata` on a graph read back from a stage).
+    """
+
+    def entry(key: str, value: str) -> bytes:
+        body = b""
+        for number, text in ((_ENTRY_KEY, key), (_ENTRY_VALUE, value)):
+            data = text.encode("utf-8")
+            body += length_field(number, len(data)) + data
+        return length_field(_MODEL_METADATA_PROPS, len(body)) + body
+
+    with open(model_path, "ab") as out:
+        out.write(b"".join(entry(k, v) for k, v in props.items()))
+
+
+def drop_glm_metadata(model: onnx.ModelProto) -> None:
+    """Remove the exporter's own ``metadata_props`` (a pass rewrites the graph; the next stage writes them anew)."""
+    kept = [p for p in model.metadata_props if not p.key.startswith(METADATA_PREFIX)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
 
 
 def file_sizes(directory: Path) -> dict[str, int]:

@@ -40,7 +40,7 @@ examples:
   python -m export.onnx --ckpt glm-tiny
   python -m export.onnx --ckpt ./checkpoints/glm-large --out ./glm-large-onnx --quantize int4
   python -m export.onnx --ckpt glm-large --random-weights --no-validate   # pipeline/benchmark run
-  python -m export.onnx --ckpt glm-tiny --dtype fp16 --optimize ort --device cuda --overwrite
+  python -m export.onnx --ckpt glm-tiny --dtype fp16 --optimize ort --device cuda:0 --overwrite
 """
 
 _QUANTIZER_LOGGERS = ("onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.quantization.quantize")
@@ -65,6 +65,7 @@ class ExportOptions:
     device: str = "cpu"
     overwrite: bool = False
     random_weights: bool = False
+    calibration_text: str | None = None
     validate: bool = True
     verbose: bool = False
 
@@ -131,7 +132,12 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
         default="auto",
         help="weights in model.onnx.data: auto = only above protobuf's 2 GB limit",
     )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="execution provider to validate on")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where to validate: cpu, cuda or cuda:N (CUDAExecutionProvider on device N; an ONNX Runtime that falls "
+        "back to the CPU is an error)",
+    )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing --out that an earlier export wrote (only that)"
     )
@@ -140,6 +146,12 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
         action="store_true",
         help="build a preset without shipped weights (glm-large, ...) from seeded random weights, "
         "for benchmarks and pipeline tests",
+    )
+    parser.add_argument(
+        "--calibration-text",
+        metavar="FILE",
+        help="UTF-8 text in the model's domain for the perplexity gate of quantized exports (default: calibration.txt "
+        "in the checkpoint directory; without one, quantized quality is reported as not gated)",
     )
     parser.add_argument("--no-validate", action="store_true", help="skip the PyTorch-vs-ONNX Runtime validation")
     parser.add_argument("-v", "--verbose", action="store_true", help="stage timings and exporter messages")
@@ -158,6 +170,7 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
         device=args.device,
         overwrite=args.overwrite,
         random_weights=args.random_weights,
+        calibration_text=args.calibration_text,
         validate=not args.no_validate,
         verbose=args.verbose,
     )
@@ -179,13 +192,20 @@ def preflight(options: ExportOptions) -> None:
         raise ExportError(f"unknown opset {options.opset}: this exporter supports opsets {MIN_OPSET}..{MAX_OPSET}")
     if options.quantize != "none" and options.dtype != "fp32":
         raise ExportError(f"--quantize {options.quantize} needs --dtype fp32 (the quantizers read fp32 weights)")
-    if options.device == "cuda":
+    from evaluation.backends.onnx_device import parse_device
+
+    try:
+        kind, _ = parse_device(options.device)
+    except GLMError as exc:
+        raise ExportError(f"--device: {exc}") from None
+    if kind == "cuda":
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ExportError(
-                "--device cuda: this onnxruntime has no CUDAExecutionProvider "
-                f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
+                f"--device {options.device}: this onnxruntime has no CUDAExecutionProvider "
+                f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu "
+                "(pip install 'glm-harness[onnx-gpu]')"
             )
     check_output_path(options.out, options.overwrite)
 
@@ -193,7 +213,7 @@ def preflight(options: ExportOptions) -> None:
 # ---------------------------------------------------------------------------------------------------- stages
 def load_checkpoint(ckpt: str, random_weights: bool = False) -> tuple[Any, Any, list[str]]:
     """(fp32 model, tokenizer or None, notes). Random-weight presets produce a note, not a silent model."""
-    from glm_core.checkpoint import SHIPPED_PRESETS, load_model
+    from glm_core.checkpoint import load_model
     from glm_core.hub import resolve_model_path
 
     ckpt = resolve_model_path(ckpt)  # a hub id becomes its snapshot directory (weights and tokenizer files)
@@ -203,14 +223,23 @@ def load_checkpoint(ckpt: str, random_weights: bool = False) -> tuple[Any, Any, 
         model = load_model(ckpt, dtype="fp32", random_weights=random_weights)
     notes += [str(w.message) for w in caught if "random weights" in str(w.message)]
     tokenizer = None
-    path = Path(ckpt) if Path(ckpt).exists() else SHIPPED_PRESETS.get(ckpt)
-    if path is not None:
-        directory = path if path.is_dir() else path.parent
+    directory = checkpoint_directory(ckpt)
+    if directory is not None:
         if _has_tokenizer_files(directory):
             from glm_core.tokenizer import GLMTokenizer
 
             tokenizer = GLMTokenizer.from_pretrained(directory)
     return model, tokenizer, notes
+
+
+def checkpoint_directory(ckpt: str) -> Path | None:
+    """The directory of a checkpoint path or shipped preset (where its tokenizer files live), if any."""
+    from glm_core.checkpoint import SHIPPED_PRESETS
+
+    path = Path(ckpt) if Path(ckpt).exists() else SHIPPED_PRESETS.get(ckpt)
+    if path is None:
+        return None
+    return path if path.is_dir() else path.parent
 
 
 def _has_tokenizer_files(directory: Path) -> bool:
@@ -346,6 +375,7 @@ def write_glm_config(
         device=options.device,
     )
     (directory / "glm_config.json").write_text(json.dumps(glm_config, indent=2) + "\n", encoding="utf-8")
+    md.append_metadata(directory / md.MODEL_FILE, md.model_metadata(glm_config))
     return glm_config
 
 
@@ -422,6 +452,7 @@ def run_pass_stages(
         with clock.stage(f"pass:{graph_pass.name}"), exporter_quiet(options.verbose):
             if graph is None:
                 graph = onnx.load(str(source))  # the only copy of the weights in this process
+                md.drop_glm_metadata(graph)  # this stage's description; the pass's output gets its own
                 if source.parent != staging.path:
                     shutil.rmtree(source.parent)  # the stage's files are read; keep the disk to two copies
             graph, figures[graph_pass.name] = apply_pass(graph_pass, graph, options, config.num_layers, staging.work)
@@ -490,7 +521,15 @@ def export(options: ExportOptions) -> dict[str, Any]:
             reference = staging.work / "reference.npz"
             if options.validate:
                 with clock.stage("reference"):
-                    make_reference(model, reference, special=special, tokenizer=tokenizer)
+                    make_reference(
+                        model,
+                        reference,
+                        special=special,
+                        tokenizer=tokenizer,
+                        calibration=options.calibration_text,
+                        directory=checkpoint_directory(options.ckpt),
+                        random_weights=options.random_weights,
+                    )
             # With passes, the traced graph is an intermediate stage: its own directory in the work dir.
             trace_dir = staging.work / TRACE_STAGE if plan else staging.path
             trace_dir.mkdir(exist_ok=True)
@@ -591,6 +630,12 @@ def summary(report: dict[str, Any], out: Path) -> str:
         grid = validation["grid"]
         worst = max(entry["logits"]["max_abs"] for entry in grid)
         norm = max(entry["logits"]["normalised"] for entry in grid)
+        if validation.get("quantize", "none") != "none" and "confident_top1" not in validation:
+            lines.append(
+                f"  validated on {validation['device']} ({validation['quantize']}): incremental vs its own full pass "
+                f"max|Δ| {validation['incremental']['self']['max_abs']:.3g}; {validation['quant_gate']}"
+            )
+            return "\n".join(lines)
         if validation.get("quantize", "none") != "none":
             ppl = validation["perplexity"]
             lines.append(
@@ -603,6 +648,7 @@ def summary(report: dict[str, Any], out: Path) -> str:
         lines.append(
             f"  validated on {validation['device']}: max|Δlogits| {worst:.3g} (normalised {norm:.3g}), "
             f"top-1 {validation['top1_agreement']:.3f}, incremental max|Δ| {validation['incremental']['max_abs']:.3g}, "
+            f"decode (batch 8, 50 steps) max|Δ| {validation['decode']['max_abs']:.3g}, "
             f"greedy identical: {validation['generation']['identical']}"
         )
     else:

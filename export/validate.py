@@ -6,15 +6,25 @@ and writes them with its outputs to one ``.npz``. The ORT side (:func:`run_check
 :class:`evaluation.backends.onnx.OnnxBackend`, never imports torch, and compares (spec onnx_export §6):
 
 1. full-pass parity on a grid of (B, S, sep, P) unlike the trace example: sep = 0 (causal), sep = S (bidirectional),
-   B >= 2 with different seps, P = 0 and S = 1, a chunk after a cache with a chunk-relative sep; logits and presents;
+   B >= 2 with different seps, P = 0 and S = 1, a chunk after a cache with a chunk-relative sep; then the production
+   shapes (:func:`production_cases`): a batch of 8 over S = 64 with every kind of sep, and a chunk after a past that
+   ORT builds itself and that nearly fills the position table; logits and the new cache rows;
 2. incremental parity: prefill k tokens, then one token per step, vs one full PyTorch pass of the same sequence;
+   twice: the short :data:`INCREMENTAL` case and the :data:`DECODE` case (batch 8, mixed seps, 50 steps past 64
+   cached positions, the cache reordered by :meth:`reorder_past` half-way);
 3. greedy blank-infilling generation (glm_core.generation, spec glm_reference §2.3a) on both backends: identical
    token ids, and a replay of PyTorch's step calls on ORT that tells a real divergence from a near-tie;
 4. ``onnx.checker.check_model(path, full_check=True)`` and the graph's input/output names;
-5. quantized models (int8/int4): top-1 agreement and the perplexity change on a text, instead of 1.-3.
+5. quantized models (int8/int4): top-1 agreement (on at least :data:`MIN_TOP1_ROWS` decided rows) and the
+   perplexity change on a text in the model's domain (:func:`quality_text`; without one the report says quality was
+   not gated), instead of the elementwise gates of 1.-3.; fp16 and quantized graphs are also held to agree with
+   their own full pass when decoding incrementally (:data:`SELF_CONSISTENCY`).
 
 ``reduced=True`` (used by the exporter for the intermediate stages of models over ~1 GB, never for the model it
 ships) runs only the :data:`REDUCED_GRID` cases of 1. and skips 3.; 2., 4. and 5. always run.
+
+The ORT side drives the model only through the backend's ``step`` / ``reorder_past`` / ``past_length`` (and reads
+cache rows through ``cache_arrays`` when the backend has one), so it checks whatever cache layout the backend runs.
 
 Tolerances (spec onnx_export §4.1, §6): ``|Δ| <= atol + rtol·|ref|`` everywhere and ``max|Δ| / max|ref| <= norm``.
 ONNX Runtime runs in its own process because it does not give memory back and its spinning thread pool slows
@@ -67,11 +77,35 @@ GRID: tuple[tuple[int, int, tuple[int, ...], int], ...] = (
 # rows, P = 0 and P > 0): the two cases that exercise every branch of the mask rule.
 REDUCED_GRID = (1, 5)
 INCREMENTAL = {"batch": 2, "seq": 12, "seps": (5, 7), "prefill": 7}
+# Production shapes. WIDE: batch 8, S = 64, seps 0, S and in between, rows 4..7 all with a prefix (a rule that
+# treats rows differently by index shows). LONG: a short chunk with its own sep after a past of
+# max_sequence_length + 1 - seq positions (the last position the table holds), prefilled by ORT itself.
+WIDE = {"batch": 8, "seq": 64}
+LONG = {"batch": 3, "seq": 4, "seps": (0, 4, 2)}
+# Decode: prefill 24 tokens with mixed seps, then 50 single-token steps: the last 9 steps attend over more than
+# 64 cached positions. At step REORDER_AT the cache rows are reversed with reorder_past (inputs and logits follow).
+DECODE = {"batch": 8, "prefill": 24, "steps": 50, "seps": (0, 24, 12, 1, 23, 5, 16, 24), "reorder_at": 25}
 GENERATION_TOKENS = 6  # per blank, two blanks
 PPL_TOKENS = 64
 SEED = 20240611
 
-# A fixed English text for the perplexity check of quantized models (tokenized when the model has a tokenizer).
+# Quality gates of quantized graphs need rows to judge: fewer decided rows than this fail the gate, not pass it.
+MIN_TOP1_ROWS = 32
+# fp16 and quantized graphs: incremental decoding against the same graph's own full pass (the graph must agree with
+# itself however far it is from PyTorch). Not the fp32 gate: measured on the tiny test model (decode B8, 50 steps),
+# fp16 reaches max|Δ| 3.5e-5 but normalised 2.3e-5 (> fp32's 1e-5: S=1 and S=T matmuls round differently in half
+# precision); int4 (MatMulNBits, accuracy level 4) 6.0e-3 / 3.9e-3 and int8 (dynamic) 2.1e-2 / 1.4e-2, because both
+# quantize activations with scales taken over the rows of each call. Each bound is ~3x its measurement; a mask
+# error (normalised 0.02-0.4 on the fp32 graph) stays visible at fp16 and int4, int8 only catches gross ones.
+SELF_CONSISTENCY = {
+    "fp16": Tolerance(1e-4, 1e-4, 1e-4),
+    "int4": Tolerance(2e-2, 1e-2, 1.2e-2),
+    "int8": Tolerance(6e-2, 2e-2, 4e-2),
+}
+# A text in the model's domain for the perplexity gate: --calibration-text FILE, else this file in the checkpoint
+# (tokenizer) directory. Without one, quantized quality is not gated (the report says so).
+CALIBRATION_FILE = "calibration.txt"
+# The generation prompt's text when the model has no domain text (tokenized when the model has a tokenizer).
 PPL_TEXT = (
     "The committee met on Tuesday to review the budget for the coming year. After a long discussion, the members "
     "agreed to increase spending on public libraries and to reduce the cost of running the city's parks. The mayor "
@@ -80,6 +114,25 @@ PPL_TEXT = (
 
 
 # ==================================================================================================== torch side
+def wide_seps(seq: int) -> tuple[int, ...]:
+    """Seps of the WIDE batch: causal, bidirectional, half, 1, S-1, 7, S/3, S (rows >= 4 all have a prefix)."""
+    return (0, seq, seq // 2, 1, seq - 1, min(7, seq), seq // 3, seq)
+
+
+def production_cases(max_position: int) -> list[dict[str, Any]]:
+    """The production-shape grid cases for a model whose position table ends at ``max_position``.
+
+    ``own_past``: the past is not fed from the reference but prefilled by the runtime from ``past`` stored tokens
+    (a past near the end of the position table would otherwise mean storing every layer's full cache).
+    """
+    wide_seq = WIDE["seq"]
+    long_past = max(1, max_position + 1 - LONG["seq"])
+    return [
+        {"batch": WIDE["batch"], "seq": wide_seq, "seps": list(wide_seps(wide_seq)), "past": 0, "own_past": False},
+        {"batch": LONG["batch"], "seq": LONG["seq"], "seps": list(LONG["seps"]), "past": long_past, "own_past": True},
+    ]
+
+
 def validation_special_tokens(special: SpecialTokens | None, vocab_size: int) -> SpecialTokens:
     """The model's special ids when they fit its vocabulary, else a stand-in table at the top of the vocabulary.
 
@@ -93,16 +146,50 @@ def validation_special_tokens(special: SpecialTokens | None, vocab_size: int) ->
 
 
 def _text_ids(
-    tokenizer: Any, special: SpecialTokens, vocab_size: int, count: int, rng: np.random.Generator
+    tokenizer: Any, special: SpecialTokens, vocab_size: int, count: int, rng: np.random.Generator, text: str | None
 ) -> np.ndarray:
-    if tokenizer is not None:
-        ids = tokenizer.encode(PPL_TEXT)
+    """``count`` ids of ``text`` (repeated), or ordinary ids at random when there is no text or no tokenizer."""
+    if tokenizer is not None and text:
+        ids = tokenizer.encode(text)
         if len(ids) >= 8:
             reps = -(-count // len(ids))
             return np.asarray((ids * reps)[:count], dtype=np.int64)
     reserved = [i for i in special.to_dict().values() if isinstance(i, int)]
     vocab = np.setdiff1d(np.arange(vocab_size), reserved)  # ordinary tokens only
     return rng.choice(vocab, size=count).astype(np.int64)
+
+
+def quality_text(
+    tokenizer: Any, calibration: str | os.PathLike[str] | None, directory: Path | None, random_weights: bool
+) -> tuple[str | None, dict[str, Any]]:
+    """The perplexity text and whether the quality of a quantized graph can be gated on it.
+
+    Gated only for trained weights with a text in the model's domain (``calibration``, else ``CALIBRATION_FILE`` in
+    the checkpoint directory) and a tokenizer to read it.
+    """
+    text, source = None, None
+    if calibration is not None:
+        path = Path(calibration)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ExportError(f"--calibration-text {path}: cannot read it as UTF-8 text ({exc})") from None
+        if not text.strip():
+            raise ExportError(f"--calibration-text {path}: the file is empty")
+        if tokenizer is None:
+            raise ExportError(f"--calibration-text {path}: the checkpoint has no tokenizer to read it with")
+        source = str(path)
+    elif directory is not None and (directory / CALIBRATION_FILE).is_file() and tokenizer is not None:
+        text, source = (directory / CALIBRATION_FILE).read_text(encoding="utf-8"), str(directory / CALIBRATION_FILE)
+    if random_weights:
+        return text, {"gated": False, "reason": "random weights: quality was not gated", "text": source}
+    if text is None:
+        reason = (
+            "no text in the model's domain (pass --calibration-text FILE or put "
+            f"{CALIBRATION_FILE} beside the tokenizer): quality was not gated"
+        )
+        return None, {"gated": False, "reason": reason, "text": "random ordinary ids"}
+    return text, {"gated": True, "reason": None, "text": source}
 
 
 def make_reference(
@@ -112,8 +199,14 @@ def make_reference(
     special: SpecialTokens | None = None,
     tokenizer: Any = None,
     seed: int = SEED,
+    calibration: str | os.PathLike[str] | None = None,
+    directory: Path | None = None,
+    random_weights: bool = False,
 ) -> dict[str, Any]:
-    """Run the PyTorch model on the validation inputs and write inputs + outputs to ``path`` (``.npz``)."""
+    """Run the PyTorch model on the validation inputs and write inputs + outputs to ``path`` (``.npz``).
+
+    ``calibration`` / ``directory`` / ``random_weights``: see :func:`quality_text`.
+    """
     from glm_core.generation import GenerationConfig, generate
     from glm_core.layout import build_generation_prompt
     from glm_core.step import TorchStep
@@ -124,6 +217,7 @@ def make_reference(
     step = TorchStep(model)
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {"cases": [], "num_layers": config.num_layers}
+    text, meta["quality"] = quality_text(tokenizer, calibration, directory, random_weights)
 
     def positions(batch: int, start: int, length: int) -> np.ndarray:
         pos = np.arange(start, start + length) % (max_pos + 1)
@@ -133,43 +227,46 @@ def make_reference(
     def to_numpy(past: Any) -> list[np.ndarray]:
         return [t.detach().float().cpu().numpy() for layer in past for t in layer]
 
-    # 1. the grid
-    for n, (B, S, seps, P) in enumerate(GRID):
+    # 1. the grid, then the production shapes
+    cases = [{"batch": B, "seq": S, "seps": list(seps), "past": P, "own_past": False} for B, S, seps, P in GRID]
+    for n, case in enumerate(cases + production_cases(max_pos)):
         key = f"grid{n}"
+        B, S, P = case["batch"], case["seq"], case["past"]
         past = None
         if P:
             prefix = rng.integers(0, V, size=(B, P), dtype=np.int64)
-            _, past = step.step(prefix, positions(B, 0, P), np.full(B, P // 2, dtype=np.int64), None)
-            arrays[f"{key}.past"] = np.stack(to_numpy(past))  # [2L, B, H, P, D]
+            prefix_pos, prefix_sep = positions(B, 0, P), np.full(B, P // 2, dtype=np.int64)
+            _, past = step.step(prefix, prefix_pos, prefix_sep, None)
+            if case["own_past"]:
+                arrays.update({f"{key}.prefix.ids": prefix, f"{key}.prefix.pos": prefix_pos})
+                arrays[f"{key}.prefix.sep"] = prefix_sep
+            else:
+                arrays[f"{key}.past"] = np.stack(to_numpy(past))  # [2L, B, H, P, D]
         ids = rng.integers(0, V, size=(B, S), dtype=np.int64)
         pos = positions(B, P, S)
-        sep = np.asarray(seps, dtype=np.int64)
+        sep = np.asarray(case["seps"], dtype=np.int64)
         logits, present = step.step(ids, pos, sep, past)
-        arrays.update(
-            {
-                f"{key}.ids": ids,
-                f"{key}.pos": pos,
-                f"{key}.sep": sep,
-                f"{key}.logits": logits,
-                f"{key}.present": np.stack(to_numpy(present)),
-            }
-        )
-        meta["cases"].append({"key": key, "batch": B, "seq": S, "seps": list(seps), "past": P})
+        arrays.update({f"{key}.ids": ids, f"{key}.pos": pos, f"{key}.sep": sep, f"{key}.logits": logits})
+        arrays[f"{key}.present"] = np.stack(to_numpy(present))[:, :, :, P:]  # the rows this call computed
+        meta["cases"].append({"key": key, **case})
 
-    # 2. incremental decoding reference: one full pass
-    B, S = INCREMENTAL["batch"], INCREMENTAL["seq"]
-    ids = rng.integers(0, V, size=(B, S), dtype=np.int64)
-    pos = positions(B, 0, S)
-    sep = np.asarray(INCREMENTAL["seps"], dtype=np.int64)
-    logits, _ = step.step(ids, pos, sep, None)
-    arrays.update({"incr.ids": ids, "incr.pos": pos, "incr.sep": sep, "incr.logits": logits})
+    # 2. incremental decoding references: one full pass each
+    for name, spec in (("incr", INCREMENTAL), ("decode", DECODE)):
+        B = spec["batch"]
+        S = spec["seq"] if "seq" in spec else spec["prefill"] + spec["steps"]
+        ids = rng.integers(0, V, size=(B, S), dtype=np.int64)
+        pos = positions(B, 0, S)
+        sep = np.asarray(spec["seps"], dtype=np.int64)
+        logits, _ = step.step(ids, pos, sep, None)
+        arrays.update({f"{name}.ids": ids, f"{name}.pos": pos, f"{name}.sep": sep, f"{name}.logits": logits})
     meta["incremental"] = dict(INCREMENTAL, seps=list(INCREMENTAL["seps"]))
+    meta["decode"] = dict(DECODE, seps=list(DECODE["seps"]))
 
     # 3. greedy blank infilling, recording every step call for the replay
     tokens = validation_special_tokens(special, V)
-    text = _text_ids(tokenizer, tokens, V, 20, rng).tolist()
-    text = text[:6] + [tokens.mask] + text[6:14] + [tokens.mask] + text[14:]
-    prompt = build_generation_prompt(text, tokens)
+    text_prompt = _text_ids(tokenizer, tokens, V, 20, rng, text or PPL_TEXT).tolist()
+    text_prompt = text_prompt[:6] + [tokens.mask] + text_prompt[6:14] + [tokens.mask] + text_prompt[14:]
+    prompt = build_generation_prompt(text_prompt, tokens)
     recorder = _Recorder(step)
     gen_config = GenerationConfig(max_new_tokens=GENERATION_TOKENS, strategy="greedy")
     result = generate(recorder, prompt, tokens, gen_config)
@@ -190,7 +287,7 @@ def make_reference(
 
     # 4. perplexity text (left to right: sep = 0, positions 0..T-1)
     T = min(PPL_TOKENS, max_pos + 1)
-    text_ids = _text_ids(tokenizer, tokens, V, T, rng)[None]  # [1, T]
+    text_ids = _text_ids(tokenizer, tokens, V, T, rng, text)[None]  # [1, T]
     logits, _ = step.step(text_ids, positions(1, 0, T), np.zeros(1, dtype=np.int64), None)
     arrays.update({"ppl.ids": text_ids, "ppl.logits": logits})
     meta["ppl_tokens"] = T
@@ -282,6 +379,49 @@ def _past_list(array: np.ndarray, kv_dtype: Any) -> list[np.ndarray]:
     return [np.ascontiguousarray(a, dtype=kv_dtype) for a in array]
 
 
+def _seps_text(seps: Sequence[int]) -> str:
+    """``[0, 7, 3]``; long lists shortened to their first four and the count."""
+    seps = list(seps)
+    return str(seps) if len(seps) <= 4 else f"[{', '.join(map(str, seps[:4]))}, ... ({len(seps)} rows)]"
+
+
+def new_cache_rows(backend: Any, present: Any, past_len: int) -> np.ndarray:
+    """``[2L, B, H, S, D]`` float32: the cache rows one step computed, read through the backend.
+
+    A backend with another cache layout says how to read its cache as ``[B, H, P, D]`` arrays (``cache_arrays``);
+    otherwise ``present`` is a list of OrtValues/arrays of that shape.
+    """
+    reader = getattr(backend, "cache_arrays", None)
+    arrays = reader(present) if reader is not None else [v.numpy() if hasattr(v, "numpy") else v for v in present]
+    return np.stack([np.asarray(a)[:, :, past_len:] for a in arrays]).astype(np.float32)
+
+
+def incremental_logits(backend: Any, ids: np.ndarray, pos: np.ndarray, sep: np.ndarray, spec: dict[str, Any]) -> Any:
+    """Prefill ``spec["prefill"]`` tokens with ``sep``, then one token per step (sep = 0); ``[B, T, V]`` logits.
+
+    With ``spec["reorder_at"]`` the cache rows are reversed by ``reorder_past`` before that step, and the inputs and
+    logits follow the rows, so the result is comparable with one full pass only when the reorder is right.
+    """
+    B, T = ids.shape
+    k = spec["prefill"]
+    order = np.arange(B)
+    logits, past = backend.step(ids[:, :k], pos[:, :, :k], sep, None)
+    chunks = [logits]
+    for t in range(k, T):
+        if t == spec.get("reorder_at"):
+            reverse = np.arange(B)[::-1].copy()
+            past = backend.reorder_past(past, reverse)
+            order = order[reverse]
+            if backend.past_length(past) != t:
+                raise ExportError(f"reorder_past changed the cache length ({backend.past_length(past)} != {t})")
+        step_ids, step_pos = ids[order, t : t + 1], pos[order, :, t : t + 1]
+        logits, past = backend.step(step_ids, step_pos, np.zeros(B, np.int64), past)
+        restored = np.empty_like(logits)
+        restored[order] = logits
+        chunks.append(restored)
+    return np.concatenate(chunks, axis=1)
+
+
 def run_checks(
     model_dir: str | os.PathLike[str], reference: str | os.PathLike[str], device: str = "cpu", reduced: bool = False
 ) -> dict[str, Any]:
@@ -304,7 +444,9 @@ def run_checks(
     quant = cfg.get("quantize", "none")
     tol = TOLERANCES[kind] if quant == "none" else None
     report: dict[str, Any] = {
-        "device": device,
+        # read from the session (a CUDA request that fell back to the CPU never gets here: the backend refuses it)
+        "device": backend.device_type if backend.device_type == "cpu" else f"{backend.device_type}:{backend.device_id}",
+        "requested_device": device,
         "providers": backend.session.get_providers(),
         "dtype": kind,
         "quantize": quant,
@@ -330,12 +472,17 @@ def run_checks(
     cases = [case for n, case in enumerate(meta["cases"]) if not reduced or n in REDUCED_GRID]
     for case in cases:
         key = case["key"]
-        past = _past_list(data[f"{key}.past"], backend.kv_dtype) if f"{key}.past" in data else None
+        past = None
+        if f"{key}.past" in data:
+            past = _past_list(data[f"{key}.past"], backend.kv_dtype)
+        elif f"{key}.prefix.ids" in data:  # the runtime builds its own past
+            _, past = backend.step(
+                data[f"{key}.prefix.ids"], data[f"{key}.prefix.pos"], data[f"{key}.prefix.sep"], None
+            )
         logits, present = backend.step(data[f"{key}.ids"], data[f"{key}.pos"], data[f"{key}.sep"], past)
-        present_np = np.stack([v.numpy() for v in present]).astype(np.float32)
         entry = {k: case[k] for k in ("batch", "seq", "seps", "past")}
         entry["logits"] = compare(data[f"{key}.logits"], logits, tol)
-        entry["present"] = compare(data[f"{key}.present"], present_np, tol)
+        entry["present"] = compare(data[f"{key}.present"], new_cache_rows(backend, present, case["past"]), tol)
         entry["top1"] = top1_agreement(data[f"{key}.logits"], logits)
         all_ref.append(data[f"{key}.logits"].reshape(-1, logits.shape[-1]))
         all_got.append(logits.reshape(-1, logits.shape[-1]))
@@ -344,31 +491,42 @@ def run_checks(
             for part in ("logits", "present"):
                 if not entry[part]["ok"]:
                     failures.append(
-                        f"grid B={case['batch']} S={case['seq']} sep={case['seps']} P={case['past']}: "
+                        f"grid B={case['batch']} S={case['seq']} sep={_seps_text(case['seps'])} P={case['past']}: "
                         f"{part} max|Δ| {entry[part].get('max_abs', float('nan')):.3g} "
                         f"(normalised {entry[part].get('normalised', float('nan')):.3g}) out of tolerance"
                     )
     report["grid"] = grid
     report["top1_agreement"] = top1_agreement(np.concatenate(all_ref), np.concatenate(all_got))
 
-    # 2. incremental: prefill k tokens (with sep), then one token per step with sep = 0
-    inc = meta["incremental"]
-    ids, pos, sep = data["incr.ids"], data["incr.pos"], data["incr.sep"]
-    k = inc["prefill"]
-    chunks = []
-    logits, past = backend.step(ids[:, :k], pos[:, :, :k], sep, None)
-    chunks.append(logits)
-    for t in range(k, ids.shape[1]):
-        logits, past = backend.step(ids[:, t : t + 1], pos[:, :, t : t + 1], np.zeros(ids.shape[0], np.int64), past)
-        chunks.append(logits)
-    incremental = np.concatenate(chunks, axis=1)
-    report["incremental"] = compare(data["incr.logits"], incremental, tol)
-    report["incremental"]["top1"] = top1_agreement(data["incr.logits"], incremental)
-    if tol is not None and not report["incremental"]["ok"]:
-        failures.append(
-            f"incremental decoding vs full pass: max|Δ| {report['incremental']['max_abs']:.3g} "
-            "out of tolerance (cache / mask offset)"
-        )
+    # 2. incremental: prefill k tokens (with sep), then one token per step with sep = 0; the short case and the
+    # production-shape decode (batch 8, 50 steps, the cache reordered half-way)
+    for name, label, spec in (
+        ("incr", "incremental", meta["incremental"]),
+        ("decode", "decode", meta.get("decode")),
+    ):
+        if spec is None:
+            continue
+        got = incremental_logits(backend, data[f"{name}.ids"], data[f"{name}.pos"], data[f"{name}.sep"], spec)
+        figures = compare(data[f"{name}.logits"], got, tol)
+        figures["top1"] = top1_agreement(data[f"{name}.logits"], got)
+        report[label] = figures
+        B, T = data[f"{name}.ids"].shape
+        what = f"{label} B={B} prefill {spec['prefill']} + {T - spec['prefill']} steps"
+        if tol is not None and not figures["ok"]:
+            failures.append(
+                f"{what} vs one full pass: max|Δ| {figures.get('max_abs', float('nan')):.3g} out of tolerance "
+                "(cache / mask offset)"
+            )
+        if tol is not TOLERANCES["fp32"]:  # fp16 / quantized: the graph against its own full pass, fp32 gate
+            own, _ = backend.step(data[f"{name}.ids"], data[f"{name}.pos"], data[f"{name}.sep"], None)
+            precision = quant if quant != "none" else kind
+            figures["self"] = compare(own, got, SELF_CONSISTENCY[precision])
+            if not figures["self"]["ok"]:
+                failures.append(
+                    f"{what} vs the same graph's full pass: max|Δ| {figures['self'].get('max_abs', float('nan')):.3g} "
+                    f"(normalised {figures['self'].get('normalised', float('nan')):.3g}) out of the {precision} "
+                    "self-consistency bound"
+                )
 
     # 3. greedy generation + replay of the PyTorch step calls
     if reduced:
@@ -377,7 +535,7 @@ def run_checks(
         _check_generation(backend, data, meta, tol, quant, report, failures)
 
     # 5. perplexity; for int8/int4 the behaviour gates
-    _check_perplexity(backend, data, all_ref, all_got, quant, report, failures)
+    _check_perplexity(backend, data, meta, all_ref, all_got, quant, report, failures)
 
     report["failures"] = failures
     report["passed"] = not failures
@@ -429,6 +587,7 @@ def _check_generation(
 def _check_perplexity(
     backend: Any,
     data: Any,
+    meta: dict[str, Any],
     all_ref: list[np.ndarray],
     all_got: list[np.ndarray],
     quant: str,
@@ -449,7 +608,12 @@ def _check_perplexity(
         "tokens": int(T),
         "top1": top1_agreement(data["ppl.logits"], logits),
     }
-    if quant != "none":
+    quality = meta.get("quality", {"gated": True, "reason": None, "text": None})
+    report["quality"] = quality
+    report["perplexity"]["text"] = quality["text"]
+    if quant != "none" and not quality["gated"]:
+        report["quant_gate"] = f"not gated: {quality['reason']}"
+    elif quant != "none":
         gate = QUANT_GATES[quant]
         report["quant_gate"] = gate
         # Top-1 is judged where the reference is decided (top-1 probability ahead of the runner-up by
@@ -459,13 +623,24 @@ def _check_perplexity(
         got_rows = np.concatenate(all_got + [logits.reshape(-1, logits.shape[-1])])
         agreement, count = confident_top1(ref_rows, got_rows)
         report["confident_top1"] = {"agreement": agreement, "rows": count, "margin": CONFIDENT_MARGIN}
-        if count and agreement < gate["min_top1"]:
-            failures.append(f"{quant}: top-1 agreement {agreement:.3f} on {count} confident rows < {gate['min_top1']}")
+        failures += top1_gate_failures(quant, agreement, count)
         if report["perplexity"]["rel_delta"] > gate["max_ppl_rel_delta"]:
             failures.append(
                 f"{quant}: perplexity {ppl_got:.4g} vs torch {ppl_ref:.4g} "
                 f"(relative change {report['perplexity']['rel_delta']:.3f} > {gate['max_ppl_rel_delta']})"
             )
+
+
+def top1_gate_failures(quant: str, agreement: float, rows: int) -> list[str]:
+    """The top-1 gate of a quantized graph: fails with fewer than MIN_TOP1_ROWS decided rows to judge."""
+    if rows < MIN_TOP1_ROWS:
+        return [
+            f"{quant}: only {rows} decided rows (top-1 ahead by {CONFIDENT_MARGIN}) to judge top-1 agreement, "
+            f"fewer than {MIN_TOP1_ROWS}"
+        ]
+    if agreement < QUANT_GATES[quant]["min_top1"]:
+        return [f"{quant}: top-1 agreement {agreement:.3f} on {rows} confident rows < {QUANT_GATES[quant]['min_top1']}"]
+    return []
 
 
 def _replay(backend: Any, data: Any, calls: int, tol: Tolerance | None) -> dict[str, Any]:
@@ -540,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--reference", required=True)
     parser.add_argument("--report", required=True, help="where to write the JSON report")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--reduced", action="store_true", help="reduced grid, no greedy generation")
     args = parser.parse_args(argv)
     try:

@@ -29,6 +29,8 @@ __all__ = [
     "make_staging_dir",
     "move_into_place",
     "remove_stale_staging",
+    "writer_is_gone",
+    "writer_tag",
     "staged_directory",
     "write_bytes_atomically",
     "write_text_atomically",
@@ -128,21 +130,23 @@ def staged_directory(target: Path) -> Iterator[Path]:
 _HOST = socket.gethostname().split(".")[0].replace("-", "_") or "localhost"
 
 
-def staging_prefix(target: Path, kind: str = "tmp") -> str:
-    """``.tmp-<name>-<pid>@<host>-``: the writer's pid and host, so a later run can tell a dead writer's leftovers."""
-    return f".{kind}-{target.name}-{os.getpid()}@{_HOST}-"
+def writer_tag() -> str:
+    """``<pid>@<host>``: who writes a staging directory, so a later run can tell a dead writer's leftovers."""
+    return f"{os.getpid()}@{_HOST}"
 
 
-def _writer_is_gone(entry: Path, target: Path, kind: str) -> bool:
-    head = f".{kind}-{target.name}-"
-    rest = entry.name[len(head) :]
-    owner, _, _random = rest.partition("-")
-    pid_text, at, host = owner.partition("@")
+def writer_is_gone(tag: str) -> bool:
+    """Whether the writer ``<pid>@<host>`` of a staging directory no longer runs.
+
+    Only a writer on this host can be asked (another host's is never judged gone); this process's own tag counts
+    as gone (a leftover of its own failed attempt); a tag that is not ``<pid>@<host>`` is not ours to judge.
+    """
+    pid_text, at, host = tag.partition("@")
     if not at or not pid_text.isdigit() or host != _HOST:
-        return False  # another host's writer, or a name this module did not make: not ours to judge
+        return False
     pid = int(pid_text)
     if pid == os.getpid():
-        return False
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -150,6 +154,16 @@ def _writer_is_gone(entry: Path, target: Path, kind: str) -> bool:
     except PermissionError:
         return False  # alive, someone else's
     return False
+
+
+def staging_prefix(target: Path, kind: str = "tmp") -> str:
+    """``.tmp-<name>-<pid>@<host>-``."""
+    return f".{kind}-{target.name}-{writer_tag()}-"
+
+
+def _writer_is_gone(entry: Path, target: Path, kind: str) -> bool:
+    owner = entry.name[len(f".{kind}-{target.name}-") :].partition("-")[0]
+    return writer_is_gone(owner)
 
 
 def remove_stale_staging(target: str | os.PathLike[str], *, say: Callable[[str], None] | None = None) -> list[Path]:

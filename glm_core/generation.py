@@ -356,7 +356,7 @@ def _decode_group(
     input_ids = np.stack([p.input_ids for p in prompts])  # [B, S]
     position_ids = np.stack([p.position_ids for p in prompts])  # [B, 2, S]
     sep = np.asarray([p.sep for p in prompts], dtype=np.int64)  # [B]
-    logits, past = backend.step(input_ids, position_ids, sep, None)  # prefill once
+    logits, past = _prefill(backend, input_ids, position_ids, sep)  # prefill once
     for b, state in enumerate(states):
         if state.plan.continued is None:
             state.start_next_blank(tokens.sop)
@@ -485,6 +485,17 @@ def _beam_search_blank(
     return best, score, stop
 
 
+def _prefill(
+    backend: StepBackend, input_ids: np.ndarray, position_ids: np.ndarray, sep: np.ndarray
+) -> tuple[np.ndarray, Any]:
+    """The prompt's step with an empty cache. Generation reads only the last row's logits, so a backend that can
+    return just that row (``supports_last_logits_only``, e.g. the ONNX backend on CUDA: one row leaves the device
+    instead of ``[B, S, V]``) is asked for it."""
+    if getattr(backend, "supports_last_logits_only", False):
+        return backend.step(input_ids, position_ids, sep, None, last_logits_only=True)  # type: ignore[call-arg]
+    return backend.step(input_ids, position_ids, sep, None)
+
+
 def _feed(backend: StepBackend, past: Any, ids: list[int], mask_pos: int, fed: int) -> tuple[np.ndarray, Any]:
     """Feed tokens into a blank that already holds ``fed`` tokens, as one causal chunk (``sep = 0``); batch 1."""
     pos = np.asarray([blank_token_position(mask_pos, fed + k) for k in range(len(ids))]).T[None]  # [1, 2, k]
@@ -496,8 +507,8 @@ def _beam_search(
 ) -> GenerationResult:
     stop_ids, banned = _stop_ids(tokens, config), _banned(tokens, config)
     plan = _plan(prompt)
-    logits, past = backend.step(
-        prompt.input_ids[None], prompt.position_ids[None], np.asarray([prompt.sep], dtype=np.int64), None
+    logits, past = _prefill(
+        backend, prompt.input_ids[None], prompt.position_ids[None], np.asarray([prompt.sep], dtype=np.int64)
     )
     result = GenerationResult([], [], [], [], [])
     fills = {m: list(v) for m, v in plan.forced.items()}

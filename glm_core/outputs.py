@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import signal
@@ -31,11 +32,41 @@ __all__ = [
     "check_output",
     "interrupt_exit_code",
     "foreign_to",
+    "is_model_file",
     "terminate_as_interrupt",
     "write_marker",
 ]
 
 MARKER = ".glm-harness-output.json"
+# The files that define a model's numbers: weights (safetensors, .bin, the original layout's .pt shards and its
+# iteration file), the ONNX graph and its external data, configs, tokenizer files. Everything else in a model
+# directory -- the export report (timings, paths), results or caches written beside the weights, model cards, the
+# output marker -- is left out, so re-exporting the same weights keeps the hash (and the evaluation cache).
+MODEL_FILE_PATTERNS = (
+    "*.safetensors",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.onnx",
+    "*.onnx.data",
+    "*.onnx_data",
+    "config.json",
+    "glm_config.json",
+    "*.index.json",
+    "latest_checkpointed_iteration.txt",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "*.model",
+    "*tokenizer*.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+
+
+def is_model_file(name: str) -> bool:
+    """Whether a file of this name defines a model's numbers (weights, graph, configs, tokenizer)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in MODEL_FILE_PATTERNS)
 
 
 def write_marker(directory: str | os.PathLike[str], tool: str, **fields: object) -> None:

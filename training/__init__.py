@@ -8,6 +8,10 @@ One responsibility a module, the loop calling the others and none of them callin
 - :mod:`training.config` — :class:`~training.config.TrainConfig` and the learning-rate schedule;
 - :mod:`training.distributed` — process group, collectives on the model's device, DDP / FSDP wrapping;
 - :mod:`training.checkpointing` — training checkpoints and the final hub-layout model;
+- :mod:`training.guard` — non-finite steps skipped, stop signals turned into a checkpoint;
+  :mod:`training.resume` — what a resume may change; :mod:`training.options` — checkpoint intervals, skip limit,
+  collective timeout; :mod:`training.recipes` — the paper's recipes, epochs, the best epoch;
+  :mod:`training.run_record` — the reproducibility record heading ``log.jsonl``;
 - :mod:`training.data` — corpus reading and tokenization; :mod:`training.pretokenized` — the memory-mapped token
   files of ``pretokenize``; :mod:`training.sampler` — span corruption; :mod:`training.batches` — batches built
   ahead in DataLoader worker processes;

@@ -14,6 +14,7 @@ receiving a pickled copy. The DataLoader draws its worker seed from a private ge
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections.abc import Generator
 from typing import Any
 
@@ -51,6 +52,15 @@ def _as_is(item: Any) -> Any:
     return item
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave SIGTERM / SIGINT to the main process, which finishes its step and saves a checkpoint
+    (:mod:`training.guard`): ``torchrun``, ``scancel`` and Ctrl-C signal the whole process group, and a worker dying
+    on it would fail the main process's next batch first. The main process stops its workers itself; a worker whose
+    parent is gone exits on its own (DataLoader's watchdog)."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def step_batches(
     task: TrainingTask,
     start: int,
@@ -79,6 +89,7 @@ def step_batches(
         prefetch_factor=prefetch,
         generator=torch.Generator().manual_seed(seed),  # not the global RNG: dropout draws stay those of workers=0
         multiprocessing_context="fork" if "fork" in multiprocessing.get_all_start_methods() else None,
+        worker_init_fn=_ignore_stop_signals,
     )
     return _from_loader(loader)
 

@@ -9,9 +9,12 @@ A checkpoint is ``OUT/checkpoints/step_XXXXXXX/``:
 - ``rng/rank_XXXXX.pt``: each rank's torch RNG states (plain tensors, read with ``weights_only=True``);
 - ``config.json`` and the tokenizer files, so ``glm-train export`` needs nothing else.
 
-Writing is atomic: every rank writes into ``.tmp-step_XXXXXXX`` beside the target, rank 0 renames it into place
-once all ranks are done and only then points ``checkpoints/latest`` at it, so a killed save leaves the previous
-checkpoint valid (the half-written staging directory is removed by the next save).
+Writing is atomic: every rank writes into ``.tmp-step_XXXXXXX-<pid>@<host>`` beside the target (host and process id
+of rank 0, the writer), every file is flushed to disk (``fsync``), then rank 0 renames the directory into place once
+all ranks are done and only then points ``checkpoints/latest`` at it, so a killed save leaves the previous
+checkpoint valid. A staging directory whose writer no longer runs (same host, dead pid; or a name without a pid) is
+removed by the next save; one of a live writer is left alone. Rotation (``keep``) never removes the checkpoint
+``latest`` names.
 
 Reading never unpickles arbitrary objects: DCP's ``.metadata`` goes through an unpickler that admits only DCP's own
 metadata classes and plain containers (:class:`SafeFileSystemReader`), and the non-tensor optimizer entries (learning
@@ -38,10 +41,11 @@ from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from glm_core.atomic import make_staging_dir, move_into_place, write_text_atomically
+from glm_core.atomic import make_staging_dir, move_into_place, write_text_atomically, writer_is_gone, writer_tag
 from glm_core.config import GLMConfig
 from glm_core.errors import CheckpointError
 from glm_core.model import GLMModel
+from glm_core.outputs import MARKER, is_model_file, write_marker
 from training.distributed import MODEL_PREFIX, DistContext, barrier, unwrap
 
 STATE_FILE = "train_state.json"
@@ -200,15 +204,16 @@ def save_checkpoint(
     tokenizer: Any,
     ctx: DistContext,
     keep: int,
+    *,
+    skipped_steps: int = 0,
 ) -> Path:
     """Write ``checkpoints/step_XXXXXXX`` (see the module docstring); every rank calls it."""
     root = out_dir / "checkpoints"
     final = root / f"step_{step:07d}"
-    staging = root / f".tmp-{final.name}"
+    staging = root / _staging_name(final.name, ctx)
     if ctx.is_main:
         root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp-step_*"):  # a save killed earlier
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_stale_staging(root)
         staging.mkdir()
     barrier(ctx)
     try:
@@ -217,6 +222,7 @@ def save_checkpoint(
         rng_path = _rng_file(staging, ctx.rank)
         rng_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.cpu() for k, v in rng_state(ctx.device).items()}, rng_path)
+        _fsync_file(rng_path)
         barrier(ctx)
         if ctx.is_main:
             glm = unwrap(model)
@@ -226,12 +232,14 @@ def save_checkpoint(
             state = {
                 "format_version": STATE_FORMAT_VERSION,
                 "step": step,
+                "skipped_steps": skipped_steps,
                 "world_size": ctx.world_size,
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {},
                 "meta": meta,
             }
             write_text_atomically(staging / STATE_FILE, json.dumps(state, sort_keys=True, indent=1) + "\n")
+            _fsync_tree(staging)  # the data is on disk before the rename makes it the checkpoint
             move_into_place(staging, final)  # a rerun of the same step swaps, never leaves a partial directory
     except BaseException:
         if ctx.is_main:  # the previous checkpoint stays the newest; no partial directory is left
@@ -245,9 +253,55 @@ def save_checkpoint(
 
 
 def _prune_checkpoints(root: Path, keep: int) -> None:
+    latest = (root / LATEST_FILE).read_text(encoding="utf-8").strip() if (root / LATEST_FILE).is_file() else ""
     steps = sorted(p for p in root.glob("step_*") if p.is_dir())
     for old in steps[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != latest:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _staging_name(name: str, ctx: DistContext) -> str:
+    """``.tmp-<name>-<pid>@<host>`` of rank 0, the same on every rank (rank 0 tells the others)."""
+    shared = [f".tmp-{name}-{writer_tag()}"]
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the writer of staging directory ``name`` (``.tmp-step_N-<pid>@<host>``) may still be running; a name
+    of an older release records no writer and counts as dead."""
+    tag = name.rsplit("-", 1)[-1]
+    return "@" in tag and not writer_is_gone(tag)
+
+
+def remove_stale_staging(root: Path) -> list[Path]:
+    """Remove the ``.tmp-step_*`` staging directories under ``root`` whose writer is dead; returns them."""
+    removed = []
+    for stale in sorted(root.glob(".tmp-step_*")):
+        if not _writer_alive(stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Flush every file under ``directory``, then the directories themselves (their entries), to disk."""
+    for path in sorted(directory.rglob("*"), reverse=True):
+        if path.is_file():
+            _fsync_file(path)
+    for path in [*sorted(p for p in directory.rglob("*") if p.is_dir()), directory]:
+        _fsync_file(path)
 
 
 # ==================================================================================================== load
@@ -270,8 +324,9 @@ def load_checkpoint(
     scaler: torch.amp.GradScaler | None,
     ctx: DistContext,
     seed: int,
-) -> int:
-    """Restore a checkpoint into the (wrapped) model and optimizer of this run; returns the step to continue from.
+) -> tuple[int, int]:
+    """Restore a checkpoint into the (wrapped) model and optimizer of this run; returns the step to continue from
+    and the number of non-finite steps skipped before it.
 
     Each rank reads only what its own shard needs; the checkpoint may come from another number of processes. RNG
     states are restored per rank when the world size is unchanged; otherwise the dropout streams are reseeded from
@@ -296,18 +351,22 @@ def load_checkpoint(
                 f"{ctx.world_size}: dropout streams are reseeded from --seed, the run is not bit-exact",
                 file=sys.stderr,
             )
-    return step
+    return step, int(state.get("skipped_steps", 0))
 
 
 # ==================================================================================================== export
+TOOL = "glm-train"  # the output marker's tool name of the model directories a run or `glm-train export` writes
+
+
 def export_checkpoint(
     checkpoint: str | os.PathLike[str], directory: str | os.PathLike[str], dtype: torch.dtype = torch.float32
 ) -> Path:
     """Write a training checkpoint's model as a hub-layout directory (safetensors + config.json + tokenizer).
 
-    Runs in one process whatever the number of processes that wrote the checkpoint (DCP reads every shard); the
-    weights go to a staging directory first, then are moved in one by one (other files already in ``directory``,
-    e.g. a model card, stay).
+    Runs in one process whatever the number of processes that wrote the checkpoint (DCP reads every shard). The new
+    directory is completed in a staging directory and swapped in whole (:func:`glm_core.atomic.move_into_place`):
+    the old one stays intact until then. Files in an existing ``directory`` that are not model files (a model card,
+    notes) are carried over; its old model files are replaced, none is left to shadow the new weights.
     """
     from glm_core.checkpoint import save_model
 
@@ -331,12 +390,16 @@ def export_checkpoint(
                 and not item.name.endswith(".distcp")
             ):
                 shutil.copy2(item, tmp / item.name)  # tokenizer files
-        if not out.exists():
-            os.replace(tmp, out)
-        else:
-            for item in sorted(tmp.iterdir()):
-                os.replace(item, out / item.name)
-            tmp.rmdir()
+        if out.is_dir():
+            for item in sorted(out.iterdir()):
+                if item.name == MARKER or is_model_file(item.name) or (tmp / item.name).exists():
+                    continue
+                if item.is_dir() and not item.is_symlink():
+                    shutil.copytree(item, tmp / item.name, symlinks=True)
+                else:
+                    shutil.copy2(item, tmp / item.name, follow_symlinks=False)
+        write_marker(tmp, TOOL)
+        move_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -8,13 +8,16 @@
 One loop serves both: AdamW (no weight decay on biases and LayerNorms), linear warmup + cosine decay, gradient
 clipping, gradient accumulation, bf16/fp16 autocast (fp16 with a ``torch.amp.GradScaler``), gradient checkpointing,
 ``--kernels auto|triton|torch``. The loss of a step is normalised by the **global** count (Part-B tokens, or
-examples), so 1 process x 2 micro-batches and 2 processes x 1 micro-batch compute the same update.
+examples), so 1 process x 2 micro-batches and 2 processes x 1 micro-batch compute the same update (the same numbers
+only with dropout 0: each rank draws its own dropout masks).
 
-Checkpoints (``OUT/checkpoints/step_XXXXXXX``) are hub-layout model directories (``save_model``: fp32 safetensors +
-``config.json`` + tokenizer files) plus ``train_state.pt`` (optimizer, scheduler, scaler, per-rank RNG states as
-tensors, the run's settings; readable with ``torch.load(weights_only=True)``). Each is written to a temporary directory
-and renamed into place, so a checkpoint directory is either complete or absent; ``OUT/checkpoints/latest`` names the
-newest. ``--resume auto|PATH`` continues exactly: the data of step ``k`` is a pure function of ``(seed, k)``.
+Checkpoints (``OUT/checkpoints/step_XXXXXXX``) are sharded DCP directories (:mod:`training.checkpointing`), written
+every ``--save-every`` steps or ``--save-every-minutes``, at the end, and on SIGTERM / SIGINT before the run stops
+(:mod:`training.guard`); ``OUT/checkpoints/latest`` names the newest. ``--resume auto|PATH`` continues exactly: the
+data of step ``k`` is a pure function of ``(seed, k)``; what a resume may change is in :mod:`training.resume`.
+Non-finite steps are skipped and counted (:mod:`training.guard`); the first record of ``log.jsonl`` makes the run
+reproducible (:mod:`training.run_record`); ``finetune --recipe superglue`` takes the paper's per-task settings
+(:mod:`training.recipes`).
 
 Logs: ``OUT/log.jsonl`` (one JSON object per logged step / evaluation), a tqdm bar, and ``--report-to
 tensorboard|wandb|none`` (:mod:`training.reporting`). The evaluation hook is a
@@ -42,12 +45,18 @@ import torch.distributed as dist
 from glm_core.config import PRESETS, GLMConfig
 from glm_core.errors import CheckpointError, ConfigError, GLMError
 from glm_core.model import KERNEL_CHOICES, build_model
+from glm_core.outputs import check_output
 from training.checkpointing import STATE_FILE, export_checkpoint, find_latest_checkpoint, read_train_state
-from training.config import PRECISIONS, TrainConfig
+from training.config import DECAY_STYLES, PRECISIONS, TrainConfig
 from training.distributed import init_distributed
 from training.evaluation_hook import EvaluateFactory, evaluation_factory
+from training.guard import RunInterrupted, finite_or_none, json_safe
 from training.loop import LOG_FILE, append_log, train
+from training.options import add_safety_arguments
+from training.recipes import BestModel, add_recipe_arguments, resolve_recipe, steps_for_epochs
 from training.reporting import REPORT_BACKENDS, ReportConfig, default_backend
+from training.resume import check_resume, check_run_outputs, refuse_existing_run, resolve_resumed_schedule
+from training.run_record import run_record
 from training.superglue import TaskLoader, evaluation_task_loader
 from training.tasks import PretrainTask, TrainingTask
 
@@ -60,34 +69,38 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
     p.add_argument("--out", required=True, help="run directory: log.jsonl, checkpoints/, final/")
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--micro-batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (fine-tuning: or --epochs)")
+    p.add_argument("--micro-batch-size", type=int, default=None, help="default 8 (recipe: its batch / processes)")
     p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--min-lr-ratio", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=None, help="default: pretrain 4e-4, finetune 1e-5 (or the recipe's)")
+    p.add_argument("--min-lr-ratio", type=float, default=None, help="the decay's floor, a share of --lr (0.1)")
+    p.add_argument("--lr-decay-style", choices=DECAY_STYLES, default=None, help="pretrain cosine, finetune linear")
     p.add_argument(
         "--lr-decay-iters",
         type=int,
         default=None,
-        help="step at which the cosine decay reaches the floor, which then holds (default: --steps); "
-        "warmup is --warmup-ratio of it",
+        help="step at which the decay reaches the floor, which then holds (default: --steps; on resume: the "
+        "checkpoint's); warmup is --warmup-ratio of it",
     )
-    p.add_argument("--warmup-ratio", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.98))
-    p.add_argument("--clip-grad", type=float, default=1.0)
+    p.add_argument("--warmup-ratio", type=float, default=None, help="pretrain 0.05, finetune 0.1")
+    p.add_argument("--weight-decay", type=float, default=None, help="0.1")
+    p.add_argument("--betas", type=float, nargs=2, default=None, help="pretrain 0.9 0.98, finetune 0.9 0.999")
+    p.add_argument("--eps", type=float, default=None, help="Adam epsilon: pretrain 1e-6, finetune 1e-8")
+    p.add_argument("--clip-grad", type=float, default=None, help="1.0 (0: no clipping)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
-    p.add_argument("--dropout", type=float, default=None, help="override the three dropout probabilities")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="the three dropout probabilities (pretrain: the model's; finetune 0.1)",
+    )
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default="auto")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP (under torchrun)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--save-every", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=0)
-    p.add_argument("--keep-checkpoints", type=int, default=2)
-    p.add_argument("--resume", default=None, help="'auto' (newest checkpoint in --out) or a checkpoint directory")
+    add_safety_arguments(p)
     p.add_argument("--final-dir", default=None, help="where the final model goes (default OUT/final)")
     p.add_argument("--final-dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate during or after training")
@@ -155,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of single-span batches (token objective, one Poisson span per sample)",
     )
     pre.add_argument("--eval-tasks", default="demo", help="evaluation tasks run by the eval hook ('' for none)")
-    pre.add_argument("--eval-data-dir", default="evaluation/data")
+    pre.add_argument(
+        "--eval-data-dir", default=None, help="evaluation data (default: the evaluation package's own data/)"
+    )
     pre.add_argument("--eval-limit", type=int, default=None, help="examples per evaluation task")
     tok = sub.add_parser(
         "pretokenize",
@@ -188,13 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="demo, boolq|cb|copa|multirc|record|rte|wic|wsc (optionally :PATTERN), or a .jsonl",
     )
-    ft.add_argument("--data-dir", default="evaluation/data")
+    ft.add_argument("--data-dir", default=None, help="task data root (default: the evaluation package's data/)")
     ft.add_argument(
         "--val-file", default=None, help="validation .jsonl for a .jsonl --task (demo: DATA/demo/val.jsonl)"
     )
     ft.add_argument("--train-split", default="train", help="split trained on, for evaluation-package tasks")
     ft.add_argument("--val-split", default="val", help="split evaluated on, for evaluation-package tasks")
-    ft.add_argument("--max-length", type=int, default=256)
+    ft.add_argument("--max-length", type=int, default=None, help="default 256 (recipe: the task's)")
+    add_recipe_arguments(ft)
     ft.add_argument(
         "--append-eop",
         choices=("auto", "yes", "no"),
@@ -218,26 +234,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_config(args: argparse.Namespace, world_size: int, default_lr: float) -> TrainConfig:
+def _train_config(args: argparse.Namespace, steps: int) -> TrainConfig:
+    """The run's optimisation settings; the options left unset were filled by :func:`resolve_recipe`."""
     return TrainConfig(
-        steps=args.steps,
+        steps=steps,
         micro_batch_size=args.micro_batch_size,
         grad_accum=args.grad_accum,
-        lr=args.lr if args.lr is not None else default_lr,
+        lr=args.lr,
         min_lr_ratio=args.min_lr_ratio,
-        warmup_ratio=args.warmup_ratio
-        if args.warmup_ratio is not None
-        else (0.05 if args.command == "pretrain" else 0.1),
+        warmup_ratio=args.warmup_ratio,
         weight_decay=args.weight_decay,
         betas=tuple(args.betas),
+        eps=args.eps,
         clip_grad=args.clip_grad,
         precision=args.precision,
         seed=args.seed,
         log_every=args.log_every,
         save_every=args.save_every,
+        save_every_minutes=args.save_every_minutes,
         eval_every=args.eval_every,
         keep_checkpoints=args.keep_checkpoints,
         lr_decay_steps=args.lr_decay_iters,
+        lr_decay_style=args.lr_decay_style,
+        max_skipped_steps=args.max_skipped_steps,
     )
 
 
@@ -316,8 +335,10 @@ def _resume_path(args: argparse.Namespace) -> Path | None:
         return None
     if args.resume == "auto":
         found = find_latest_checkpoint(args.out)
+        if found is None and not (Path(args.out) / LOG_FILE).exists():
+            return None  # nothing to resume yet: a requeued job's first start
         if found is None:
-            raise CheckpointError(f"--resume auto: no checkpoint under {args.out}/checkpoints")
+            raise CheckpointError(f"--resume auto: {args.out} holds a run but no checkpoint under its checkpoints/")
         return found
     path = Path(args.resume)
     if not (path / STATE_FILE).is_file():
@@ -325,67 +346,31 @@ def _resume_path(args: argparse.Namespace) -> Path | None:
     return path
 
 
-RESUME_MUST_MATCH = ("model_config", "task", "train")
-# bookkeeping, not the run; the split of the global batch into processes x micro-batches x accumulation may change
-RESUME_MAY_CHANGE = ("log_every", "save_every", "eval_every", "keep_checkpoints", "micro_batch_size", "grad_accum")
-
-
-def _global_batch(meta: dict[str, Any]) -> int:
-    train = meta.get("train") or {}
-    return int(train.get("micro_batch_size", 0)) * int(train.get("grad_accum", 0)) * int(meta.get("world_size", 1))
-
-
-def _comparable_train(train: dict[str, Any]) -> dict[str, Any]:
-    """A run's ``train`` meta as compared on resume: bookkeeping dropped, ``lr_decay_steps`` resolved.
-
-    ``lr_decay_steps`` None (the default, and absent from checkpoints written before the option) means ``steps``.
-    """
-    out = {k: v for k, v in train.items() if k not in RESUME_MAY_CHANGE}
-    decay = out.get("lr_decay_steps")
-    out["lr_decay_steps"] = out.get("steps") if decay is None else decay
-    return out
-
-
-def _check_resume(path: Path, meta: dict[str, Any]) -> None:
-    """The resumed run must be the same run: architecture, data/objective and optimisation settings."""
-    stored = read_train_state(path)["meta"]
-    old_batch, new_batch = _global_batch(stored), _global_batch(meta)
-    if old_batch != new_batch:
-        raise ConfigError(
-            f"{path}: cannot resume: the global batch was {old_batch} samples ({stored.get('world_size', 1)} "
-            f"process(es) x micro-batch x grad-accum), this run has {new_batch}; keep it by choosing --grad-accum "
-            "(and --micro-batch-size) for this number of processes"
-        )
-    for key in RESUME_MUST_MATCH:
-        old, new = stored.get(key), meta.get(key)
-        if key == "train" and isinstance(old, dict) and isinstance(new, dict):
-            old, new = _comparable_train(old), _comparable_train(new)
-        if old == new:
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            first = diff[0]
-            raise ConfigError(
-                f"{path}: cannot resume: {key}.{first} was {old.get(first)!r} in the checkpoint, this run has "
-                f"{new.get(first)!r} (differs in: {', '.join(diff[:6])})"
-            )
-        raise ConfigError(f"{path}: cannot resume: {key} differs from the checkpoint")
-
-
 def run(
     args: argparse.Namespace,
     evaluate_factory: EvaluateFactory | None = None,
     task_loader: TaskLoader | None = None,
 ) -> dict[str, Any]:
-    ctx = init_distributed(args.device)
+    if args.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise ConfigError("--fsdp shards the model over processes; expected a launch by torchrun --nproc-per-node N>=2")
+    ctx = init_distributed(args.device, args.dist_timeout_minutes)
+    if args.grad_accum < 1 or (args.micro_batch_size is not None and args.micro_batch_size < 1):
+        raise ConfigError("--micro-batch-size and --grad-accum must be positive")
+    resolved = resolve_recipe(args, ctx.world_size)
+    epochs = getattr(args, "epochs", None)
+    if (args.steps is None) == (epochs is None):
+        expected = "--steps or --epochs (one of them)" if args.command == "finetune" else "--steps"
+        raise ConfigError(f"glm-train {args.command} needs {expected}")
+    resume = _resume_path(args)
+    check_run_outputs(args)
+    if resume is None:
+        refuse_existing_run(args.out)  # nothing in a directory that holds a run is truncated
+    stored_task = read_train_state(resume)["meta"].get("task", {}) if resume is not None else {}
     config, weights_dir = _model_config(args)
     tokenizer = _load_tokenizer(args, weights_dir)
     seq_length = args.seq_length if args.command == "pretrain" else args.max_length
     _check_fit(config, tokenizer, seq_length)
     _check_kernels(args.kernels, ctx.device, args.precision)
-    if args.micro_batch_size < 1 or args.grad_accum < 1:
-        raise ConfigError("--micro-batch-size and --grad-accum must be positive")
-    cfg = _train_config(args, ctx.world_size, default_lr=4e-4 if args.command == "pretrain" else 1e-5)
     report = ReportConfig(args.report_to, args.peak_tflops, project=args.wandb_project, run_name=args.run_name)
 
     if args.command == "pretrain":
@@ -427,6 +412,8 @@ def run(
             seed=args.seed,
             sentence_ends=sentence_end_ids(tokenizer),
             dblock=dblock,
+            # the objective is drawn per micro-batch of the run's first split; kept when a resume changes the split
+            objective_group=int(stored_task.get("objective_group", args.micro_batch_size)),
         )
         task: TrainingTask = PretrainTask(sampler, args.micro_batch_size, args.grad_accum, ctx.world_size)
         evaluate = evaluate_factory(tokenizer) if evaluate_factory is not None else None
@@ -463,19 +450,23 @@ def run(
             None if (args.no_eval or not val_items) else ClozeEvaluator(val_items, tokenizer, name=name, metric=metric)
         )
 
-    resume = _resume_path(args)
+    global_batch = args.micro_batch_size * args.grad_accum * ctx.world_size
+    steps = args.steps if epochs is None else steps_for_epochs(epochs, len(task.encoded), global_batch)
+    cfg = _train_config(args, steps)
+    if epochs is not None and not args.eval_every:
+        cfg.eval_every = steps // epochs  # after every epoch
+    if resume is not None:
+        cfg = resolve_resumed_schedule(cfg, resume, decay_given=args.lr_decay_iters is not None)
     meta = {
         "train": cfg.to_dict(),
         "task": task.describe(),
         "model_config": config.to_dict(),
         "world_size": ctx.world_size,
+        "resolved": {**resolved, "epochs": epochs},
     }
     if resume is not None:
-        _check_resume(resume, meta)
-    elif find_latest_checkpoint(args.out) is not None:
-        raise CheckpointError(
-            f"{args.out} already holds checkpoints; pass --resume auto to continue, or choose a new --out"
-        )
+        check_resume(resume, meta, allow_batch_change=args.allow_batch_change)
+    best = BestModel(Path(args.out) / "best", tokenizer) if epochs is not None and evaluate is not None else None
 
     model = build_model(
         config, seed=args.seed, kernels=args.kernels, gradient_checkpointing=args.gradient_checkpointing
@@ -502,12 +493,14 @@ def run(
         progress=not args.quiet,
         report=report,
         data_workers=args.data_workers if args.command == "pretrain" else 0,
+        record=run_record(meta, task, ctx.world_size, getattr(args, "argv", None)) if ctx.is_main else None,
+        on_evaluation=best,
     )
     summary = {
         "command": args.command,
         "steps": result.steps,
-        "final_loss": result.final_loss,
-        "first_loss": result.losses[0] if result.losses else None,
+        "final_loss": finite_or_none(result.final_loss),
+        "first_loss": finite_or_none(result.losses[0]) if result.losses else None,
         "count": result.tokens,
         "wall_s": round(result.wall_s, 2),
         "world_size": ctx.world_size,
@@ -515,7 +508,10 @@ def run(
         "evaluation": result.evaluations[-1] if result.evaluations else None,
         "checkpoint": result.checkpoint,
         "final_dir": str(final_dir),
+        "skipped_steps": result.skipped_steps,
     }
+    if best is not None:
+        summary["best"] = best.summary()
     if ctx.is_main:
         append_log(Path(args.out) / LOG_FILE, {"step": result.steps, "summary": summary})
     return summary
@@ -539,6 +535,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def run_export(args: argparse.Namespace) -> dict[str, Any]:
     """``glm-train export RUN_DIR OUT``: the checkpoint's model in the hub layout."""
+    check_output(args.out, overwrite=args.overwrite, flag="OUT", make_parents=True, error=CheckpointError)
     source = Path(args.run_dir)
     if args.step is not None:
         source = source / "checkpoints" / f"step_{args.step:07d}"
@@ -551,16 +548,13 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
         source = found
     read_train_state(source)  # a clear error before anything is written
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise CheckpointError(f"{out} already exists; pass --overwrite to replace its weights, or choose a new OUT")
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"{out} is a file; expected a directory path")
     export_checkpoint(source, out, DTYPES[args.dtype])
     return {"command": "export", "checkpoint": str(source), "out": str(out), "dtype": args.dtype}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv if argv is None else ["glm-train", *argv])  # for the run record
     try:
         if getattr(args, "model", None):
             from glm_core.hub import resolve_model_path
@@ -572,6 +566,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = run_pretokenize(args)
         else:
             summary = run(args, evaluation_factory(args), evaluation_task_loader(args))
+    except RunInterrupted as exc:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"glm-train: {exc}", file=sys.stderr)
+        return exc.exit_code
     except GLMError as exc:
         print(f"glm-train: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -579,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary, sort_keys=True))
+        print(json.dumps(json_safe(summary), sort_keys=True))
     return 0
 
 

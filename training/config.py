@@ -12,6 +12,7 @@ import torch
 from glm_core.errors import ConfigError
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DECAY_STYLES = ("cosine", "linear")
 
 
 @dataclass
@@ -31,13 +32,16 @@ class TrainConfig:
     precision: str = "fp32"
     seed: int = 1234
     log_every: int = 10
-    save_every: int = 0  # 0: only at the end
+    save_every: int = 1000  # steps between checkpoints (0: by time / at the end only)
+    save_every_minutes: float = 30.0  # minutes between checkpoints (0: by steps only); the first that is due
     eval_every: int = 0  # 0: only at the end (when an evaluate callback is given)
     keep_checkpoints: int = 2
-    lr_decay_steps: int | None = None  # the cosine decay ends here (then the floor); None: at ``steps``
+    lr_decay_steps: int | None = None  # the decay ends here (then the floor); None: at ``steps``
+    lr_decay_style: str = "cosine"  # cosine (pretraining) or linear (the original's fine-tuning)
+    max_skipped_steps: int = 10  # consecutive non-finite steps that stop the run
 
     def __post_init__(self) -> None:
-        for name in ("steps", "micro_batch_size", "grad_accum", "log_every", "keep_checkpoints"):
+        for name in ("steps", "micro_batch_size", "grad_accum", "log_every", "keep_checkpoints", "max_skipped_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -48,6 +52,10 @@ class TrainConfig:
         decay = self.lr_decay_steps
         if decay is not None and (isinstance(decay, bool) or not isinstance(decay, int) or decay < 1):
             raise ConfigError(f"lr_decay_steps must be a positive integer (or None: steps), got {decay!r}")
+        if self.lr_decay_style not in DECAY_STYLES:
+            raise ConfigError(f"lr_decay_style must be one of {DECAY_STYLES}, got {self.lr_decay_style!r}")
+        if not self.save_every_minutes >= 0 or not self.eps > 0:
+            raise ConfigError(f"save_every_minutes must be >= 0 and eps > 0, got {self.save_every_minutes}, {self.eps}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
         if not self.lr > 0:
@@ -88,20 +96,28 @@ class CosineWithWarmup:
     the last training step: later steps stay at ``min_ratio``, as the original's cosine clamps its progress with
     ``min(1.0, ...)`` (GLM:learning_rates.py:48-51, ``end_iter = num_iters - warmup_iter`` from
     GLM:train_utils.py:231-235). A dataclass (not a closure) so ``LambdaLR.state_dict`` stores its plain fields.
+
+    ``style="linear"`` decays linearly to ``min_ratio`` at ``total`` instead (the original's ``--lr-decay-style
+    linear`` of every SuperGLUE recipe, GLM:learning_rates.py:44-46 with ``decay_ratio = 1 / --lr-decay-ratio``:
+    ``lr * (1 - (1 - min_ratio) * progress)``); the original does not clamp it past ``total``, this one holds the
+    floor as the cosine does.
     """
 
     warmup: int
     total: int
     min_ratio: float
+    style: str = "cosine"
 
     @classmethod
     def for_config(cls, cfg: TrainConfig) -> CosineWithWarmup:
         """The schedule of a run: warmup ``cfg.warmup_steps``, decay ending at ``cfg.decay_steps``."""
-        return cls(cfg.warmup_steps, cfg.decay_steps, cfg.min_lr_ratio)
+        return cls(cfg.warmup_steps, cfg.decay_steps, cfg.min_lr_ratio, cfg.lr_decay_style)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
         span = max(1, self.total - self.warmup)
         progress = min(1.0, (step - self.warmup) / span)
+        if self.style == "linear":
+            return 1.0 - (1.0 - self.min_ratio) * progress
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,11 +33,18 @@ class DistContext:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto") -> DistContext:
+DEFAULT_TIMEOUT_MINUTES = 30.0
+
+
+def init_distributed(device: str = "auto", timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> DistContext:
     """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1), else run as a single process.
 
-    Backend: nccl on CUDA, gloo on CPU. No process is ever launched from here (use ``torchrun``).
+    Backend: nccl on CUDA, gloo on CPU. No process is ever launched from here (use ``torchrun``). Every collective
+    (barriers included: the other ranks wait at one while rank 0 evaluates or exports) fails after
+    ``timeout_minutes`` instead of the backend's own default.
     """
+    if not timeout_minutes > 0:
+        raise ConfigError(f"the collective timeout must be > 0 minutes, got {timeout_minutes}")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -52,7 +60,9 @@ def init_distributed(device: str = "auto") -> DistContext:
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes)
+        )
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 

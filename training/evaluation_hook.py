@@ -9,6 +9,7 @@ from typing import Any
 
 from glm_core.model import GLMModel
 from training.loop import Evaluate
+from training.resume import packaged_data_dir
 
 EvaluateFactory = Callable[[Any], "Evaluate | None"]
 
@@ -27,7 +28,9 @@ def evaluation_factory(args: argparse.Namespace) -> EvaluateFactory:
     from evaluation.runner import read_tasks
     from evaluation.tasks import expand_task_list
 
-    plan = read_tasks(expand_task_list(specs), Path(args.eval_data_dir), split=None, limit=args.eval_limit)
+    # the package's own data by default: not a path relative to the working directory
+    data_dir = Path(args.eval_data_dir) if args.eval_data_dir else packaged_data_dir()
+    plan = read_tasks(expand_task_list(specs), data_dir, split=None, limit=args.eval_limit)
 
     def factory(tokenizer: Any) -> Evaluate:
         def evaluate(model: GLMModel) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import numpy as np
 
 from glm_core.atomic import staged_directory
 from glm_core.errors import ConfigError, DataError
+from glm_core.outputs import check_output, foreign_to, write_marker
 from training.data import TextTokenizer, iter_corpus_documents, iter_document_ids
 
 FORMAT = "glm-pretokenized"
@@ -37,6 +38,7 @@ FORMAT_VERSION = 1
 TOKENS_FILE = "tokens.bin"
 INDEX_FILE = "doc_index.npy"
 META_FILE = "meta.json"
+TOOL = "glm-train pretokenize"
 BATCH_TOKENS = 1 << 18  # tokens gathered before they are appended to tokens.bin
 DTYPES = {"uint16": np.dtype("<u2"), "int32": np.dtype("<i4")}
 
@@ -94,13 +96,23 @@ def pretokenize(
     target = Path(out)
     if not os.path.isfile(source):
         raise DataError(f"{source}: corpus file not found; expected a UTF-8 text file")
-    if (target.exists() or target.is_symlink()) and not overwrite:
-        raise DataError(f"{target}: already exists; pass --overwrite to replace it, or choose another OUT")
+    check_output(
+        target,
+        overwrite=overwrite,
+        flag="OUT",
+        foreign=lambda p: foreign_to(
+            p, {TOOL}, signature=(META_FILE, TOKENS_FILE), expected={META_FILE, TOKENS_FILE, INDEX_FILE}.__contains__
+        ),
+        what="a pretokenized corpus",
+        make_parents=True,
+        error=DataError,
+    )
     created = _missing_ancestor(target.parent)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with staged_directory(target) as staging:
             meta = _write(source, staging, tokenizer, chunk_bytes)
+            write_marker(staging, TOOL)
     except BaseException as exc:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)  # directories made for OUT, holding nothing else

@@ -6,12 +6,14 @@ window is dropped); epoch ``e`` visits the windows in a permutation seeded by ``
 
 Global sample ``g = step * global_batch_size + i`` of training step ``step`` is built from window ``g`` (in a
 short-sequence batch: from a chunk of a window, see ``short_seq_prob`` below) with a random generator seeded by
-``(seed, step, i)`` alone, and the batch-level draws (objective, document-span length, short-sequence batch,
-single-span batch) use ``(seed, step)``. So a step's global batch is a pure function of
-``(seed, step)``: it is the same whatever the number of processes that share it, and resuming at step ``k`` needs no
+``(seed, step, i)`` alone; the short-sequence draw uses ``(seed, step)``, the objective, document-span length and
+single-span draws ``(seed, step, group)`` (one group of ``objective_group`` samples). So a step's global batch is a
+pure function of ``(seed, step)``: it is the same whatever the number of processes that share it, and resuming at step ``k`` needs no
 data-loader state. :meth:`PretrainSampler.batch` hands process ``rank`` its contiguous slice of the global batch.
 
-Objectives (spec §5; one per batch, probabilities ``bert_prob`` / ``gap_sentence_prob`` / rest):
+Objectives (spec §5; probabilities ``bert_prob`` / ``gap_sentence_prob`` / rest), drawn once per group of
+``objective_group`` consecutive samples of the global batch (the run's micro-batch, as the original draws one per
+micro-batch; 0: one per step), see :meth:`PretrainSampler.batch_plan`:
 
 - **token** (``[MASK]``): span lengths ~ Poisson(λ=3) restricted to 1..39 until 15 % of each document's tokens are
   covered, placed without overlap and >= 1 token apart (``glm_core.layout.sample_spans``), per document inside the
@@ -51,7 +53,9 @@ Known differences from GLM:blocklm_utils.py (4f61ed7) that remain: a single-span
 document segment (the original picks the shortest segment whose budget holds it, :132-157); the token objective's
 15 % budget is counted per document segment (the original per sample, :337); the document span's length is a
 fraction of the window clipped to ``n - 1`` (the original draws from ``[int(gpt_min_ratio * min_len), max_len - 2]``,
-:403-404).
+:403-404); the short-sequence draw is made once per step for the whole global batch (the original makes it with
+the objective, once per micro-batch, :322-323), so that a step's windows stay a function of ``(seed, step)``; the
+objective group is the run's first micro-batch, not a collate call of each rank and DataLoader worker (:318).
 """
 
 from __future__ import annotations
@@ -167,8 +171,12 @@ class PretrainSampler:
         seed: int = 0,
         sentence_ends: Sequence[int] = (),
         dblock: int | None = None,
+        objective_group: int = 0,
     ) -> None:
         self.masking = masking or MaskingConfig()
+        if isinstance(objective_group, bool) or not isinstance(objective_group, int) or objective_group < 0:
+            raise ConfigError(f"objective_group must be an integer >= 0, got {objective_group!r}")
+        self.objective_group = objective_group
         if isinstance(seq_length, bool) or not isinstance(seq_length, int) or seq_length < 8:
             raise ConfigError(f"seq_length must be an integer >= 8, got {seq_length!r}")
         # held as given (an integer array or a read-only np.memmap is not copied): windows are read on demand
@@ -214,25 +222,36 @@ class PretrainSampler:
         return self.tokens.smask if objective == "sentence" else self.tokens.gmask  # type: ignore[return-value]
 
     # ----------------------------------------------------------------------------------------- batches
-    def batch_plan(self, step: int) -> tuple[str, float]:
-        """The step's objective and its document-span fraction (shared by the batch, spec §5).
+    def _plan_seed(self, step: int, index: int, salt: int) -> list[int]:
+        """The seed of a per-group draw: ``(seed, step, group)``, or ``(seed, step)`` with one group per batch."""
+        if self.objective_group <= 0:
+            return [self.seed, int(step), salt]
+        return [self.seed, int(step), int(index) // self.objective_group, salt]
 
-        A single-span batch (:meth:`single_span`) replaces the objective draw by 0.0, as the original does
-        (GLM:blocklm_utils.py:326): the token objective whenever ``bert_prob > 0``.
+    def batch_plan(self, step: int, index: int = 0) -> tuple[str, float]:
+        """The objective and document-span fraction of sample ``index`` of step ``step`` (spec §5).
+
+        Drawn once per **group** of ``objective_group`` consecutive samples of the global batch: the original draws
+        them in its collate function, once per micro-batch of each rank (GLM:blocklm_utils.py:318-328), so a step of
+        the GLM-10B mix trains on several objectives at once. The group is the run's micro-batch as first launched
+        (kept when a resume changes the split), so the samples stay a function of ``(seed, step, index)`` whatever
+        the number of processes. ``objective_group=0``: one draw per step. A single-span group
+        (:meth:`single_span`) replaces the objective draw by 0.0, as the original does (GLM:blocklm_utils.py:326):
+        the token objective whenever ``bert_prob > 0``.
         """
-        rng = np.random.default_rng([self.seed, int(step), 0xBA7C])
-        u = 0.0 if self.single_span(step) else float(rng.random())
+        rng = np.random.default_rng(self._plan_seed(step, index, 0xBA7C))
+        u = 0.0 if self.single_span(step, index) else float(rng.random())
         m = self.masking
         objective = "token" if u < m.bert_prob else "sentence" if u < m.bert_prob + m.gap_sentence_prob else "document"
         fraction = float(rng.uniform(m.gpt_min_ratio, 1.0))
         return objective, fraction
 
-    def single_span(self, step: int) -> bool:
-        """Whether step ``step`` is a single-span batch: one draw per batch (GLM:blocklm_utils.py:324-325)."""
+    def single_span(self, step: int, index: int = 0) -> bool:
+        """Whether sample ``index``'s group is single-span: one draw per group (GLM:blocklm_utils.py:324-325)."""
         p = self.masking.single_span_prob
         if p <= 0:
             return False  # no draw: batches are those of a sampler without the option
-        rng = np.random.default_rng([self.seed, int(step), 0x5195])
+        rng = np.random.default_rng(self._plan_seed(step, index, 0x5195))
         return float(rng.random()) < p
 
     def short_length(self, step: int) -> int | None:
@@ -259,10 +278,10 @@ class PretrainSampler:
         """Sample ``index`` (0-based, < ``global_batch_size``) of step ``step``'s global batch."""
         if not 0 <= index < global_batch_size:
             raise ConfigError(f"sample index {index} outside the global batch of {global_batch_size}")
-        objective, fraction = self.batch_plan(step)
+        objective, fraction = self.batch_plan(step, index)
         text, rng = self._text_and_generator(step, index, global_batch_size)
         if objective == "token":
-            draw = self._single_span if self.single_span(step) else self._token_spans
+            draw = self._single_span if self.single_span(step, index) else self._token_spans
             sample = self._span_sample(text, rng, draw, "token")
             return self._block_mask(sample, rng)
         if objective == "sentence":

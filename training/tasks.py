@@ -62,4 +62,5 @@ class PretrainTask:
             "masking": self.sampler.masking.to_dict(),
             "corpus_tokens": int(len(self.sampler.stream)),
             "seed": self.sampler.seed,
+            "objective_group": self.sampler.objective_group,
         }

@@ -95,10 +95,8 @@ def load_backend(
     if "device" in params:
         kwargs["device"] = device
     elif "providers" in params and "providers" not in kwargs:
-        # ONNX Runtime names devices by execution provider (spec onnx_export §2), the GPU by the provider's device_id
-        kwargs["providers"] = "cuda" if str(device).startswith("cuda") else "cpu"
-        if "device_id" in params and str(device).startswith("cuda:"):
-            kwargs.setdefault("device_id", int(str(device).partition(":")[2]))
+        # ONNX Runtime names devices by execution provider (spec onnx_export §2): "cuda:N" -> CUDA on device N
+        kwargs["providers"] = str(device)
     if "dtype" in params:
         kwargs["dtype"] = dtype
     backend = backend_cls(path, **kwargs)
@@ -135,8 +133,10 @@ class _BackendView:
                 return int(getattr(self._backend, attr))
         return int(self._backend.config["max_sequence_length"])
 
-    def step(self, input_ids: np.ndarray, position_ids: np.ndarray, sep: np.ndarray, past: Any = None) -> Any:
-        return self._backend.step(input_ids, position_ids, sep, past)
+    def step(
+        self, input_ids: np.ndarray, position_ids: np.ndarray, sep: np.ndarray, past: Any = None, **options: Any
+    ) -> Any:
+        return self._backend.step(input_ids, position_ids, sep, past, **options)
 
     def reorder_past(self, past: Any, index: np.ndarray) -> Any:
         return self._backend.reorder_past(past, index)
@@ -155,6 +155,8 @@ def _describe(backend: Any, kind: str, path: str | os.PathLike[str], device: str
     if hasattr(backend, "info"):
         return dict(backend.info())
     providers = list(getattr(backend, "providers", []) or [])
+    if getattr(backend, "device_type", None) is not None:  # the device the runtime reports, not the request
+        device = "cpu" if backend.device_type == "cpu" else f"{backend.device_type}:{backend.device_id}"
     config = getattr(backend, "config", {})
     exported = config.get("dtype") or config.get("kv_dtype") if isinstance(config, dict) else None
     # the precision that ran: a backend that checks the request (ONNX: fixed at export) says so itself

@@ -6,7 +6,6 @@ precision produced its numbers, and ``evaluation.compare`` can refuse to compare
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 import platform
@@ -14,37 +13,10 @@ from importlib import metadata
 from pathlib import Path
 
 from glm_core.errors import CheckpointError
+from glm_core.outputs import is_model_file
 
 HASH_CHUNK_BYTES = 1 << 20
-# The files that define a model's numbers: weights (safetensors, .bin, the original layout's .pt shards and its
-# iteration file), the ONNX graph and its external data, configs, tokenizer files. Everything else in a model
-# directory -- the export report (timings, paths), results or caches written beside the weights, model cards, the
-# output marker -- is left out, so re-exporting the same weights keeps the hash (and the evaluation cache).
-_MODEL_FILE_PATTERNS = (
-    "*.safetensors",
-    "*.bin",
-    "*.pt",
-    "*.pth",
-    "*.onnx",
-    "*.onnx.data",
-    "*.onnx_data",
-    "config.json",
-    "glm_config.json",
-    "*.index.json",
-    "latest_checkpointed_iteration.txt",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "*.model",
-    "*tokenizer*.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-)
 _IGNORED_DIRS = ("__pycache__", ".glm-eval-cache", ".git")
-
-
-def is_model_file(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _MODEL_FILE_PATTERNS)
 
 
 def model_files(path: str | os.PathLike[str]) -> list[Path]:

@@ -12,12 +12,21 @@ them, tokenizer files. This module reads only that directory and imports only nu
 ``present`` is a list of ``2L`` :class:`onnxruntime.OrtValue` (``key_0, value_0, key_1, ...``, each ``[B,H,P,D]``)
 that is fed back as is: on CPU through ``run_with_ort_values`` (no numpy round trip), on CUDA through I/O binding
 so the cache stays on the device.
+
+Devices (onnx_device.py): ``providers="cuda:1"`` or ``[("CUDAExecutionProvider", {"device_id": 1, ...}),
+"CPUExecutionProvider"]``. The device is read from the session once it is made; when ORT fell back from the
+requested provider the backend refuses to start (ConfigError) instead of running elsewhere.
+
+Threads: one backend may be shared by several threads. ``step`` keeps no state between calls except its counters
+(updated under a lock); ``InferenceSession.run`` may be called concurrently (onnxruntime's documented
+thread-safety), and the lazily built tokenizer and gather sessions are created under the same lock.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +34,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from evaluation.backends.onnx_device import (
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
+    DeviceGather,
+    ProviderSpec,
+    check_providers,
+    parse_providers,
+)
 from evaluation.backends.onnx_graph import check_requested_dtype
 from glm_core.errors import ConfigError, ExportError, InputError
 from glm_core.special_tokens import SpecialTokens
@@ -45,8 +62,15 @@ REQUIRED_CONFIG_FIELDS = (
     "kv_dtype",
 )
 KV_DTYPES = {"float32": np.float32, "float16": np.float16}
-CUDA_PROVIDER = "CUDAExecutionProvider"
-CPU_PROVIDER = "CPUExecutionProvider"
+# model.onnx's metadata_props (written by the exporter, export/model_dir.py): the file describes itself.
+MODEL_FORMAT_KEY = "glm.format_version"
+MODEL_FORMAT_VERSION = 1
+METADATA_CONFIG_KEY = "glm.config"
+METADATA_MASK_KEY = "glm.mask_rule"
+METADATA_TOKENIZER_KEY = "glm.tokenizer"
+# glm_config.json fields that metadata_props' glm.config repeats; they must agree.
+METADATA_CONFIG_FIELDS = ("num_layers", "num_attention_heads", "head_dim", "hidden_size", "vocab_size")
+ORT_TENSOR_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
 
 Past = Sequence[Any]  # 2L OrtValues (or numpy arrays) [B, H, P, D]
 
@@ -226,27 +250,29 @@ def check_external_data(model_path: str | os.PathLike[str]) -> list[str]:
 class OnnxBackend:
     """The GLM step contract (DESIGN.md) over ``onnxruntime.InferenceSession``.
 
-    ``providers``: ORT provider names (default CPU); ``"cuda"``/``"cpu"`` are accepted as shorthands.
-    ``device_id``: the GPU of the CUDA execution provider (``cuda:N``; ``provider_options`` may name it instead).
+    ``providers``: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"``, or ORT provider names / ``(name, options)`` pairs
+    (onnx_device.parse_providers). ``threads``: intra-op threads (default: ORT's choice). ``allow_spinning=False``
+    stops ORT's worker threads from spinning between runs (spec onnx_export §4.2 #10: set it when torch shares the
+    process/cores).
+    ``session_options`` / ``provider_options``: a caller's own ORT settings (the optimum wrapper passes the user's);
+    ``session_options`` replaces the options built from ``threads``, ``allow_spinning`` and ``graph_optimization``;
+    ``provider_options`` (one dict per provider name in ``providers``) pairs up with those names.
     ``dtype``: a check, not a cast: the graph's own precision or ``auto`` (:mod:`evaluation.backends.onnx_graph`).
     ``tokenizer``: a :class:`~glm_core.tokenizer.GLMTokenizer` to use instead of the model directory's.
-    ``threads``: intra-op threads (default: ORT's choice). ``allow_spinning=False`` stops ORT's worker threads
-    from spinning between runs (spec onnx_export §4.2 #10: set it when torch shares the process/cores).
-    ``session_options`` / ``provider_options``: a caller's own ORT settings (the optimum wrapper passes the user's);
-    ``session_options`` replaces the options built from ``threads``, ``allow_spinning`` and ``graph_optimization``.
     """
+
+    supports_last_logits_only = True  # step(..., last_logits_only=True): generation's prefill (glm_core.generation)
 
     def __init__(
         self,
         model_dir: str | os.PathLike[str],
-        providers: Sequence[str] | str | None = None,
+        providers: Sequence[ProviderSpec] | str | None = None,
         threads: int | None = None,
         allow_spinning: bool = True,
         graph_optimization: str = "all",
         session_options: ort.SessionOptions | None = None,
         provider_options: Sequence[dict[str, Any]] | None = None,
         *,
-        device_id: int = 0,
         dtype: str | None = None,
         tokenizer: Any = None,
     ) -> None:
@@ -255,12 +281,12 @@ class OnnxBackend:
         self.dtype = check_requested_dtype(self.config, dtype, str(self.model_dir))
         self.model_path = self.model_dir / self.config["model_file"]
         self.external_data = check_external_data(self.model_path)  # before any session touches the file
-        self.providers = _resolve_providers(providers)
-        self.on_cuda = self.providers[0] == CUDA_PROVIDER
-        self.device_id = int(device_id)
-        for name, given in zip(self.providers, provider_options or (), strict=False):
-            if name == CUDA_PROVIDER and "device_id" in given:  # a caller's own CUDA options name the GPU
-                self.device_id = int(given["device_id"])
+        if provider_options is not None:
+            names = [providers] if isinstance(providers, str) else list(providers or ())
+            if len(names) != len(provider_options) or not all(isinstance(n, str) for n in names):
+                raise ConfigError("provider_options needs one options dict per provider name in providers")
+            providers = [(name, dict(opts)) for name, opts in zip(names, provider_options, strict=True)]
+        self.provider_request = parse_providers(providers)
         options = ort.SessionOptions()
         if threads is not None:
             if threads < 1:
@@ -280,13 +306,14 @@ class OnnxBackend:
             options = session_options
         try:
             self.session = ort.InferenceSession(
-                str(self.model_path),
-                sess_options=options,
-                providers=self.providers,
-                provider_options=provider_options or self._provider_options(),
+                str(self.model_path), sess_options=options, providers=self.provider_request.session_args()
             )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise ExportError(f"{self.model_path}: onnxruntime cannot load the model ({str(exc)[:300]})") from None
+        # What the session runs on, not what was asked (a CUDA request that fell back is refused here).
+        self.device_type, self.device_id = check_providers(self.session, self.provider_request, self.model_path)
+        self.providers = list(self.session.get_providers())
+        self.on_cuda = self.device_type == "cuda"
 
         self.num_layers = int(self.config["num_layers"])
         self.num_heads = int(self.config["num_attention_heads"])
@@ -297,14 +324,13 @@ class OnnxBackend:
         self.past_names = [f"past_key_values.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")]
         self.present_names = [f"present.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")]
         self.output_names = ["logits", *self.present_names]
+        self.metadata = read_model_metadata(self.session, self.model_path)
         self._check_session_io()
+        self._lock = threading.Lock()
         self._tokenizer: Any = tokenizer
+        self._gather: DeviceGather | None = None
         self.calls = 0
         self.tokens_seen = 0
-
-    def _provider_options(self) -> list[dict[str, str]]:
-        """Per provider: the CUDA execution provider runs on ``device_id`` (``cuda:N``), the others take defaults."""
-        return [{"device_id": str(self.device_id)} if p == CUDA_PROVIDER else {} for p in self.providers]
 
     # ------------------------------------------------------------------ metadata
     def _check_session_io(self) -> None:
@@ -315,6 +341,26 @@ class OnnxBackend:
             raise ExportError(
                 f"{self.model_path}: graph inputs/outputs do not match {CONFIG_FILE} "
                 f"(inputs {inputs[:4]}..., outputs {outputs[:3]}...)"
+            )
+        # glm_config.json's layers/heads/head_dim against the graph's own cache inputs (and the metadata's config)
+        for value in self.session.get_inputs()[3:]:
+            shape = list(value.shape)
+            if len(shape) != 4 or shape[1] != self.num_heads or shape[3] != self.head_dim:
+                raise ExportError(
+                    f"{self.model_path}: graph input {value.name} has shape {shape}; {CONFIG_FILE} says "
+                    f"[batch, {self.num_heads} heads, past, {self.head_dim} head_dim]"
+                )
+        logits_shape = list(self.session.get_outputs()[0].shape)
+        if len(logits_shape) != 3 or (isinstance(logits_shape[2], int) and logits_shape[2] != self.vocab_size):
+            raise ExportError(
+                f"{self.model_path}: logits have shape {logits_shape}; {CONFIG_FILE} says [batch, seq, {self.vocab_size}]"
+            )
+        described = self.metadata.get("config", {})
+        disagree = [k for k in METADATA_CONFIG_FIELDS if k in described and described[k] != self.config.get(k)]
+        if disagree:
+            raise ExportError(
+                f"{self.model_path}: metadata_props {METADATA_CONFIG_KEY} disagrees with {CONFIG_FILE} on "
+                + ", ".join(f"{k} ({described[k]} vs {self.config.get(k)})" for k in disagree)
             )
 
     @property
@@ -329,13 +375,20 @@ class OnnxBackend:
     @property
     def tokenizer(self) -> Any:
         """The model directory's tokenizer (:class:`glm_core.tokenizer.GLMTokenizer`), loaded on first use."""
-        if self._tokenizer is None:
-            if not self.config.get("tokenizer"):
-                raise ExportError(f"{self.model_dir}: this model directory has no tokenizer files")
-            from glm_core.tokenizer import GLMTokenizer
+        with self._lock:
+            if self._tokenizer is None:
+                if not self.config.get("tokenizer"):
+                    raise ExportError(f"{self.model_dir}: this model directory has no tokenizer files")
+                from glm_core.tokenizer import GLMTokenizer
 
-            self._tokenizer = GLMTokenizer.from_pretrained(self.model_dir)
-        return self._tokenizer
+                self._tokenizer = GLMTokenizer.from_pretrained(self.model_dir)
+            return self._tokenizer
+
+    def _device_gather(self) -> DeviceGather:
+        with self._lock:
+            if self._gather is None:
+                self._gather = DeviceGather(self.provider_request, self.device_type, self.device_id)
+            return self._gather
 
     # ------------------------------------------------------------------ the contract
     def step(
@@ -344,20 +397,28 @@ class OnnxBackend:
         position_ids: np.ndarray,
         sep: np.ndarray | int,
         past: Past | None = None,
+        last_logits_only: bool = False,
     ) -> tuple[np.ndarray, list[ort.OrtValue]]:
         """``input_ids [B,S]``, ``position_ids [B,2,S]``, ``sep [B]`` (chunk-relative), ``past`` (None = empty)
-        -> ``(logits [B,S,V] float32, present)``; ``past`` is not modified."""
-        ids, pos, sep_arr = self._check_inputs(input_ids, position_ids, sep, past)
+        -> ``(logits [B,S,V] float32, present)``; ``past`` is not modified.
+
+        ``last_logits_only``: return only the last row's logits ``[B,1,V]`` (what generation reads); on CUDA only
+        that row leaves the device.
+        """
+        ids, pos, sep_arr = check_step_inputs(self, input_ids, position_ids, sep, past)
         B = ids.shape[0]
         if past is None:
             empty = np.zeros((B, self.num_heads, 0, self.head_dim), dtype=self.kv_dtype)  # spec §0.1: P = 0 prefill
             past = [empty] * (2 * self.num_layers)
         if self.on_cuda:
-            logits, present = self._run_cuda(ids, pos, sep_arr, past)
+            logits, present = self._run_device(ids, pos, sep_arr, past, last_logits_only)
         else:
             logits, present = self._run_cpu(ids, pos, sep_arr, past)
-        self.calls += 1
-        self.tokens_seen += int(ids.size)
+            if last_logits_only:
+                logits = np.ascontiguousarray(logits[:, -1:])
+        with self._lock:
+            self.calls += 1
+            self.tokens_seen += int(ids.size)
         return logits, present
 
     def _run_cpu(
@@ -369,12 +430,13 @@ class OnnxBackend:
         outputs = self.session.run_with_ort_values(self.output_names, feeds)
         return outputs[0].numpy(), list(outputs[1:])
 
-    def _run_cuda(
-        self, ids: np.ndarray, pos: np.ndarray, sep: np.ndarray, past: Past
+    def _run_device(
+        self, ids: np.ndarray, pos: np.ndarray, sep: np.ndarray, past: Past, last_logits_only: bool = False
     ) -> tuple[np.ndarray, list[ort.OrtValue]]:
-        # I/O binding per onnxruntime-gpu's documented API: the cache is bound as device OrtValues and the presents
-        # are allocated on the device, so only ids/positions/sep go up and logits come down. Not exercised by the
-        # CPU-only test suite (no CUDA here); the export CLI validates it when run with --device cuda.
+        """One step through I/O binding (onnxruntime's documented API): the cache is bound as device OrtValues and
+        the presents are allocated on the device, so only ids/positions/sep go up and logits come down (only the
+        last row with ``last_logits_only``, gathered on the device). Runs on ``self.device_type``; the CPU-only test
+        suite exercises it with device type ``cpu``."""
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("position_ids", pos)
@@ -384,83 +446,163 @@ class OnnxBackend:
                 binding.bind_ortvalue_input(name, value)
             else:
                 binding.bind_cpu_input(name, np.ascontiguousarray(value, dtype=self.kv_dtype))
-        binding.bind_output("logits", "cpu")
+        if last_logits_only:
+            binding.bind_output("logits", self.device_type, self.device_id)
+        else:
+            binding.bind_output("logits", "cpu")
         for name in self.present_names:
-            binding.bind_output(name, "cuda", self.device_id)
+            binding.bind_output(name, self.device_type, self.device_id)
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
+        if last_logits_only:
+            last = outputs[0].shape()[1] - 1
+            (logits,) = self._device_gather()([outputs[0]], np.array([last]), axis=1)
+            return logits.numpy(), list(outputs[1:])
         return outputs[0].numpy(), list(outputs[1:])
 
     def reorder_past(self, past: Past, index: np.ndarray) -> list[ort.OrtValue]:
         """Gather every cache tensor along the batch axis (beams, expanding one Part A over candidates).
 
-        ORT has no device-side gather for OrtValues, so this goes through host memory (on CUDA too).
+        On CUDA the gather runs on the device (a ``Gather`` graph bound to the cache OrtValues): the cache never
+        visits the host. On the CPU it is a numpy gather.
         """
-        idx = np.asarray(index, dtype=np.int64).reshape(-1)
+        idx = np.asarray(index)
+        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+            raise InputError(f"reorder index must be a non-empty 1-d integer array, got {idx.dtype} {idx.shape}")
+        batch = cache_shape(past[0])[0]
+        if idx.min() < -batch or idx.max() >= batch:
+            raise InputError(f"reorder index must lie in [0, {batch}) (the cache's batch), got {idx.tolist()}")
+        idx = np.where(idx < 0, idx + batch, idx).astype(np.int64)
+        if self.on_cuda:
+            values = [v if isinstance(v, ort.OrtValue) else self._to_device(v) for v in past]
+            return self._device_gather()(values, idx, axis=0)
         out = []
         for value in past:
             host = value.numpy() if isinstance(value, ort.OrtValue) else np.asarray(value)
-            gathered = np.ascontiguousarray(host[idx])
-            if self.on_cuda:
-                out.append(ort.OrtValue.ortvalue_from_numpy(gathered, "cuda", self.device_id))
-            else:
-                out.append(_ortvalue(gathered))
+            out.append(_ortvalue(np.ascontiguousarray(host[idx])))
         return out
+
+    def _to_device(self, array: Any) -> ort.OrtValue:
+        host = np.ascontiguousarray(array, dtype=self.kv_dtype)
+        return ort.OrtValue.ortvalue_from_numpy(host, self.device_type, self.device_id)
 
     @staticmethod
     def past_length(past: Past | None) -> int:
         if past is None:
             return 0
-        first = past[0]
-        shape = first.shape() if isinstance(first, ort.OrtValue) else np.shape(first)
-        return int(shape[2])
+        return int(cache_shape(past[0])[2])
 
-    # ------------------------------------------------------------------ input checks
-    def _check_inputs(
-        self, input_ids: Any, position_ids: Any, sep: Any, past: Past | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        if ids.ndim != 2 or ids.shape[1] == 0:
-            raise InputError(f"input_ids must be [batch, seq] with seq >= 1, got shape {ids.shape}")
-        B, S = ids.shape
-        if ids.min() < 0 or ids.max() >= self.vocab_size:
-            raise InputError(f"input_ids must lie in [0, {self.vocab_size}) (vocab_size)")
-        pos = np.ascontiguousarray(position_ids, dtype=np.int64)
-        if pos.shape != (B, 2, S):
-            raise InputError(f"position_ids must be [batch, 2, seq] = [{B}, 2, {S}], got {pos.shape}")
-        if pos.min() < 0 or pos.max() > self.max_position:
-            raise InputError(f"position ids must lie in [0, {self.max_position}] (max_sequence_length)")
-        sep_arr = np.ascontiguousarray(np.broadcast_to(np.asarray(sep, dtype=np.int64).reshape(-1), (B,)))
-        if sep_arr.min() < 0 or sep_arr.max() > S:
-            raise InputError(f"sep must lie in [0, {S}] (chunk-relative, spec §2.1), got {sep_arr.tolist()}")
-        if past is not None:
-            if len(past) != 2 * self.num_layers:
-                raise InputError(
-                    f"past must hold {2 * self.num_layers} tensors (key, value per layer), got {len(past)}"
-                )
-            first = past[0]
-            shape = tuple(first.shape() if isinstance(first, ort.OrtValue) else np.shape(first))
-            if len(shape) != 4 or shape[0] != B or shape[1] != self.num_heads or shape[3] != self.head_dim:
-                raise InputError(f"past tensors must be [{B}, {self.num_heads}, P, {self.head_dim}], got {shape}")
-        return ids, pos, sep_arr
+
+# -------------------------------------------------------------------------------------------- model metadata
+def read_model_metadata(session: Any, model_path: object) -> dict[str, Any]:
+    """``model.onnx``'s ``metadata_props`` (format version, mask rule, GLM config, tokenizer convention).
+
+    A format version this backend does not know is refused: the graph's contract may have changed.
+    """
+    props = dict(session.get_modelmeta().custom_metadata_map)
+    version = props.get(MODEL_FORMAT_KEY)
+    if version is None:
+        raise ExportError(
+            f"{model_path}: no {MODEL_FORMAT_KEY} in the model's metadata_props; not a graph written by "
+            "`python -m export.onnx` (re-export it)"
+        )
+    if version != str(MODEL_FORMAT_VERSION):
+        raise ExportError(
+            f"{model_path}: model format version {version!r} is not supported by this backend "
+            f"(expected {MODEL_FORMAT_VERSION}); re-export the model or upgrade glm-harness"
+        )
+    out: dict[str, Any] = {"format_version": int(version), "mask_rule": props.get(METADATA_MASK_KEY)}
+    for key, name in ((METADATA_CONFIG_KEY, "config"), (METADATA_TOKENIZER_KEY, "tokenizer")):
+        try:
+            out[name] = json.loads(props[key]) if key in props else {}
+        except json.JSONDecodeError:
+            raise ExportError(f"{model_path}: metadata_props {key} is not valid JSON") from None
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ input checks
+def cache_shape(value: Any) -> tuple[int, ...]:
+    return tuple(value.shape() if isinstance(value, ort.OrtValue) else np.shape(value))
+
+
+def _cache_dtype(value: Any) -> str:
+    """numpy's name of a cache tensor's dtype (``float32``), for an OrtValue or an array."""
+    if isinstance(value, ort.OrtValue):
+        return ORT_TENSOR_DTYPES.get(str(value.data_type()), str(value.data_type()))
+    return np.asarray(value).dtype.name
+
+
+def _integer_array(value: Any, name: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        # whole-valued floats (np.zeros(B)) are integers; 2.5 would be truncated, a bool or a string is no id
+        whole = np.issubdtype(arr.dtype, np.floating) and bool(np.isfinite(arr).all() and (arr == np.round(arr)).all())
+        if not whole:
+            raise InputError(f"{name} must hold integers (int64), got {arr.dtype} values that are not whole numbers")
+    return np.asarray(arr, dtype=np.int64)  # 0-d stays 0-d (ascontiguousarray would make it [1])
+
+
+def check_step_inputs(
+    backend: OnnxBackend, input_ids: Any, position_ids: Any, sep: Any, past: Past | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Everything ``step`` cannot run, as one InputError each; returns int64 ``ids``, ``positions``, ``sep``.
+
+    Integer dtypes only (a float id would be truncated), a non-empty batch, ``sep`` one per row (or one scalar
+    for all), ids and positions in range, and every cache tensor ``[B, H, P, D]`` with the same B and P and the
+    model's cache dtype.
+    """
+    ids = _integer_array(input_ids, "input_ids")
+    if ids.ndim != 2:
+        raise InputError(f"input_ids must be [batch, seq], got shape {ids.shape}")
+    B, S = ids.shape
+    if B == 0:
+        raise InputError("input_ids is an empty batch (batch = 0); expected at least one row")
+    if S == 0:
+        raise InputError(f"input_ids must be [batch, seq] with seq >= 1, got shape {ids.shape}")
+    if ids.min() < 0 or ids.max() >= backend.vocab_size:
+        raise InputError(f"input_ids must lie in [0, {backend.vocab_size}) (vocab_size)")
+    pos = _integer_array(position_ids, "position_ids")
+    if pos.shape != (B, 2, S):
+        raise InputError(f"position_ids must be [batch, 2, seq] = [{B}, 2, {S}], got {pos.shape}")
+    if pos.min() < 0 or pos.max() > backend.max_position:
+        raise InputError(f"position ids must lie in [0, {backend.max_position}] (max_sequence_length)")
+    sep_arr = _integer_array(sep, "sep")
+    if sep_arr.ndim == 0:
+        sep_arr = np.full(B, int(sep_arr), dtype=np.int64)
+    elif sep_arr.shape != (B,):
+        raise InputError(f"sep must hold one value per row, [batch] = [{B}], got shape {sep_arr.shape}")
+    if sep_arr.min() < 0 or sep_arr.max() > S:
+        raise InputError(f"sep must lie in [0, {S}] (chunk-relative, spec §2.1), got {sep_arr.tolist()}")
+    if past is not None:
+        _check_past(backend, past, B)
+    return np.ascontiguousarray(ids), np.ascontiguousarray(pos), np.ascontiguousarray(sep_arr)
+
+
+def _check_past(backend: OnnxBackend, past: Past, batch: int) -> None:
+    count = 2 * backend.num_layers
+    if len(past) != count:
+        raise InputError(f"past must hold {count} tensors (key, value per layer), got {len(past)}")
+    expected_dtype = np.dtype(backend.kv_dtype).name
+    first_len = None
+    for n, value in enumerate(past):
+        shape = cache_shape(value)
+        layer, kind = divmod(n, 2)
+        where = f"past layer {layer} {('key', 'value')[kind]}"
+        if len(shape) != 4 or shape[0] != batch or shape[1] != backend.num_heads or shape[3] != backend.head_dim:
+            raise InputError(
+                f"{where} must be [{batch}, {backend.num_heads}, P, {backend.head_dim}] (batch of input_ids), "
+                f"got {list(shape)}"
+            )
+        first_len = shape[2] if first_len is None else first_len
+        if shape[2] != first_len:
+            raise InputError(f"{where} holds {shape[2]} positions, layer 0 key holds {first_len}; all must agree")
+        dtype = _cache_dtype(value)
+        if dtype != expected_dtype:
+            raise InputError(f"{where} has dtype {dtype}; this model's cache is {expected_dtype} (kv_dtype)")
 
 
 def _ortvalue(array: np.ndarray) -> ort.OrtValue:
     return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
 
 
-def _resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
-    shorthand = {"cpu": [CPU_PROVIDER], "cuda": [CUDA_PROVIDER, CPU_PROVIDER]}
-    if providers is None:
-        providers = [CPU_PROVIDER]
-    elif isinstance(providers, str):
-        providers = shorthand.get(providers.lower(), [providers])
-    available = ort.get_available_providers()
-    chosen = list(providers)
-    for name in chosen:
-        if name not in available:
-            raise ConfigError(
-                f"onnxruntime provider {name!r} is not available in this installation "
-                f"(available: {', '.join(available)}); for CUDA install onnxruntime-gpu"
-            )
-    return chosen
+__all__ = ["CPU_PROVIDER", "CUDA_PROVIDER", "OnnxBackend", "check_step_inputs", "read_model_config"]

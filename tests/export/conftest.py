@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-TINY_EXPORT = dict(vocab_size=320, hidden_size=128, num_layers=2, num_attention_heads=2, max_sequence_length=64)
+TINY_EXPORT = dict(vocab_size=320, hidden_size=128, num_layers=2, num_attention_heads=2, max_sequence_length=128)
 SEED = 4321
 
 

@@ -224,7 +224,7 @@ def test_step_does_not_modify_the_past_it_is_given(exported_dir: Path) -> None:
         ([[1, 2]], positions(1, 0, 2), [3], "sep must lie in"),
         ([[1, V]], positions(1, 0, 2), [0], "input_ids must lie in"),
         ([[1, 2]], positions(1, 0, 3), [0], "position_ids must be"),
-        ([[1, 2]], positions(1, 64, 2), [0], "position ids must lie in"),
+        ([[1, 2]], positions(1, TINY_EXPORT["max_sequence_length"], 2), [0], "position ids must lie in"),
     ],
 )
 def test_backend_rejects_inputs_outside_the_contract(exported_dir: Path, ids, pos, sep, message: str) -> None:
@@ -288,10 +288,11 @@ def test_int4_export_quantizes_every_weight_matmul_including_the_head(tiny_ckpt:
     assert (trace["after"], trace["quantize"], trace["tolerance"]["atol"]) == ("trace", "none", 1e-4)
     assert (int4["after"], int4["quantize"], int4["tolerance"]) == ("int4", "int4", None)
     assert trace["passed"] and int4["passed"] and int4["quant_gate"] == validation["quant_gate"]
-    gate = validation["quant_gate"]
-    assert validation["passed"] and validation["perplexity"]["rel_delta"] <= gate["max_ppl_rel_delta"]
-    confident = validation["confident_top1"]
-    assert confident["rows"] == 0 or confident["agreement"] >= gate["min_top1"]
+    # random weights and no text in the model's domain: the behaviour gates say they did not judge, and the graph
+    # is still held to agree with itself (incremental decoding vs its own full pass)
+    assert validation["quality"]["gated"] is False and validation["quant_gate"].startswith("not gated: no text")
+    assert "confident_top1" not in validation
+    assert validation["incremental"]["self"]["ok"] and validation["decode"]["self"]["ok"]
 
 
 def test_confident_top1_ignores_near_ties_only() -> None:
@@ -385,15 +386,24 @@ def test_unknown_opset_is_refused(tiny_ckpt: Path, tmp_path: Path, capsys) -> No
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cuda_without_cuda_onnxruntime_is_refused(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_cuda_onnxruntime_is_refused(tiny_ckpt: Path, tmp_path: Path, capsys, device: str) -> None:
     import onnxruntime
 
     from export.onnx import main
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
-    assert main(["--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--device", "cuda"]) == 2
+    assert main(["--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--device", device]) == 2
     assert "onnxruntime-gpu" in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_malformed_device_is_refused(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
+    from export.onnx import main
+
+    assert main(["--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--device", "gpu1"]) == 2
+    assert "--device: device 'gpu1' is not supported; expected 'cpu', 'cuda' or 'cuda:N'" in _one_error_line(capsys)
 
 
 def test_failed_validation_exits_2_and_leaves_nothing(tiny_ckpt: Path, tmp_path: Path, capsys, monkeypatch) -> None:

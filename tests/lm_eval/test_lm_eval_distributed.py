@@ -88,16 +88,16 @@ def test_each_process_takes_the_gpu_of_its_local_rank(monkeypatch) -> None:
 
     seen = {}
 
-    class FakeOnnxBackend:  # the ONNX backend's signature: providers + the CUDA provider's device_id
-        def __init__(self, model_dir, providers=None, *, device_id=0, dtype=None, tokenizer=None):
-            seen.update(providers=providers, device_id=device_id)
+    class FakeOnnxBackend:  # the ONNX backend's signature: the device is named by its providers ("cuda:N")
+        def __init__(self, model_dir, providers=None, *, dtype=None, tokenizer=None):
+            seen.update(providers=providers)
 
     module = types.ModuleType("fake_onnx_backend")
     module.FakeOnnxBackend = FakeOnnxBackend
     monkeypatch.setitem(sys.modules, "fake_onnx_backend", module)
     monkeypatch.setitem(backends.BACKENDS, "fake", ("fake_onnx_backend", "FakeOnnxBackend"))
     backends.load_backend("fake", str(REPO), device=group.device("cuda:0"))
-    assert seen == {"providers": "cuda", "device_id": 1}
+    assert seen == {"providers": "cuda:1"}  # the CUDA execution provider's device_id 1 (onnx_device.parse_providers)
 
 
 def test_without_a_launcher_there_is_one_process(monkeypatch) -> None:

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from glm_core.config import GLMConfig
 from glm_core.errors import ConfigError, DataError
 from glm_core.model import build_model
+from glm_core.outputs import MARKER
 from glm_core.special_tokens import sentencepiece_tokens
 from glm_core.tokenizer import GLMTokenizer
 from tests.train.tiny_setup import make_tiny_run_inputs
@@ -99,7 +100,7 @@ def test_pretokenize_writes_the_stream_of_tokenize_documents_and_its_document_in
     monkeypatch.setattr(pretok, "BATCH_TOKENS", 100)  # many appends to tokens.bin
     out = tmp_path / "nested" / "tok"
     meta = pretokenize(setup["corpus"], out, tokenizer, chunk_bytes=1000)
-    assert sorted(p.name for p in out.iterdir()) == ["doc_index.npy", "meta.json", "tokens.bin"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "doc_index.npy", "meta.json", "tokens.bin"]
     assert meta == json.loads((out / "meta.json").read_text())
     assert meta["dtype"] == "uint16" and meta["tokens"] == len(expected) and meta["documents"] == 300
     assert meta["tokenizer"] == {
@@ -307,13 +308,20 @@ def test_pretokenize_refuses_an_existing_out_unless_overwrite(setup, tmp_path, c
     argv = ["pretokenize", str(setup["corpus"]), str(out), "--model", str(setup["model"])]
     _one_line_exit_2(capsys, argv, "already exists; pass --overwrite")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # --overwrite replaces only an earlier pretokenized corpus: a directory of someone else's files is refused
+    _one_line_exit_2(capsys, [*argv, "--overwrite"], "is not a pretokenized corpus")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    assert main(argv) == 0
+    first = (out / "tokens.bin").read_bytes()
     # a bad corpus with --overwrite: the old OUT stays as it was
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff")
     _one_line_exit_2(capsys, ["pretokenize", str(bad), str(out), "--overwrite"], "not valid UTF-8")
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert (out / "tokens.bin").read_bytes() == first
     assert main([*argv, "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["doc_index.npy", "meta.json", "tokens.bin"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "doc_index.npy", "meta.json", "tokens.bin"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt", "tok"]
 
 

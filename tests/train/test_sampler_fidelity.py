@@ -285,12 +285,19 @@ def test_lr_decay_iters_flag_reaches_the_train_config_and_the_loop(tmp_path):
     from glm_core.model import build_model
     from training.cli import _train_config, build_parser
     from training.loop import train
+    from training.recipes import resolve_recipe
     from training.tasks import PretrainTask
 
     common = ["pretrain", "--out", str(tmp_path), "--corpus", "c.txt", "--steps", "4"]
     parser = build_parser()
-    assert _train_config(parser.parse_args(common), 1, 4e-4).lr_decay_steps is None
-    cfg = _train_config(parser.parse_args([*common, "--lr-decay-iters", "2", "--warmup-ratio", "0"]), 1, 1e-3)
+
+    def resolved(*argv: str) -> TrainConfig:
+        args = parser.parse_args([*common, *argv])
+        resolve_recipe(args, 1)
+        return _train_config(args, args.steps)
+
+    assert resolved().lr_decay_steps is None
+    cfg = resolved("--lr-decay-iters", "2", "--warmup-ratio", "0", "--lr", "1e-3")
     assert cfg.lr_decay_steps == 2 and cfg.decay_steps == 2
 
     config = GLMConfig(
@@ -302,24 +309,24 @@ def test_lr_decay_iters_flag_reaches_the_train_config_and_the_loop(tmp_path):
     train(build_model(config, seed=0), PretrainTask(sampler, 2, 1, 1), cfg, out_dir=tmp_path / "run", progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     lrs = {r["step"]: r["lr"] for r in records if "lr" in r}
-    # cosine from 1e-3 to 1e-4 over 2 steps, then the floor for the last two steps of the run
-    assert [lrs[s] for s in (1, 2, 3, 4)] == pytest.approx([5.5e-4, 1e-4, 1e-4, 1e-4])
+    # the rate each step's update used: cosine from 1e-3 to 1e-4 over 2 steps, then the floor
+    assert [lrs[s] for s in (1, 2, 3, 4)] == pytest.approx([1e-3, 5.5e-4, 1e-4, 1e-4])
 
 
 def test_resume_compares_the_resolved_decay_length(monkeypatch, tmp_path):
     """The resume check treats a missing/None ``lr_decay_steps`` (checkpoints from before the option, or the
     default) as ``steps``; a different decay length is a different run."""
-    import training.cli as cli
+    import training.resume as resume
 
     old_train = TrainConfig(steps=50).to_dict()
     del old_train["lr_decay_steps"]  # a checkpoint written before the option existed
     stored = {"train": old_train, "task": {"task": "pretrain"}, "model_config": {"name": "m"}}
-    monkeypatch.setattr(cli, "read_train_state", lambda path: {"meta": stored})
+    monkeypatch.setattr(resume, "read_train_state", lambda path: {"meta": stored, "step": 10})
 
     def meta(**train: int) -> dict[str, object]:
         return {**stored, "train": TrainConfig(steps=50, **train).to_dict()}
 
-    cli._check_resume(tmp_path, meta())  # default: compatible
-    cli._check_resume(tmp_path, meta(lr_decay_steps=50))  # the same schedule, spelled out
+    resume.check_resume(tmp_path, meta())  # default: compatible
+    resume.check_resume(tmp_path, meta(lr_decay_steps=50))  # the same schedule, spelled out
     with pytest.raises(ConfigError, match="lr_decay_steps was 50 in the checkpoint, this run has 30"):
-        cli._check_resume(tmp_path, meta(lr_decay_steps=30))
+        resume.check_resume(tmp_path, meta(lr_decay_steps=30))

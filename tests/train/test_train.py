@@ -50,12 +50,14 @@ def _args(setup, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _run(args: list[str], env: dict[str, str] | None = None, torchrun: int = 0) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], env: dict[str, str] | None = None, torchrun: int = 0, module: str = "training"
+) -> subprocess.CompletedProcess[str]:
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(torchrun),
-               "--master-port", "29517", "-m", "training", *args]  # fmt: skip
+               "--master-port", "29517", "-m", module, *args]  # fmt: skip
     else:
-        cmd = [sys.executable, "-m", "training", *args]
+        cmd = [sys.executable, "-m", module, *args]
     return subprocess.run(cmd, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=240)
 
 
@@ -203,7 +205,9 @@ def test_resume_with_a_mismatched_config_exits_2_and_leaves_the_checkpoint_untou
     args[args.index("--seq-length") + 1] = "48"
     _assert_one_line_exit_2(_run(args), "task.seq_length was 32")
     # a plain rerun into the same directory would overwrite the run: refused as well
-    _assert_one_line_exit_2(_run(_args(setup, out, "--micro-batch-size", "2")), "already holds checkpoints")
+    _assert_one_line_exit_2(
+        _run(_args(setup, out, "--micro-batch-size", "2")), "already holds a run (log.jsonl, checkpoints)"
+    )
     assert _tree_digest(out) == before
 
 
@@ -230,9 +234,10 @@ def test_failed_checkpoint_write_leaves_no_partial_directory(setup, tmp_path, mo
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint_io.torch, "save", broken_save)
+    longer = TrainConfig(steps=3, micro_batch_size=2, save_every=1, log_every=1, lr_decay_steps=2)
     with pytest.raises((OSError, CheckpointException), match="disk full"):
-        train(build_model(config, seed=0), PretrainTask(sampler, 2, 1, 1), cfg,
-                           out_dir=tmp_path / "run", progress=False)  # fmt: skip
+        train(build_model(config, seed=0), PretrainTask(sampler, 2, 1, 1), longer, out_dir=out, progress=False,
+              resume=out / "checkpoints" / "step_0000002")  # fmt: skip
     # the earlier checkpoints are intact, nothing half-written was left beside them
     assert _tree_digest(out / "checkpoints") == good
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp-")]

@@ -1,0 +1,88 @@
+"""Validation sees a wrong mask rule: four corrupted exports fail, the real one passes.
+
+Each test exports the tiny model through the real CLI with the graph's visibility rule replaced by a wrong one
+(``export.graph.visibility_mask``, the rule the wrapper builds its additive bias from; the PyTorch reference keeps
+the model's own rule). The exporter must stop at validation with one line naming the stage, exit 2 and leave
+nothing at ``--out``. The expected failing case says which part of the validation sees each mistake:
+
+- off by one at ``sep`` (``j-P <= sep``): the original grid (a split row with no cache);
+- ``sep`` compared with the absolute key index (ignores P): the chunk-after-a-cache case;
+- past columns more than 64 positions older than the query dropped (a sliding window): only the production
+  shapes (the chunk after a near-full past, the 50-step decode); the original grid never has 64 past positions;
+- the bidirectional prefix lost in rows >= 4: only the batch-8 cases (the wide grid case, the decode).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+import export.graph
+from glm_core.model import visibility_mask
+
+WINDOW = 64  # the sliding-window mutation: past columns older than this are dropped
+ROWS_WITH_PREFIX = 4  # the row mutation: rows with this index or more lose their prefix
+
+
+def off_by_one_at_sep(sep: torch.Tensor, query_len: int, past_len: int) -> torch.Tensor:
+    return visibility_mask(sep + 1, query_len, past_len)  # j-P < sep+1, i.e. j-P <= sep
+
+
+def sep_ignores_past(sep: torch.Tensor, query_len: int, past_len: int) -> torch.Tensor:
+    return visibility_mask(sep - past_len, query_len, past_len)  # j-P < sep-P, i.e. j < sep
+
+
+def old_past_dropped(sep: torch.Tensor, query_len: int, past_len: int) -> torch.Tensor:
+    visible = visibility_mask(sep, query_len, past_len)  # [B, 1, S, P+S]
+    keys = torch.arange(past_len + query_len) - past_len  # chunk-relative key index
+    queries = torch.arange(query_len)
+    old = (keys[None, :] < 0) & (queries[:, None] - keys[None, :] > WINDOW)  # [S, P+S]
+    return visible & ~old
+
+
+def prefix_lost_in_later_rows(sep: torch.Tensor, query_len: int, past_len: int) -> torch.Tensor:
+    rows = torch.arange(sep.shape[0]) >= ROWS_WITH_PREFIX
+    return visibility_mask(torch.where(rows, torch.zeros_like(sep), sep), query_len, past_len)
+
+
+MUTATIONS: dict[str, tuple[Callable[..., torch.Tensor], str]] = {
+    # name: (rule, a case that must be among the failures the error line shows)
+    "off-by-one-at-sep": (off_by_one_at_sep, "grid B=3 S=7"),
+    "sep-ignores-past": (sep_ignores_past, "grid B=4 S=5 sep=[0, 5, 2, 1] P=3"),
+    "old-past-dropped": (old_past_dropped, "grid B=3 S=4 sep=[0, 4, 2] P=125"),
+    "prefix-lost-in-rows-4+": (prefix_lost_in_later_rows, "grid B=8 S=64"),
+}
+
+
+def _error_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("name", list(MUTATIONS))
+def test_a_wrong_mask_rule_fails_validation(
+    name: str, tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from export.onnx import main
+
+    rule, caught_by = MUTATIONS[name]
+    monkeypatch.setattr(export.graph, "visibility_mask", rule)
+    out = tmp_path / "out"
+    assert main(["--ckpt", str(tiny_ckpt), "--out", str(out)]) == 2
+    errors = _error_lines(capsys)
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("error: validation failed after trace (the exported graph, before any pass): ")
+    assert caught_by in errors[0], errors[0]
+    assert list(tmp_path.iterdir()) == []  # nothing at --out, no staging directory beside it
+
+
+def test_the_real_rule_passes_the_same_checks(exported_dir: Path) -> None:
+    validation = json.loads((exported_dir / "export_report.json").read_text())["validation"]
+    assert validation["passed"] and validation["failures"] == []
+    assert validation["device"] == "cpu" and validation["providers"][0] == "CPUExecutionProvider"  # from the session
+    shapes = {(c["batch"], c["seq"], c["past"]) for c in validation["grid"]}
+    assert (8, 64, 0) in shapes and (3, 4, 125) in shapes  # the production shapes ran
+    assert validation["decode"]["ok"] and validation["decode"]["max_abs"] < 1e-4

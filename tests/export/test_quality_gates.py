@@ -1,0 +1,74 @@
+"""Quality gates of fp16/quantized exports cannot pass without judging: too few decided rows fail the top-1 gate,
+the perplexity text must be in the model's domain (or the report says quality was not gated), and every such
+graph is held to agree with itself (incremental decoding vs its own full pass)."""
+
+from __future__ import annotations
+
+import json
+from itertools import islice
+from pathlib import Path
+
+import pytest
+
+from export.validate import MIN_TOP1_ROWS, QUANT_GATES, quality_text, top1_gate_failures
+from glm_core.errors import ExportError
+
+
+class _Tokenizer:
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) % 50 for c in text]
+
+
+def test_top1_gate_fails_with_too_few_rows_to_judge() -> None:
+    assert top1_gate_failures("int4", 1.0, 0) == [
+        f"int4: only 0 decided rows (top-1 ahead by 0.1) to judge top-1 agreement, fewer than {MIN_TOP1_ROWS}"
+    ]
+    assert top1_gate_failures("int8", 1.0, MIN_TOP1_ROWS - 1) != []
+    assert top1_gate_failures("int8", QUANT_GATES["int8"]["min_top1"], MIN_TOP1_ROWS) == []
+    assert "top-1 agreement 0.500" in top1_gate_failures("int4", 0.5, 100)[0]
+
+
+def test_quality_is_gated_only_on_a_domain_text_of_trained_weights(tmp_path: Path) -> None:
+    text = tmp_path / "domain.txt"
+    text.write_text("The capital of Varnia is Olmstead.\n", encoding="utf-8")
+    assert quality_text(_Tokenizer(), text, None, random_weights=False)[1] == {
+        "gated": True,
+        "reason": None,
+        "text": str(text),
+    }
+    _, random = quality_text(_Tokenizer(), text, None, random_weights=True)
+    assert random["gated"] is False and random["reason"] == "random weights: quality was not gated"
+    _, none = quality_text(_Tokenizer(), None, tmp_path, random_weights=False)
+    assert none["gated"] is False and "--calibration-text" in none["reason"]
+    (tmp_path / "calibration.txt").write_text("Monday, Tuesday, Wednesday.", encoding="utf-8")
+    found, beside = quality_text(_Tokenizer(), None, tmp_path, random_weights=False)
+    assert beside["gated"] and found.startswith("Monday")
+
+
+@pytest.mark.parametrize(
+    ("content", "tokenizer", "message"),
+    [(None, True, "cannot read it"), ("  \n", True, "the file is empty"), ("text", False, "no tokenizer")],
+)
+def test_bad_calibration_text_is_refused(tmp_path: Path, content, tokenizer: bool, message: str) -> None:
+    path = tmp_path / "calibration-input.txt"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(ExportError, match=message):
+        quality_text(_Tokenizer() if tokenizer else None, path, None, random_weights=False)
+
+
+def test_quantized_glm_tiny_is_gated_on_its_own_domain(tmp_path: Path) -> None:
+    from export.onnx import main
+    from training.corpus import generate_documents
+
+    text = tmp_path / "world.txt"
+    text.write_text("\n".join(islice(generate_documents(seed=7), 12)), encoding="utf-8")
+    out = tmp_path / "int4"
+    assert main(["--ckpt", "glm-tiny", "--out", str(out), "--quantize", "int4", "--calibration-text", str(text)]) == 0
+    validation = json.loads((out / "export_report.json").read_text())["validation"]
+    assert validation["quality"] == {"gated": True, "reason": None, "text": str(text)}
+    assert validation["quant_gate"] == QUANT_GATES["int4"]
+    confident = validation["confident_top1"]
+    assert confident["rows"] >= MIN_TOP1_ROWS and confident["agreement"] >= QUANT_GATES["int4"]["min_top1"]
+    assert validation["perplexity"]["rel_delta"] <= QUANT_GATES["int4"]["max_ppl_rel_delta"]
+    assert validation["decode"]["self"]["ok"] and validation["passed"]
