@@ -45,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="torch", help="runtime (default: torch)")
-    parser.add_argument("--model", required=True, help="checkpoint directory, ONNX export directory, or shipped preset")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint directory, ONNX export directory, shipped preset or hub id owner/name[@revision]",
+    )
     parser.add_argument("--tasks", required=True, help="comma-separated task names or groups")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="root of the task data files")
     parser.add_argument("--split", default=None, help="data split (default: each task's own, val or test)")

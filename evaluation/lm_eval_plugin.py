@@ -9,19 +9,35 @@ Both classes share everything above the step contract (DESIGN.md): requests are 
 say which backend :func:`evaluation.backends.load_backend` opens and how to tell whether CUDA is there, so a
 difference between ``glm-torch`` and ``glm-onnx`` results can only come from the forward pass.
 
-How lm-eval requests map onto GLM (spec lm_eval_integration §2):
+How lm-eval requests map onto GLM — one protocol with the native tasks (README "lm-eval: the request layouts"):
 
 - ``loglikelihood(context, continuation)``: the context and continuation are tokenized separately (``backend =
-  "seq2seq"``). Left to right (spec glm_reference §6.2): Part A = ``[CLS] context [gMASK]``, Part B = ``[sop]
-  continuation``; the context is cut from the left to fit ``max_length``. If the context holds a blank of its own
-  (``[MASK]``, ``[sMASK]``, ``[gMASK]`` in the text, as in the ``glm_demo`` task) the continuation fills that blank
-  instead (cloze, spec §2.4-2: Part A = ``[CLS] context [eos]``, no eop appended). Requests with the same context
-  share one Part A: it runs once and its K/V cache is expanded over the choices (spec §2.4-3).
+  "seq2seq"``); the context is cut from the left to fit ``max_length``; requests with the same context share one
+  Part A, run once, its K/V cache expanded over the choices (spec §2.4-3).
+
+  * **Cloze** — the context holds a blank of its own (``[MASK]``, ``[sMASK]``, ``[gMASK]`` in the text, as in the
+    ``glm_demo`` task): Part A = ``[CLS] context [eos]``, Part B = ``[sop] continuation``, and the score includes
+    ``[eop]`` after the continuation: the candidate fills the blank *exactly*, as in the original multi-token PVPs
+    (GLM ``tasks/superglue/pvp.py:232-233``, spec §2.4-2) and in the native cloze tasks (``demo``, COPA, WSC,
+    ReCoRD). So ``glm_demo`` through lm-eval and the native ``demo`` task give the same scores. ``cloze_eop=false``
+    drops the eop, the layout of the original zero-shot ``MultiChoiceDataset`` (``tasks/superglue/dataset.py:97-127``).
+  * **Left to right** — no blank in the context: Part A = ``[CLS] context [gMASK]``, Part B = ``[sop]
+    continuation``, no eop (the continuation is a prefix of the text, not a whole span): the layout
+    ``generate_until`` uses, so ``is_greedy`` means "greedy generation produces it". ``context_eos=true`` puts
+    ``[eos]`` after the mask, the original LAMBADA layout (``tasks/language_model/dataset.py:111-134``,
+    ``build_input_from_ids(add_eos=True)``) and the native ``lambada`` task: with it ``--tasks lambada_openai``
+    reproduces the paper's LAMBADA protocol (its ``acc`` is the original "argmax at every target token").
 - ``loglikelihood_rolling(text)``: GLM's rolling-window perplexity (spec §6.3) over ``[eos] + text``, so that every
-  token of the text is scored exactly once, conditioned on the eos "prefix token" as lm-eval expects.
+  token of the text is scored exactly once, conditioned on the eos "prefix token" as lm-eval expects (the original
+  LM evaluation leaves the first token unscored as Part A; lm-eval's byte/word perplexities need every token).
 - ``generate_until(context, gen_kwargs)``: the blank of ``[CLS] context [gMASK]`` (or the context's own first blank)
-  is filled greedily (or by sampling when ``do_sample``), stopping at eop/eos or ``max_gen_toks``; the text is then cut
-  at the first ``until`` string.
+  is filled greedily (or by sampling when ``do_sample``), stopping at eop/eos or ``max_gen_toks`` (spec §2.3a: no
+  eos after a trailing gMASK); the text is then cut at the first ``until`` string. Sampling is seeded by ``seed=``
+  (model args) or a ``seed`` in the generation kwargs, else by lm-eval's ``--seed`` (see :meth:`sampling_seed`).
+
+Several processes (``accelerate launch`` / ``torchrun``): each scores its share of the documents on its own device,
+lm-eval gathers on rank 0 (:mod:`evaluation.lm_eval_distributed`). ``--apply_chat_template`` is refused: GLM has no
+chat template. ``--model_args`` win over lm-eval's own ``--device`` / ``--batch_size`` values.
 
 No ``@register_model`` here (spec §1.3 E3): :mod:`evaluation._lmeval_bootstrap` registers ``"module:Class"``
 placeholders. torch and onnxruntime are imported only when a model is built, each only by its own backend.
@@ -30,15 +46,20 @@ placeholders. torch and onnxruntime are imported only when a model is built, eac
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import Collator, normalize_gen_kwargs
+from lm_eval.utils import simple_parse_args_string
 from tqdm.auto import tqdm
 
 from evaluation.backends import load_backend
+from evaluation.lm_eval_distributed import ProcessGroup
+from evaluation.lm_eval_options import as_bool, check_tokenizer_fits, load_tokenizer, user_errors_end_the_cli
 from evaluation.scoring import Scorer
 from glm_core.errors import ConfigError
 from glm_core.generation import GenerationConfig, generate_batch
@@ -50,7 +71,6 @@ T = TypeVar("T")
 
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_GEN_TOKS = 256
-DEFAULT_SEED = 1234
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -122,18 +142,26 @@ class _LengthLimitedBackend:
 class _GLMLMBase(TemplateLM):
     """lm-eval ``TemplateLM`` over one GLM backend; subclasses set :attr:`backend_kind` and CUDA detection.
 
-    Model arguments: ``pretrained`` (model path; also names lm-eval's output directory, spec §4), ``device``
-    (``"cuda:0"`` by default as lm-eval always passes it; falls back to CPU with a warning when CUDA is not
-    available), ``batch_size`` (``"N"``, ``"auto"``, ``"auto:N"``: auto starts at ``max_batch_size`` and halves on
-    an out-of-memory error), ``max_batch_size`` (64), ``max_length`` (default and upper bound: the model's
-    ``max_sequence_length``), ``max_gen_toks`` (256, when a task does not say), ``dtype`` (``fp32``/``fp16``/``bf16``;
-    default: the backend's), ``seed`` (sampling, 1234). Other keyword arguments go to the backend class.
+    Model arguments: ``pretrained`` (model path, preset or hub id ``owner/name[@revision]``; also names lm-eval's
+    output directory, spec §4), ``device`` (``"cuda:0"`` by default as lm-eval always passes it; falls back to CPU
+    with a warning when CUDA is not available; with several processes ``cuda:{LOCAL_RANK}``), ``batch_size``
+    (``"N"``, ``"auto"``, ``"auto:N"``: auto starts at ``max_batch_size`` and halves on an out-of-memory error),
+    ``max_batch_size`` (64), ``max_length`` (default and upper bound: the model's ``max_sequence_length``),
+    ``max_gen_toks`` (256, when a task does not say), ``dtype`` (torch: ``fp32``/``fp16``/``bf16``; ONNX: a check
+    against the exported graph's precision, which is what gets recorded), ``seed`` (sampling; default: from lm-eval's
+    ``--seed``), ``tokenizer`` (a model directory, preset or hub id whose tokenizer to use), ``cloze_eop`` (true),
+    ``context_eos`` (false). Other keyword arguments go to the backend class.
     """
 
     backend = "seq2seq"  # lm-eval: encode context and continuation separately (Part A / Part B, spec §2)
     backend_kind: str = ""  # "torch" | "onnx": the evaluation.backends name
 
-    def __init__(
+    def __init__(self, pretrained: str = "", **kwargs: Any) -> None:
+        super().__init__()
+        with user_errors_end_the_cli(f"glm-{self.backend_kind}"):
+            self._init(pretrained, **kwargs)
+
+    def _init(
         self,
         pretrained: str,
         device: str | None = "cuda:0",
@@ -142,16 +170,27 @@ class _GLMLMBase(TemplateLM):
         max_length: int | str | None = None,
         max_gen_toks: int | str | None = None,
         dtype: str | None = None,
-        seed: int | str | None = DEFAULT_SEED,
+        seed: int | str | None = None,
+        tokenizer: str | None = None,
+        cloze_eop: bool | str = True,
+        context_eos: bool | str = False,
         **backend_kwargs: Any,
     ) -> None:
-        super().__init__()
         if not pretrained:
             raise ConfigError(f"glm-{self.backend_kind} needs pretrained=<model path> in --model_args")
         self.pretrained = str(pretrained)
-        self.device_name = self._resolve_device(device)
+        requested_device = self._resolve_device(device)
+        self.process_group = ProcessGroup.from_environment(on_cuda=requested_device.startswith("cuda"))
+        self._rank, self._world_size = self.process_group.rank, self.process_group.world_size
+        self.device_name = self.process_group.device(requested_device)
         self.batch_setting = parse_batch_size(batch_size, max_batch_size)
-        self.seed = DEFAULT_SEED if seed in (None, "") else int(seed)
+        # None: follow lm-eval's --seed (drawn from the numpy RNG it seeds) unless gen_kwargs carry a seed
+        self.seed = None if seed in (None, "") else int(seed)
+        self.cloze_eop = as_bool(cloze_eop, "cloze_eop")
+        self.context_eos = as_bool(context_eos, "context_eos")
+        self.requests_scored: Counter[str] = Counter()  # per request type, this process only
+        if tokenizer not in (None, ""):
+            backend_kwargs["tokenizer"] = load_tokenizer(str(tokenizer))
         try:
             self.glm = load_backend(
                 self.backend_kind, self.pretrained, device=self.device_name, dtype=dtype or None, **backend_kwargs
@@ -161,10 +200,11 @@ class _GLMLMBase(TemplateLM):
                 raise
             raise ConfigError(
                 f"glm-{self.backend_kind}: unknown model argument(s) {sorted(backend_kwargs)} ({exc}); expected "
-                "pretrained, device, batch_size, max_batch_size, max_length, max_gen_toks, dtype, seed or an option "
-                f"of the {self.backend_kind} backend"
+                "pretrained, device, batch_size, max_batch_size, max_length, max_gen_toks, dtype, seed, tokenizer, "
+                f"cloze_eop, context_eos or an option of the {self.backend_kind} backend"
             ) from None
         self.glm_tokenizer = self.glm.tokenizer
+        check_tokenizer_fits(self.glm_tokenizer, self.glm, self.pretrained)
         self.special = self.glm.special
         model_max = int(self.glm.max_length)
         requested_max = _optional_positive_int(max_length, "max_length")
@@ -180,6 +220,54 @@ class _GLMLMBase(TemplateLM):
         self.batch_size_current = self.batch_setting.size
         # lm-eval reports these values in results["config"]["batch_sizes"] (spec §2, evaluator.py:405-407)
         self.batch_sizes: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ lm-eval's command line and Python API
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None) -> Any:
+        """``--model_args`` win over lm-eval's own ``--device`` / ``--batch_size`` / ``--max_batch_size`` (which the
+        CLI always passes, with defaults): naming one in both places is not an error."""
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None) -> Any:
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        for key in sorted(set(extra) & set(arg_dict)):
+            if str(extra[key]) != str(arg_dict[key]):
+                logger.info(
+                    "glm-%s: %s=%r from --model_args (not %r)", cls.backend_kind, key, arg_dict[key], extra[key]
+                )
+        return cls(**{**extra, **arg_dict})
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        if chat_template:
+            self._refuse_chat_template()
+        return None
+
+    def apply_chat_template(self, chat_history: Any, add_generation_prompt: bool = True) -> str:
+        self._refuse_chat_template()
+        raise AssertionError("unreachable")
+
+    @property
+    def tokenizer_name(self) -> str:
+        self._refuse_chat_template()
+        raise AssertionError("unreachable")
+
+    def _refuse_chat_template(self) -> None:
+        with user_errors_end_the_cli(f"glm-{self.backend_kind}"):
+            raise ConfigError(
+                "--apply_chat_template is not supported: GLM is a blank-infilling model without a chat template; "
+                "run without --apply_chat_template (and --fewshot_as_multiturn)"
+            )
+
+    # ------------------------------------------------------------------ data parallelism (lm_eval_distributed)
+    def all_gather(self, tensor: Any) -> Any:
+        return self.process_group.all_gather(tensor)
+
+    def gather_object(self, obj: Any, dst: int = 0) -> Any:
+        return self.process_group.gather_object(obj, dst)
+
+    def barrier(self) -> None:
+        self.process_group.barrier()
 
     # ------------------------------------------------------------------ backend specifics
     def _cuda_available(self) -> bool:
@@ -214,7 +302,8 @@ class _GLMLMBase(TemplateLM):
 
     @property
     def device(self) -> str:
-        return self.device_name
+        # lm-eval builds its gather tensors here (evaluator.py:568-574): with several processes, the collectives' device
+        return self.process_group.collective_device if self.world_size > 1 else self.device_name
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
         # GLM text ids never carry [CLS]/eos: glm_core.layout adds the special tokens of each layout.
@@ -231,6 +320,10 @@ class _GLMLMBase(TemplateLM):
             "glm_max_length": self._max_length,
             "glm_max_gen_toks": self.max_gen_toks,
             "glm_batch_size": "auto" if self.batch_setting.auto else self.batch_setting.size,
+            "glm_seed": self.seed,
+            "glm_cloze_eop": self.cloze_eop,
+            "glm_context_eos": self.context_eos,
+            "glm_world_size": self.world_size,
         }
 
     # ------------------------------------------------------------------ batching with out-of-memory back-off
@@ -254,6 +347,12 @@ class _GLMLMBase(TemplateLM):
         return Scorer(self._scoring_backend, batch_size=batch_size, progress=progress)
 
     # ------------------------------------------------------------------ loglikelihood
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        # lm-eval evens out the ranks by repeating a rank's last request object: each one is scored once
+        unique, where = _unique_instances(requests)
+        results = super().loglikelihood(unique, disable_tqdm=disable_tqdm)
+        return [results[i] for i in where]
+
     def _loglikelihood_tokens(
         self,
         requests: list[tuple[tuple[str, str] | None, list[int], list[int]]],
@@ -280,7 +379,9 @@ class _GLMLMBase(TemplateLM):
         def run(batch_size: int) -> None:
             scorer = self._scorer(batch_size, progress=not disable_tqdm)
             if plain:
-                scores = scorer.loglikelihood([pairs[i] for i in plain], desc="glm loglikelihood")
+                scores = scorer.loglikelihood(
+                    [pairs[i] for i in plain], add_eos=self.context_eos, desc="glm loglikelihood"
+                )
                 for i, score in zip(plain, scores, strict=True):
                     results[i] = score
             if cloze:
@@ -289,6 +390,7 @@ class _GLMLMBase(TemplateLM):
                     results[i] = (span.total, span.is_greedy)
 
         self._with_batch_size("loglikelihood", run)
+        self.requests_scored["loglikelihood"] += len(requests)
         out = [r for r in results if r is not None]
         for (strings, _, _), answer in zip(requests, out, strict=True):
             if strings is not None:
@@ -296,13 +398,19 @@ class _GLMLMBase(TemplateLM):
         return out
 
     def _cloze_sample(self, context: list[int], continuation: list[int]) -> GLMInput:
-        # spec §2.4-2: [CLS] context [eos] [sop] continuation[:-1], the blank being the context's last mask token.
+        # spec §2.4-2: [CLS] context [eos] [sop] continuation, targets continuation + [eop]: the candidate fills the
+        # blank exactly (the original multi-token PVPs, tasks/superglue/pvp.py:233; the native cloze tasks).
         return build_candidate_sequences(
-            context, [continuation], self.special, append_eop=False, max_length=self._max_length
+            context, [continuation], self.special, append_eop=self.cloze_eop, max_length=self._max_length
         )[0]
 
     # ------------------------------------------------------------------ rolling log-likelihood
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        unique, where = _unique_instances(requests)
+        totals = self._loglikelihood_rolling(unique, disable_tqdm)
+        return [totals[i] for i in where]
+
+    def _loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool) -> list[float]:
         texts = [req.args[0] for req in requests]
         # spec §6.3 windows over [eos] + text: every text token is scored once, conditioned on the prefix token.
         documents = [[self.prefix_token_id, *self.tok_encode(text)] for text in texts]
@@ -314,6 +422,7 @@ class _GLMLMBase(TemplateLM):
             return [s.total for s in scores]
 
         totals = self._with_batch_size("loglikelihood_rolling", run)
+        self.requests_scored["loglikelihood_rolling"] += len(texts)
         for text, total in zip(texts, totals, strict=True):
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
         return totals
@@ -329,10 +438,20 @@ class _GLMLMBase(TemplateLM):
             temperature=float(gen.get("temperature") or 1.0) if sample else 1.0,
             top_k=int(gen.get("top_k") or 0),
             top_p=float(gen.get("top_p") or 1.0),
-            seed=int(gen.get("seed", self.seed)),
+            seed=int(gen["seed"]) if gen.get("seed") not in (None, "") else self.sampling_seed(),
             vocab_size=len(self.glm_tokenizer),
         )
         return config, until
+
+    def sampling_seed(self) -> int:
+        """The ``seed=`` model argument, else one drawn once from numpy's global RNG, which lm-eval seeds from
+        ``--seed`` (its numpy slot; ``simple_evaluate(numpy_random_seed=...)``): so ``--seed`` decides the samples.
+        The RNG's state is restored, so nothing else that draws from it sees a difference."""
+        if self.seed is None:
+            state = np.random.get_state()
+            self.seed = int(np.random.randint(0, 2**31 - 1))
+            np.random.set_state(state)
+        return self.seed
 
     def _generation_prompt(self, context: str, max_new_tokens: int) -> GLMInput:
         ids = self.tok_encode(context)
@@ -372,7 +491,21 @@ class _GLMLMBase(TemplateLM):
             outputs.extend(texts)
             bar.update(len(texts))
         bar.close()
+        self.requests_scored["generate_until"] += len(args)
         return collator.get_original(outputs)
+
+
+def _unique_instances(requests: list[T]) -> tuple[list[T], list[int]]:
+    """The distinct request objects (by identity) and, per request, the index of its object among them."""
+    index: dict[int, int] = {}
+    unique: list[T] = []
+    where = []
+    for req in requests:
+        if id(req) not in index:
+            index[id(req)] = len(unique)
+            unique.append(req)
+        where.append(index[id(req)])
+    return unique, where
 
 
 def _cut_at_stop(text: str, until: Sequence[str]) -> str:

@@ -106,7 +106,11 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint directory/file or preset (glm-tiny, glm-large, ...)")
+    parser.add_argument(
+        "--ckpt",
+        required=True,
+        help="checkpoint directory/file, preset (glm-tiny, glm-large, ...) or hub id owner/name[@revision]",
+    )
     parser.add_argument("--out", help="output directory (default: ./<model-name>-onnx)")
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="graph compute dtype")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 20; 18..23)")
@@ -210,7 +214,9 @@ def preflight(options: ExportOptions) -> None:
 def load_checkpoint(ckpt: str, random_weights: bool = False) -> tuple[Any, Any, list[str]]:
     """(fp32 model, tokenizer or None, notes). Random-weight presets produce a note, not a silent model."""
     from glm_core.checkpoint import load_model
+    from glm_core.hub import resolve_model_path
 
+    ckpt = resolve_model_path(ckpt)  # a hub id becomes its snapshot directory (weights and tokenizer files)
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -8,6 +8,7 @@ Layouts read by :func:`load_model`:
 * the **original** THUDM layout: ``latest_checkpointed_iteration.txt`` (or DeepSpeed ``latest``) naming a tag,
   ``<tag>/mp_rank_XX_model_states.pt`` with the weights under ``module``, model-parallel shards merged with the
   stride-3 QKV regroup (spec §4.1, §4.4);
+* **hub ids** ``owner/name[@revision]``: the snapshot in the Hugging Face cache (:mod:`glm_core.hub`);
 * **presets**: ``glm-tiny`` ships with the package; the other presets have no public weights here and are built
   with seeded random weights (useful for export and benchmarks), with a warning.
 
@@ -30,6 +31,7 @@ import torch
 from glm_core.atomic import chmod_default
 from glm_core.config import PRESETS, GLMConfig
 from glm_core.errors import CheckpointError, ConfigError, GLMWarning, UnknownPresetError, UnsafeCheckpointError
+from glm_core.hub import resolve_model_path
 from glm_core.model import GLMModel
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -395,8 +397,13 @@ def load_model(
     random_weights: bool = False,
     seed: int = 0,
     num_attention_heads: int | None = None,
+    local_files_only: bool | None = None,
 ) -> GLMModel:
-    """Load a GLM from a checkpoint directory/file or a preset name, in eval mode.
+    """Load a GLM from a checkpoint directory/file, a preset name or a hub id (``owner/name[@revision]``), in eval
+    mode.
+
+    Precedence (:mod:`glm_core.hub`): an existing local path, then a preset, then a hub id, which is resolved through
+    the Hugging Face cache (``local_files_only``: ``None`` follows ``HF_HUB_OFFLINE``).
 
     ``gelu``: ``None`` picks ``config.json``'s ``gelu`` if present, else ``"erf"`` for hub-layout checkpoints (to
     bit-match the hub remote code) and ``"tanh"`` for original-layout ones (as trained), spec §1.4.
@@ -410,7 +417,7 @@ def load_model(
     A checkpoint without ``config.json`` loads with a :class:`GLMWarning` that says what was inferred.
     """
     torch_dtype = None if dtype == "auto" else _as_dtype(dtype)
-    name = os.fspath(path_or_preset)
+    name = resolve_model_path(path_or_preset, local_files_only=local_files_only)
     if not os.path.exists(name):
         if name in SHIPPED_PRESETS:
             name = str(SHIPPED_PRESETS[name])

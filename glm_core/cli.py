@@ -43,11 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> list[dict[str, object]]:
     from glm_core.checkpoint import SHIPPED_PRESETS, load_model
     from glm_core.generation import GenerationConfig, generate
+    from glm_core.hub import resolve_model_path
     from glm_core.layout import build_generation_prompt
     from glm_core.step import TorchStep
     from glm_core.tokenizer import GLMTokenizer
 
-    tok_dir = Path(SHIPPED_PRESETS.get(args.model, args.model))
+    tok_dir = Path(SHIPPED_PRESETS.get(args.model) or resolve_model_path(args.model))
     if not tok_dir.is_dir():  # checked first: building a large model only to fail here would waste minutes
         raise GLMError(f"{args.model}: not a checkpoint directory with tokenizer files (or the preset glm-tiny)")
     tokenizer = GLMTokenizer.from_pretrained(tok_dir)

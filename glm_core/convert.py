@@ -98,6 +98,9 @@ def convert(
 
     out = check_destination(dst, overwrite)
     # Without --dtype the weights keep their stored dtype (an fp16 glm-10b stays 19.8 GB, not 39.6 GB).
+    from glm_core.hub import resolve_model_path
+
+    src = resolve_model_path(src)  # a hub id becomes its snapshot directory
     model = load_model(src, dtype=dtype or "auto", gelu=gelu, num_attention_heads=num_attention_heads)
     src_dir = Path(SHIPPED_PRESETS.get(src, src))
     src_dir = src_dir if src_dir.is_dir() else src_dir.parent

@@ -7,6 +7,8 @@ import os
 # Triton kernels run under the interpreter on CPU-only machines; the flag is read when kernels are decorated,
 # so it must be set before any kernel module is imported (spec fused_ops §3).
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# No test reaches the network: a name that looks like a hub id (owner/name) resolves from the local cache or fails.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
@@ -27,3 +29,25 @@ def tiny_model(tiny_config):
     from glm_core.model import build_model
 
     return build_model(tiny_config, seed=1234).eval()
+
+
+@pytest.fixture(scope="session")
+def hub_home(tmp_path_factory):
+    """An ``HF_HOME`` whose hub cache holds the shipped glm-tiny as ``THUDM/glm-tiny`` (see tests/hub_cache.py)."""
+    from pathlib import Path
+
+    import glm_core
+    from tests.hub_cache import fabricate_snapshot
+
+    home = tmp_path_factory.mktemp("hf_home")
+    fabricate_snapshot(home, "THUDM/glm-tiny", Path(glm_core.__file__).resolve().parent / "assets" / "glm-tiny")
+    return home
+
+
+@pytest.fixture
+def offline_hub(hub_home, monkeypatch):
+    """``HF_HOME`` = the fabricated cache, ``HF_HUB_OFFLINE=1``: hub ids resolve from disk and never reach the network."""
+    monkeypatch.setenv("HF_HOME", str(hub_home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return hub_home

@@ -556,6 +556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv if argv is None else ["glm-train", *argv])  # for the run record
     try:
+        if getattr(args, "model", None):
+            from glm_core.hub import resolve_model_path
+
+            args.model = resolve_model_path(args.model)  # a hub id becomes its snapshot directory
         if args.command == "export":
             summary = run_export(args)
         elif args.command == "pretokenize":

@@ -19,6 +19,7 @@ import numpy as np
 
 from evaluation.backends.info import backend_info
 from glm_core.errors import ConfigError
+from glm_core.hub import resolve_model_path
 from glm_core.special_tokens import SpecialTokens
 from glm_core.tokenizer import GLMTokenizer
 
@@ -89,6 +90,7 @@ def load_backend(
             f"the {kind} backend cannot be imported ({exc}); install it with: pip install 'glm-harness[{extra}]'"
         ) from None
     backend_cls = getattr(module, class_name)
+    path = resolve_model_path(path)  # local path > preset > hub id owner/name[@revision] (glm_core.hub)
     params = inspect.signature(backend_cls).parameters
     if "device" in params:
         kwargs["device"] = device
@@ -157,12 +159,14 @@ def _describe(backend: Any, kind: str, path: str | os.PathLike[str], device: str
         device = "cpu" if backend.device_type == "cpu" else f"{backend.device_type}:{backend.device_id}"
     config = getattr(backend, "config", {})
     exported = config.get("dtype") or config.get("kv_dtype") if isinstance(config, dict) else None
+    # the precision that ran: a backend that checks the request (ONNX: fixed at export) says so itself
+    recorded = getattr(backend, "dtype", None) or dtype or exported
     return backend_info(
         backend=kind,
         path=path,
         device=device,
         provider=providers[0] if providers else kind,
-        dtype=_DTYPE_ALIASES.get(str(dtype or exported), str(dtype or exported or "fp32")),
+        dtype=_DTYPE_ALIASES.get(str(recorded), str(recorded or "fp32")),
         packages=("onnxruntime", "onnx") if kind == "onnx" else ("torch",),
     )
 

@@ -42,6 +42,7 @@ from evaluation.backends.onnx_device import (
     check_providers,
     parse_providers,
 )
+from evaluation.backends.onnx_graph import check_requested_dtype
 from glm_core.errors import ConfigError, ExportError, InputError
 from glm_core.special_tokens import SpecialTokens
 
@@ -256,6 +257,8 @@ class OnnxBackend:
     ``session_options`` / ``provider_options``: a caller's own ORT settings (the optimum wrapper passes the user's);
     ``session_options`` replaces the options built from ``threads``, ``allow_spinning`` and ``graph_optimization``;
     ``provider_options`` (one dict per provider name in ``providers``) pairs up with those names.
+    ``dtype``: a check, not a cast: the graph's own precision or ``auto`` (:mod:`evaluation.backends.onnx_graph`).
+    ``tokenizer``: a :class:`~glm_core.tokenizer.GLMTokenizer` to use instead of the model directory's.
     """
 
     supports_last_logits_only = True  # step(..., last_logits_only=True): generation's prefill (glm_core.generation)
@@ -269,9 +272,13 @@ class OnnxBackend:
         graph_optimization: str = "all",
         session_options: ort.SessionOptions | None = None,
         provider_options: Sequence[dict[str, Any]] | None = None,
+        *,
+        dtype: str | None = None,
+        tokenizer: Any = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.config = read_model_config(self.model_dir)
+        self.dtype = check_requested_dtype(self.config, dtype, str(self.model_dir))
         self.model_path = self.model_dir / self.config["model_file"]
         self.external_data = check_external_data(self.model_path)  # before any session touches the file
         if provider_options is not None:
@@ -320,7 +327,7 @@ class OnnxBackend:
         self.metadata = read_model_metadata(self.session, self.model_path)
         self._check_session_io()
         self._lock = threading.Lock()
-        self._tokenizer: Any = None
+        self._tokenizer: Any = tokenizer
         self._gather: DeviceGather | None = None
         self.calls = 0
         self.tokens_seen = 0

@@ -15,6 +15,7 @@ import torch
 from evaluation.backends.info import backend_info, model_hash
 from glm_core.checkpoint import SHIPPED_PRESETS, load_model
 from glm_core.errors import CheckpointError, TokenizerError
+from glm_core.hub import resolve_model_path
 from glm_core.model import GLMModel
 from glm_core.step import TorchStep
 from glm_core.tokenizer import GLMTokenizer
@@ -25,7 +26,7 @@ _CHECKPOINT_MARKERS = ("config.json", "latest_checkpointed_iteration.txt", "late
 
 def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
     """The checkpoint directory for ``path`` (a directory, or the name of a preset shipped with weights)."""
-    name = os.fspath(path)
+    name = resolve_model_path(path)
     if not os.path.exists(name) and name in SHIPPED_PRESETS:
         return Path(SHIPPED_PRESETS[name])
     root = Path(name)

@@ -87,7 +87,8 @@ def test_context_with_its_own_blank_is_scored_as_a_cloze(onnx_lm: GLMOnnxLM) -> 
     text = onnx_lm.tok_encode(context)
     assert s.mask in text
     part_a = [s.cls, *text, s.eos]  # spec §2.4-2: [CLS] text [eos], the blank stays where the text has it
-    ref = reference_logprobs(onnx_lm, part_a, part_a.index(s.mask), onnx_lm.tok_encode(continuation))
+    # the candidate fills the blank exactly: its span ends with eop (GLM tasks/superglue/pvp.py:233)
+    ref = reference_logprobs(onnx_lm, part_a, part_a.index(s.mask), [*onnx_lm.tok_encode(continuation), s.eop])
     (got,) = onnx_lm.loglikelihood(requests("loglikelihood", (context, continuation)))
     assert got[0] == pytest.approx(ref[0], abs=LL_TOL)
     assert got[1] == ref[1]
