@@ -139,12 +139,17 @@ class _LengthLimitedBackend:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+LM_EVAL_DEFAULT_DEVICE = "cuda:0"  # lm-eval 0.4's EvaluatorConfig.device default (config/evaluate_config.py)
+
+
 class _GLMLMBase(TemplateLM):
     """lm-eval ``TemplateLM`` over one GLM backend; subclasses set :attr:`backend_kind` and CUDA detection.
 
     Model arguments: ``pretrained`` (model path, preset or hub id ``owner/name[@revision]``; also names lm-eval's
-    output directory, spec §4), ``device`` (``"cuda:0"`` by default as lm-eval always passes it; falls back to CPU
-    with a warning when CUDA is not available; with several processes ``cuda:{LOCAL_RANK}``), ``batch_size``
+    output directory, spec §4), ``device`` (default: the best available, ``cuda:0`` or ``cpu``; lm-eval's CLI passes its own default
+    ``cuda:0`` when ``--device`` is not given, which is read as that same default; a CUDA device asked for in
+    ``--model_args`` or as another ``--device`` that this installation cannot use is an error; with several
+    processes ``cuda:{LOCAL_RANK}``), ``batch_size``
     (``"N"``, ``"auto"``, ``"auto:N"``: auto starts at ``max_batch_size`` and halves on an out-of-memory error),
     ``max_batch_size`` (64), ``max_length`` (default and upper bound: the model's ``max_sequence_length``),
     ``max_gen_toks`` (256, when a task does not say), ``dtype`` (torch: ``fp32``/``fp16``/``bf16``; ONNX: a check
@@ -164,7 +169,7 @@ class _GLMLMBase(TemplateLM):
     def _init(
         self,
         pretrained: str,
-        device: str | None = "cuda:0",
+        device: str | None = None,
         batch_size: int | str | None = 1,
         max_batch_size: int | str | None = None,
         max_length: int | str | None = None,
@@ -231,6 +236,8 @@ class _GLMLMBase(TemplateLM):
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None) -> Any:
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        if extra.get("device") == LM_EVAL_DEFAULT_DEVICE:
+            extra["device"] = "auto"  # lm-eval's EvaluatorConfig default, passed whether or not the user asked for it
         for key in sorted(set(extra) & set(arg_dict)):
             if str(extra[key]) != str(arg_dict[key]):
                 logger.info(
@@ -274,18 +281,22 @@ class _GLMLMBase(TemplateLM):
         raise NotImplementedError
 
     def _resolve_device(self, device: str | None) -> str:
-        """``cuda``/``cuda:N`` if CUDA is usable, else ``cpu`` with a warning (lm-eval passes ``cuda:0`` by default)."""
-        requested = (device or "cpu").strip().lower()
+        """``None``/``"auto"``: ``cuda:0`` when CUDA is usable, else ``cpu`` (no warning: nothing was asked for).
+        An explicit ``cuda``/``cuda:N`` that this installation cannot use is a :class:`ConfigError`."""
+        requested = (device or "auto").strip().lower()
+        if requested == "auto":
+            return "cuda:0" if self._cuda_available() else "cpu"
         if requested == "cpu":
             return "cpu"
         if requested != "cuda" and not (requested.startswith("cuda:") and requested[5:].isdigit()):
-            raise ConfigError(f"device {device!r} is not supported; expected 'cpu', 'cuda' or 'cuda:N'")
+            raise ConfigError(f"device {device!r} is not supported; expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
         if self._cuda_available():
             return requested
-        logger.warning(
-            "glm-%s: device %r requested but CUDA is not available; running on CPU", self.backend_kind, device
+        raise ConfigError(
+            f"device {device!r} asked for, but this installation has no usable CUDA "
+            f"({'torch without CUDA or no GPU' if self.backend_kind == 'torch' else 'no CUDAExecutionProvider'}); "
+            "use device=cpu, or leave the device out to take the best available"
         )
-        return "cpu"
 
     # ------------------------------------------------------------------ lm-eval properties
     @property

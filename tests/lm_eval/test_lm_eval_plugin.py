@@ -225,15 +225,23 @@ def test_a_fixed_batch_size_does_not_hide_errors(onnx_lm: GLMOnnxLM, monkeypatch
         onnx_lm.loglikelihood(requests("loglikelihood", ("Cats say", " meow")))
 
 
-def test_default_cuda_device_falls_back_to_cpu_with_a_warning(tiny_onnx_dir: Path, caplog) -> None:
+def test_the_default_device_is_the_best_available_and_a_missing_cuda_asked_for_is_an_error(
+    tiny_onnx_dir: Path, caplog
+) -> None:
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        pytest.skip("CUDA is available here; the fallback is for CPU-only machines")
-    with caplog.at_level(logging.WARNING, logger="evaluation.lm_eval_plugin"):
-        lm = GLMOnnxLM(pretrained=str(tiny_onnx_dir))  # lm-eval's default device is "cuda:0" (spec §1.3 E4)
-    assert lm.device == "cpu"
-    assert "CUDA is not available" in caplog.text
+        pytest.skip("CUDA is available here: the default is cuda:0 and an explicit cuda runs")
+    with caplog.at_level(logging.INFO, logger="evaluation.lm_eval_plugin"):
+        lm = GLMOnnxLM(pretrained=str(tiny_onnx_dir))  # no device: the best available, silently
+        cli = GLMOnnxLM.create_from_arg_string(f"pretrained={tiny_onnx_dir}", {"device": "cuda:0"})  # lm-eval's default
+    assert lm.device == "cpu" and cli.device == "cpu"
+    assert "CUDA" not in caplog.text  # nothing asked for CUDA, so nothing to warn about
+    for asked in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match=f"device '{asked}' asked for, but this installation has no usable CUDA"):
+            GLMOnnxLM(pretrained=str(tiny_onnx_dir), device=asked)
+    with pytest.raises(ConfigError, match="no usable CUDA"):
+        GLMOnnxLM.create_from_arg_string(f"pretrained={tiny_onnx_dir},device=cuda:0", {"device": "cuda:0"})
 
 
 def test_max_length_and_device_are_checked(tiny_onnx_dir: Path) -> None:
