@@ -16,6 +16,7 @@ import pytest
 
 from evaluation.backends.onnx import OnnxBackend, check_external_data
 from glm_core.errors import ExportError, InputError
+from glm_core.outputs import MARKER
 from tests.export.conftest import TINY_EXPORT
 from tests.glm_reference_f64 import glm_forward_f64
 
@@ -63,7 +64,8 @@ def assert_close(got: np.ndarray, ref: np.ndarray) -> None:
 
 # ------------------------------------------------------------------------------------------------ the directory
 def test_model_dir_holds_graph_config_and_report_only(exported_dir: Path) -> None:
-    assert sorted(p.name for p in exported_dir.iterdir()) == ["export_report.json", "glm_config.json", "model.onnx"]
+    names = sorted(p.name for p in exported_dir.iterdir())
+    assert names == [MARKER, "export_report.json", "glm_config.json", "model.onnx"]  # MARKER: --overwrite's proof
     assert [p.name for p in exported_dir.parent.iterdir()] == [exported_dir.name]  # no staging leftovers
 
 
