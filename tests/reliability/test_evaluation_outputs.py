@@ -5,6 +5,7 @@ files move."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -142,3 +143,20 @@ def test_an_example_that_cannot_be_laid_out_is_named_with_its_file(tmp_path: Pat
     args = ["--model", "glm-tiny", "--tasks", "demo", "--data-dir", str(tmp_path / "data"), "--seq-length", "16"]
     code, err = _eval(args, capsys)
     _one_line(code, err, "demo: example", "val.jsonl", "maximum length")
+
+
+def test_a_read_only_output_directory_is_refused_before_any_work(
+    tmp_path: Path, capsys, never_load, monkeypatch
+) -> None:
+    # tests may run as root, for whom every directory is writable: the check's view of the disk is faked instead
+    import glm_core.outputs as outputs
+
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(outputs.os, "access", lambda p, mode: False if Path(p) == read_only else real_access(p, mode))
+    code, err = _eval([*BASE, "--output", str(read_only / "r.json")], capsys)
+    _one_line(code, err, "is not writable")
+    assert compare.main(["a.json", "b.json", "--output", str(read_only / "c.md")]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    assert list(read_only.iterdir()) == []

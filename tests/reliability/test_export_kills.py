@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from evaluation.backends.info import model_hash
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Runs the export CLI in-process after arming one fault; the faults kill the process at a chosen instant.
@@ -83,8 +85,10 @@ def test_an_export_killed_anywhere_leaves_old_or_new_and_the_next_run_cleans_up(
     assert "removed 1 staging directory" in first.stderr and _staging(tmp_path) == [] and _complete(out)
     old_report = (out / "export_report.json").read_bytes()
 
+    first_hash = model_hash(out)
     swapped = _export("after-exchange", out)  # the new export is in place; the old one is left in the staging dir
     assert swapped.returncode == -signal.SIGKILL and _complete(out)
+    assert model_hash(out) == first_hash  # the same weights re-exported: the evaluation cache key is kept
     assert (out / "export_report.json").read_bytes() != old_report
     assert len(_staging(tmp_path)) == 1
     new_report = (out / "export_report.json").read_bytes()
