@@ -28,7 +28,7 @@ from evaluation.tasks import GROUPS, expand_task_list, task_names
 from evaluation.tasks.summarization import ROUGE_VARIANTS
 from glm_core.atomic import write_text_atomically
 from glm_core.errors import ConfigError, GLMError
-from glm_core.outputs import check_output, interrupt_exit_code, terminate_as_interrupt
+from glm_core.outputs import check_output_file, interrupt_exit_code, terminate_as_interrupt
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data"
 CACHE_DIR_NAME = ".glm-eval-cache"
@@ -128,14 +128,8 @@ def _not_results(path: Path) -> str | None:
 def check_paths(args: argparse.Namespace) -> None:
     """Every path the run writes, checked before any work (model load, data read)."""
     if args.output is not None:
-        check_output(
-            args.output,
-            overwrite=args.overwrite,
-            flag="--output",
-            directory=False,
-            foreign=_not_results,
-            what="a results file of glm-eval",
-            make_parents=True,
+        check_output_file(
+            args.output, overwrite=args.overwrite, foreign=_not_results, what="a results file of glm-eval"
         )
     if args.cache_dir is not None:
         cache = Path(args.cache_dir)

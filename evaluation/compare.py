@@ -37,7 +37,7 @@ from typing import Any
 from glm_core.atomic import write_text_atomically
 from glm_core.data_files import read_jsonl
 from glm_core.errors import DataError, GLMError
-from glm_core.outputs import check_output
+from glm_core.outputs import check_output_file
 
 __all__ = [
     "Run",
@@ -697,15 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.output:
-            check_output(
-                args.output,
-                overwrite=args.overwrite,
-                flag="--output",
-                directory=False,
-                foreign=_not_a_report,
-                what="a comparison report",
-                make_parents=True,
-            )
+            check_output_file(args.output, overwrite=args.overwrite, foreign=_not_a_report, what="a comparison report")
         thresholds = Thresholds(
             max_ll_diff=args.max_ll_diff,
             ll_rtol=args.ll_rtol,

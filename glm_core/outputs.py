@@ -30,6 +30,7 @@ __all__ = [
     "MARKER",
     "Terminated",
     "check_output",
+    "check_output_file",
     "interrupt_exit_code",
     "foreign_to",
     "is_model_file",
@@ -155,6 +156,15 @@ def check_output(
     if not os.access(parent, os.W_OK | os.X_OK):
         raise error(f"{flag} {path}: {parent} is not writable; choose another path")
     return out
+
+
+def check_output_file(
+    path: str | os.PathLike[str], *, overwrite: bool, foreign: Callable[[Path], str | None], what: str
+) -> Path:
+    """:func:`check_output` for an ``--output`` file (a results file, a report) whose missing parents are made."""
+    return check_output(
+        path, overwrite=overwrite, flag="--output", directory=False, foreign=foreign, what=what, make_parents=True
+    )
 
 
 class Terminated(KeyboardInterrupt):
