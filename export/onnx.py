@@ -59,6 +59,7 @@ class ExportOptions:
     dtype: str = "fp32"
     opset: int = 20
     optimize: str = "none"
+    kv_cache: str = "auto"
     quantize: str = "none"
     external_data: str = "auto"
     device: str = "cpu"
@@ -115,6 +116,13 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
         help="ort: fuse attention into com.microsoft.MultiHeadAttention (ORT-only graph)",
     )
     parser.add_argument(
+        "--kv-cache",
+        choices=("auto", "buffer", "concat"),
+        default="auto",
+        help="buffer: fixed-capacity K/V buffers, a decode step writes only its rows (faster CPU decode at long "
+        "pasts); concat: present = Concat(past, new). auto = concat with --optimize ort or --device cuda, else buffer",
+    )
+    parser.add_argument(
         "--quantize",
         choices=("none", "int8", "int4"),
         default="none",
@@ -146,6 +154,7 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
         dtype=args.dtype,
         opset=DEFAULT_OPSET if args.opset is None else args.opset,
         optimize=args.optimize,
+        kv_cache=args.kv_cache,
         quantize=args.quantize,
         external_data=args.external_data,
         device=args.device,
@@ -154,6 +163,14 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
         validate=not args.no_validate,
         verbose=args.verbose,
     )
+
+
+def kv_cache_layout(options: ExportOptions) -> str:
+    """``--kv-cache auto``: the buffer layout, except where the concat layout is the one that runs best (the fused
+    attention of ``--optimize ort`` concatenates inside its kernel; on CUDA the buffer would live in host memory)."""
+    if options.kv_cache != "auto":
+        return options.kv_cache
+    return "concat" if options.optimize == "ort" or options.device == "cuda" else "buffer"
 
 
 def model_name(ckpt: str) -> str:
@@ -170,6 +187,10 @@ def preflight(options: ExportOptions) -> None:
 
     if not MIN_OPSET <= options.opset <= MAX_OPSET:
         raise ExportError(f"unknown opset {options.opset}: this exporter supports opsets {MIN_OPSET}..{MAX_OPSET}")
+    if options.kv_cache == "buffer" and options.optimize == "ort":
+        raise ExportError(
+            "--optimize ort needs --kv-cache concat (the fused MultiHeadAttention owns the concatenation)"
+        )
     if options.quantize != "none" and options.dtype != "fp32":
         raise ExportError(f"--quantize {options.quantize} needs --dtype fp32 (the quantizers read fp32 weights)")
     if options.device == "cuda":
@@ -322,6 +343,7 @@ def write_glm_config(
 ) -> dict[str, Any]:
     """Write ``glm_config.json`` for the graph in ``directory`` at ``precision``; returns its contents."""
     from export import model_dir as md
+    from export.graph import describe_kv_cache
 
     glm_config = md.model_config(
         config,
@@ -336,6 +358,7 @@ def write_glm_config(
         external_data=data_files,
         device=options.device,
     )
+    describe_kv_cache(glm_config, kv_cache_layout(options))
     (directory / "glm_config.json").write_text(json.dumps(glm_config, indent=2) + "\n", encoding="utf-8")
     return glm_config
 
@@ -486,7 +509,7 @@ def export(options: ExportOptions) -> dict[str, Any]:
             trace_dir = staging.work / TRACE_STAGE if plan else staging.path
             trace_dir.mkdir(exist_ok=True)
             with clock.stage("trace"), exporter_quiet(options.verbose):
-                wrapper = GLMExportModule(model)
+                wrapper = GLMExportModule(model, kv_cache=kv_cache_layout(options))
                 nbytes = weight_bytes(model) + int(wrapper.lm_head.numel() * wrapper.lm_head.element_size())
                 report["parameters"] = config.num_parameters()
                 report["weight_bytes"] = nbytes

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from evaluation.backends import kv_buffer
 from glm_core.errors import ConfigError, ExportError, InputError
 from glm_core.special_tokens import SpecialTokens
 
@@ -228,6 +229,9 @@ class OnnxBackend:
     ``providers``: ORT provider names (default CPU); ``"cuda"``/``"cpu"`` are accepted as shorthands.
     ``threads``: intra-op threads (default: ORT's choice). ``allow_spinning=False`` stops ORT's worker threads
     from spinning between runs (spec onnx_export §4.2 #10: set it when torch shares the process/cores).
+    ``cache_capacity``: positions a cache may hold with a ``--kv-cache buffer`` model (default twice
+    ``max_sequence_length``: a full-length context and as long a generation); more is an ``InputError``.
+    The cache layout is ``glm_config.json``'s ``kv_cache`` (``concat`` when absent); callers see the same contract.
     """
 
     def __init__(
@@ -237,6 +241,7 @@ class OnnxBackend:
         threads: int | None = None,
         allow_spinning: bool = True,
         graph_optimization: str = "all",
+        cache_capacity: int | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.config = read_model_config(self.model_dir)
@@ -274,6 +279,14 @@ class OnnxBackend:
         self.past_names = [f"past_key_values.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")]
         self.present_names = [f"present.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")]
         self.output_names = ["logits", *self.present_names]
+        self.kv_cache = self.config.get("kv_cache", "concat")
+        if self.kv_cache not in ("concat", "buffer"):
+            raise ExportError(
+                f"{self.model_dir / CONFIG_FILE}: kv_cache must be concat or buffer, got {self.kv_cache!r}"
+            )
+        self.cache_capacity = 2 * self.max_position if cache_capacity is None else int(cache_capacity)
+        if self.cache_capacity < 1:
+            raise ConfigError(f"cache_capacity must be >= 1, got {cache_capacity}")
         self._check_session_io()
         self._tokenizer: Any = None
         self.calls = 0
@@ -283,7 +296,8 @@ class OnnxBackend:
     def _check_session_io(self) -> None:
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        expected_in = ["input_ids", "position_ids", "sep", *self.past_names]
+        extra = [kv_buffer.PAST_LENGTH] if self.kv_cache == "buffer" else []
+        expected_in = ["input_ids", "position_ids", "sep", *extra, *self.past_names]
         if inputs != expected_in or outputs != self.output_names:
             raise ExportError(
                 f"{self.model_path}: graph inputs/outputs do not match {CONFIG_FILE} "
@@ -320,6 +334,8 @@ class OnnxBackend:
     ) -> tuple[np.ndarray, list[ort.OrtValue]]:
         """``input_ids [B,S]``, ``position_ids [B,2,S]``, ``sep [B]`` (chunk-relative), ``past`` (None = empty)
         -> ``(logits [B,S,V] float32, present)``; ``past`` is not modified."""
+        if self.kv_cache == "buffer":
+            return self._step_buffer(input_ids, position_ids, sep, past)
         ids, pos, sep_arr = self._check_inputs(input_ids, position_ids, sep, past)
         B = ids.shape[0]
         if past is None:
@@ -329,6 +345,20 @@ class OnnxBackend:
             logits, present = self._run_cuda(ids, pos, sep_arr, past)
         else:
             logits, present = self._run_cpu(ids, pos, sep_arr, past)
+        self.calls += 1
+        self.tokens_seen += int(ids.size)
+        return logits, present
+
+    def _step_buffer(
+        self, input_ids: Any, position_ids: Any, sep: Any, past: Past | None
+    ) -> tuple[np.ndarray, kv_buffer.BufferedPast]:
+        """The buffer layout (evaluation/backends/kv_buffer.py): the chunk's rows are written into the cache."""
+        ids, pos, sep_arr = self._check_inputs(input_ids, position_ids, sep, None)
+        B, S = ids.shape
+        dims = (self.num_heads, self.head_dim, self.num_layers)
+        buffer, length = kv_buffer.prepare(past, B, S, self.cache_capacity, dims, self.kv_dtype)
+        feeds = {"input_ids": _ortvalue(ids), "position_ids": _ortvalue(pos), "sep": _ortvalue(sep_arr)}
+        logits, present = kv_buffer.run_step(self.session, feeds, self.past_names, self.output_names, buffer, length)
         self.calls += 1
         self.tokens_seen += int(ids.size)
         return logits, present
@@ -370,6 +400,8 @@ class OnnxBackend:
         ORT has no device-side gather for OrtValues, so this goes through host memory (on CUDA too).
         """
         idx = np.asarray(index, dtype=np.int64).reshape(-1)
+        if isinstance(past, kv_buffer.BufferedPast):
+            return kv_buffer.reorder(past, idx, self.cache_capacity)  # type: ignore[return-value]
         out = []
         for value in past:
             host = value.numpy() if isinstance(value, ort.OrtValue) else np.asarray(value)
@@ -384,6 +416,8 @@ class OnnxBackend:
     def past_length(past: Past | None) -> int:
         if past is None:
             return 0
+        if isinstance(past, kv_buffer.BufferedPast):
+            return past.length
         first = past[0]
         shape = first.shape() if isinstance(first, ort.OrtValue) else np.shape(first)
         return int(shape[2])
