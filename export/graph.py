@@ -68,15 +68,29 @@ class GraphNames:
         return ["logits", *self.present_names]
 
 
+def rule_visibility(sep: torch.Tensor, query_len: int, past_len: int, rule: str = "glm") -> torch.Tensor:
+    """Boolean ``[B, 1, S, P+S]``: the GLM rule (glm_core.model.visibility_mask), or with ``rule="causal"`` a plain
+    causal mask (``j-P <= t``, ``sep`` ignored) that benchmarks/onnx_cpu.py exports to measure the GLM rule's cost."""
+    if rule == "glm":
+        return visibility_mask(sep, query_len, past_len)
+    keys = torch.arange(past_len + query_len, device=sep.device) - past_len
+    causal = keys[None, :] <= torch.arange(query_len, device=sep.device)[:, None]  # [S, P+S]
+    return causal.expand(sep.shape[0], 1, query_len, past_len + query_len)
+
+
 def additive_mask(
-    sep: torch.Tensor, query_len: torch.Tensor | int, past_len: torch.Tensor | int, dtype: torch.dtype
+    sep: torch.Tensor,
+    query_len: torch.Tensor | int,
+    past_len: torch.Tensor | int,
+    dtype: torch.dtype,
+    rule: str = "glm",
 ) -> torch.Tensor:
     """Additive bias ``[B, 1, S, P+S]``: 0 where key ``j`` is visible to query ``t``, ``finfo(dtype).min`` elsewhere.
 
     spec glm_reference §2.1 / DESIGN.md: visible iff ``j < P or j-P < sep[b] or j-P <= t``; ``j-P <= t`` already
     covers every past column, so the rule is two comparisons and an ``Or`` (spec onnx_export §3.1).
     """
-    visible = visibility_mask(sep, query_len, past_len)  # [B, 1, S, P+S], the model's own rule
+    visible = rule_visibility(sep, query_len, past_len, rule)  # [B, 1, S, P+S], the model's own rule
     zero = torch.zeros((), dtype=dtype, device=sep.device)
     neg = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=sep.device)  # spec §3.4-3: never -inf
     return torch.where(visible, zero, neg)  # [B, 1, S, P+S]
@@ -89,7 +103,7 @@ def buffer_additive_mask(
     (``j < past_length``), the chunk's own columns follow the GLM rule with ``P = 0`` (``j < sep or j <= t``)."""
     B = sep.shape[0]
     written = torch.arange(window, device=sep.device) < past_length  # [W]
-    own = visibility_mask(sep if rule == "glm" else torch.zeros_like(sep), query_len, 0)  # [B, 1, S, S]
+    own = rule_visibility(sep, query_len, 0, rule)  # [B, 1, S, S]
     visible = torch.cat([written.expand(B, 1, query_len, window), own], dim=-1)  # [B, 1, S, W+S]
     zero = torch.zeros((), dtype=dtype, device=sep.device)
     neg = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=sep.device)
@@ -147,8 +161,7 @@ class GLMExportModule(nn.Module):
             bias = buffer_additive_mask(sep, query_len, window, past_length, weight.dtype, self.mask_rule)
         else:
             past = rest
-            rule_sep = sep if self.mask_rule == "glm" else torch.zeros_like(sep)
-            bias = additive_mask(rule_sep, query_len, past[0].shape[2], weight.dtype)  # [B, 1, S, P+S], all layers
+            bias = additive_mask(sep, query_len, past[0].shape[2], weight.dtype, self.mask_rule)  # [B,1,S,P+S], once
 
         # spec glm_reference §1.2 step 1: word + position + block-position embeddings
         x = (
