@@ -90,10 +90,13 @@ def additive_mask(
     spec glm_reference §2.1 / DESIGN.md: visible iff ``j < P or j-P < sep[b] or j-P <= t``; ``j-P <= t`` already
     covers every past column, so the rule is two comparisons and an ``Or`` (spec onnx_export §3.1).
     """
-    visible = rule_visibility(sep, query_len, past_len, rule)  # [B, 1, S, P+S], the model's own rule
-    zero = torch.zeros((), dtype=dtype, device=sep.device)
-    neg = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=sep.device)  # spec §3.4-3: never -inf
-    return torch.where(visible, zero, neg)  # [B, 1, S, P+S]
+    return _additive(rule_visibility(sep, query_len, past_len, rule), dtype)  # [B, 1, S, P+S]
+
+
+def _additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    zero = torch.zeros((), dtype=dtype, device=visible.device)
+    neg = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=visible.device)  # spec §3.4-3: never -inf
+    return torch.where(visible, zero, neg)
 
 
 def buffer_additive_mask(
@@ -104,10 +107,7 @@ def buffer_additive_mask(
     B = sep.shape[0]
     written = torch.arange(window, device=sep.device) < past_length  # [W]
     own = rule_visibility(sep, query_len, 0, rule)  # [B, 1, S, S]
-    visible = torch.cat([written.expand(B, 1, query_len, window), own], dim=-1)  # [B, 1, S, W+S]
-    zero = torch.zeros((), dtype=dtype, device=sep.device)
-    neg = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=sep.device)
-    return torch.where(visible, zero, neg)
+    return _additive(torch.cat([written.expand(B, 1, query_len, window), own], dim=-1), dtype)  # [B, 1, S, W+S]
 
 
 class GLMExportModule(nn.Module):
@@ -314,14 +314,13 @@ def describe_kv_cache(glm_config: dict, kv_cache: str) -> dict:
     glm_config["kv_cache"] = kv_cache
     if kv_cache != "buffer":
         return glm_config
-    for entry in glm_config["inputs"]:
-        if entry["name"].startswith("past_key_values."):
-            entry["shape"] = [*entry["shape"][:2], "window", entry["shape"][3]]
     position = next(i for i, e in enumerate(glm_config["inputs"]) if e["name"] == "sep") + 1
     glm_config["inputs"].insert(position, {"name": PAST_LENGTH, "dtype": "int64", "shape": []})
     for entry in glm_config["outputs"]:
         if entry["name"].startswith("present."):
             entry["shape"] = [*entry["shape"][:2], "seq", entry["shape"][3]]
-    glm_config["dims"]["window"] = "rows of the cache buffer passed in (>= past_length; rows past it are masked)"
+    glm_config["dims"]["past"] = (
+        "rows of the cache buffers passed in (>= past_length; the rows from past_length on are masked)"
+    )
     glm_config["dims"][PAST_LENGTH] = "valid rows of the buffer = the write position of this chunk's rows"
     return glm_config

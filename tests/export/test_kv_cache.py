@@ -85,6 +85,22 @@ def test_glm_config_and_graph_record_each_layout(exported_dir: Path, concat_dir:
     assert report["validation"]["passed"] and report["validation"]["generation"]["identical"]
 
 
+def test_concat_layout_interface_and_mask_built_once(concat_dir: Path) -> None:
+    graph = onnx.load(str(concat_dir / "model.onnx")).graph
+
+    def dims(value: onnx.ValueInfoProto) -> list[object]:
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    H, D = TINY_EXPORT["num_attention_heads"], TINY_EXPORT["hidden_size"] // TINY_EXPORT["num_attention_heads"]
+    past = [f"past_key_values.{i}.{k}" for i in range(L) for k in ("key", "value")]
+    assert [i.name for i in graph.input] == ["input_ids", "position_ids", "sep", *past]
+    assert all(dims(i) == ["batch", H, "past", D] for i in graph.input[3:])
+    assert all(dims(o) == ["batch", H, "past + seq", D] for o in graph.output[1:])
+    counts = {op: sum(n.op_type == op for n in graph.node) for op in ("Range", "LessOrEqual", "Less", "Or", "Where")}
+    assert counts == {"Range": 2, "LessOrEqual": 1, "Less": 1, "Or": 1, "Where": 1}  # spec §3.1, once per model
+    assert not [n for n in graph.node if n.op_type == "Div"]  # 1/sqrt(d) scales Q, never the P+S rows of K
+
+
 def test_buffer_equals_concat_and_torch_over_prefill_chunk_and_decode(
     exported_dir: Path, concat_dir: Path, tiny_torch_model
 ) -> None:
