@@ -246,7 +246,8 @@ def test_validation_catches_an_off_by_one_mask(exported_dir: Path, tiny_torch_mo
     bad = tmp_path / "bad"
     shutil.copytree(exported_dir, bad)
     model = onnx.load(str(bad / "model.onnx"))
-    (less,) = [n for n in model.graph.node if n.op_type == "Less"]
+    # the prefix rule's Less (the buffer layout's other Less compares buffer rows with past_length)
+    (less,) = [n for n in model.graph.node if n.op_type == "Less" and "past_length" not in n.input]
     less.op_type = "LessOrEqual"  # prefix rule j-P < sep becomes j-P <= sep: one key too many
     onnx.save(model, str(bad / "model.onnx"))
     reference = tmp_path / "reference.npz"
