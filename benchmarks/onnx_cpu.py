@@ -8,7 +8,9 @@ with a plain causal mask instead of the GLM rule (``sep`` ignored).
 Measured per engine: prefill of ``B=1, S=128`` (P = 0) and decode at ``B in (1, 8)``, ``P in (128, 512, 1024)``:
 each round starts from a cache of P random rows and runs ``--steps`` chained decode steps (each step's present is
 the next step's past, as in generation), reported as ms per step (one token per row). Every engine runs in its own
-process with ``--threads`` intra-op threads; the first round is discarded and the median of the rest reported.
+processes with ``--threads`` intra-op threads: ``--repeats`` processes per engine, interleaved across the engines
+(load from other jobs then falls on every engine alike); each process discards its first round and reports the
+median of the rest, and the median over an engine's processes is reported.
 
 Rooflines: decode ``% of roofline`` = (weight bytes streamed + K/V cache bytes read per step) / the measured
 float32 gemv bandwidth, over the measured step time; prefill ``% of matmul rate`` = the prefill's matmul FLOPs
@@ -16,7 +18,7 @@ float32 gemv bandwidth, over the measured step time; prefill ``% of matmul rate`
 measured here with numpy (gemv over a 1 GiB matrix; a 2048^3 matmul), with ``--threads`` threads.
 Prints one JSON object.
 
-    python -m benchmarks.onnx_cpu [--work DIR] [--rounds 4] [--steps 8] [--threads 2]
+    python -m benchmarks.onnx_cpu [--work DIR] [--rounds 3] [--repeats 3] [--steps 8] [--threads 2]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -236,6 +239,21 @@ def export_causal(work: Path, name: str, like: Path, kv_cache: str) -> Path:
     return out
 
 
+def combine(name: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """One engine's processes: the median over processes of each process's median (and those medians)."""
+
+    def stat(values: list[float]) -> dict[str, Any]:
+        return {"median": statistics.median(values), "per_process": [round(v, 3) for v in values]}
+
+    row = {k: v for k, v in samples[0].items() if k not in ("prefill_ms", "decode_ms_per_step")}
+    row["engine"] = name
+    row["prefill_ms"] = stat([s["prefill_ms"]["median"] for s in samples])
+    row["decode_ms_per_step"] = {
+        key: stat([s["decode_ms_per_step"][key]["median"] for s in samples]) for key in samples[0]["decode_ms_per_step"]
+    }
+    return row
+
+
 def rooflines(rows: dict[str, dict[str, Any]], rates: dict[str, Any]) -> None:
     from glm_core.config import GLMConfig
 
@@ -258,7 +276,8 @@ def rooflines(rows: dict[str, dict[str, Any]], rates: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", help="directory for the exported models (reused when present)")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per process (the first is discarded)")
+    parser.add_argument("--repeats", type=int, default=3, help="processes per engine, interleaved across engines")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--engines", help="comma-separated subset of torch," + ",".join([*EXPORTS, *CAUSAL]))
@@ -282,13 +301,18 @@ def main() -> None:
         if name in names:
             dirs[name] = export_causal(work, name, export(work, layout, EXPORTS[layout]), layout)
     common = ["--rounds", str(args.rounds), "--steps", str(args.steps), "--threads", str(args.threads)]
-    rates = run_in_subprocess("benchmarks.onnx_cpu", ["--engine", "rates", *common])
-    rows: dict[str, dict[str, Any]] = {}
-    if "torch" in names:
-        rows["torch"] = run_in_subprocess("benchmarks.onnx_cpu", ["--engine", "torch", *common])
-    for name, directory in dirs.items():
-        rows[name] = run_in_subprocess("benchmarks.onnx_cpu", ["--engine", str(directory), *common])
-        rows[name]["engine"] = name
+    order = {
+        "rates": "rates",
+        **({"torch": "torch"} if "torch" in names else {}),
+        **{n: str(d) for n, d in dirs.items()},
+    }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
+    for _ in range(args.repeats):  # interleaved, so that other jobs' load falls on every engine alike
+        for name, engine in order.items():
+            runs[name].append(run_in_subprocess("benchmarks.onnx_cpu", ["--engine", engine, *common]))
+    rate_runs = runs.pop("rates")
+    rates = {k: statistics.median(r[k] for r in rate_runs) for k in ("gemv_gb_s", "matmul_gflop_s")}
+    rows = {name: combine(name, samples) for name, samples in runs.items()}
     rooflines(rows, rates)
     result = {"benchmark": "onnx_cpu", **summary(rows), "rates": rates, "engines": rows, **meta(args)}
     print(json.dumps({**result, **run_conditions(load_at_start)}, indent=2))
@@ -301,9 +325,10 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
         "prefill": {"batch": 1, "tokens": PREFILL},
         "decode_grid": {"batch": list(BATCHES), "past": list(PASTS)},
         "threads": args.threads,
-        "rounds": args.rounds,
+        "rounds_per_process": args.rounds,
+        "processes_per_engine": args.repeats,
         "decode_steps_per_round": args.steps,
-        "statistic": "median after discarding round 1",
+        "statistic": "median over processes of each process's median after discarding its round 1",
     }
 
 
