@@ -15,11 +15,13 @@ The caller sees the same step contract as with the concat layout: the present is
 (a sequence of ``2L`` :class:`CacheView`, each with ``shape()`` and ``numpy()`` like an ``OrtValue``) that is fed
 back as the next past; ``past`` is never modified. Several presents may share one buffer (each step appends to it);
 stepping from a past that is no longer the buffer's newest (a branch: the same past fed twice) first copies its
-rows into a buffer of its own, so every past keeps meaning what it meant.
+rows into a buffer of its own, so every past keeps meaning what it meant. Rows are claimed under a lock before the
+graph runs, so steps from one past in several threads never write the same rows either.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,8 +40,18 @@ class KVBuffer:
     """``2L`` arrays ``[B, H, C, D]`` (key_0, value_0, key_1, ...) with ``written`` valid rows."""
 
     arrays: list[np.ndarray]
-    written: int = 0
+    written: int = 0  # rows claimed by the newest step (written once that step has run)
     _feeds: list[ort.OrtValue] | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def claim(self, length: int, rows: int) -> bool:
+        """Reserve rows ``[length, length + rows)`` for a step from the past of ``length`` rows: only when that
+        past is the buffer's newest state and the rows fit (atomic, so two threads never write the same rows)."""
+        with self._lock:
+            if self.written != length or length + rows > self.allocated:
+                return False
+            self.written = length + rows
+            return True
 
     @property
     def allocated(self) -> int:
@@ -154,14 +166,14 @@ def prepare(
             "(OnnxBackend(..., cache_capacity=N) raises it)"
         )
     if isinstance(past, BufferedPast):
-        buffer = past.buffer
-        if buffer.written == length and length + seq <= buffer.allocated:
-            return buffer, length
+        if past.buffer.claim(length, seq):
+            return past.buffer, length
         source: Sequence[Any] = past
     else:
         source = past or ()
-    rows = allocation(length + seq, capacity)
-    return new_buffer(batch, heads, head_dim, layers, rows, dtype, source), length
+    buffer = new_buffer(batch, heads, head_dim, layers, allocation(length + seq, capacity), dtype, source)
+    buffer.written = length + seq
+    return buffer, length
 
 
 def run_step(
@@ -181,8 +193,7 @@ def run_step(
     for array, rows in zip(buffer.arrays, outputs[1:], strict=True):
         new = rows.numpy()  # [B, H, S, D]
         end = length + new.shape[2]
-        array[:, :, length:end] = new
-    buffer.written = end
+        array[:, :, length:end] = new  # the rows prepare() claimed
     return outputs[0].numpy(), BufferedPast(buffer, end)
 
 
