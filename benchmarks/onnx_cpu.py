@@ -165,6 +165,59 @@ def engine_onnx(model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+MASK_OPS = ("Range", "Less", "LessOrEqual", "Or", "Where", "Expand")  # the mask subgraph (export/graph.py)
+
+
+def engine_mask_profile(model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
+    """ORT's profiler over ``model_dir``: kernel ms per call of the whole graph and of the mask subgraph's ops, at
+    prefill B1 S128 and decode B1/B8 P512 (end-to-end timings of two graphs differ by more noise than the mask)."""
+    import collections
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from evaluation.backends import kv_buffer
+
+    config = json.loads((Path(model_dir) / "glm_config.json").read_text())
+    heads, head_dim = config["num_attention_heads"], config["head_dim"]
+    out = {}
+    for key, (batch, seq, past) in {
+        "prefill_B1_S128": (1, PREFILL, 0),
+        "B1_P512": (1, 1, 512),
+        "B8_P512": (8, 1, 512),
+    }.items():
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.intra_op_num_threads = args.threads
+        options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "profile")
+        session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        feeds: dict[str, Any] = {
+            "input_ids": np.ones((batch, seq), np.int64),
+            "position_ids": np.zeros((batch, 2, seq), np.int64),
+            "sep": np.full(batch, seq // 2, np.int64),
+        }
+        window = past
+        if config.get("kv_cache") == "buffer":
+            feeds[kv_buffer.PAST_LENGTH] = np.array(past, np.int64)
+            window = kv_buffer.allocation(past, past + kv_buffer.BLOCK) if past else 0
+        for value in session.get_inputs():
+            if value.name.startswith("past_key_values."):
+                feeds[value.name] = np.zeros((batch, heads, window, head_dim), np.float32)
+        for _ in range(args.rounds):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+        per_op: collections.Counter[str] = collections.Counter()
+        for event in events:
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                per_op[event["args"]["op_name"]] += event["dur"]
+        calls = args.rounds
+        out[key] = {
+            "graph_kernel_ms": round(sum(per_op.values()) / calls / 1e3, 3),
+            "mask_ops_kernel_ms": round(sum(per_op[op] for op in MASK_OPS) / calls / 1e3, 4),
+        }
+    return out
+
+
 def streamed_bytes(model: Any) -> int:
     """Bytes of initializers read per decode step: everything except tables only looked up (Gather)."""
     import onnx
@@ -286,7 +339,12 @@ def main() -> None:
     load_at_start = os.getloadavg()
     if args.engine:
         runners = {"torch": engine_torch, "rates": engine_rates}
-        result = runners[args.engine](args) if args.engine in runners else engine_onnx(args.engine, args)
+        if args.engine in runners:
+            result = runners[args.engine](args)
+        elif args.engine.startswith("profile:"):
+            result = engine_mask_profile(args.engine.removeprefix("profile:"), args)
+        else:
+            result = engine_onnx(args.engine, args)
         print(json.dumps(result))
         return
 
@@ -314,6 +372,12 @@ def main() -> None:
     rates = {k: statistics.median(r[k] for r in rate_runs) for k in ("gemv_gb_s", "matmul_gflop_s")}
     rows = {name: combine(name, samples) for name, samples in runs.items()}
     rooflines(rows, rates)
+    for name, layout in CAUSAL.items():  # the mask subgraph's own cost, from ORT's profiler
+        for engine in (name, layout):
+            if name in rows and layout in rows and "mask_profile" not in rows[engine]:
+                rows[engine]["mask_profile"] = run_in_subprocess(
+                    "benchmarks.onnx_cpu", ["--engine", f"profile:{dirs[engine]}", *common]
+                )
     result = {"benchmark": "onnx_cpu", **summary(rows), "rates": rates, "engines": rows, **meta(args)}
     print(json.dumps({**result, **run_conditions(load_at_start)}, indent=2))
 
@@ -354,6 +418,10 @@ def summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for name, layout in CAUSAL.items():
         if name in rows and layout in rows:
             glm, causal = rows[layout], rows[name]
+            out[f"glm_mask_subgraph_kernel_ms_{layout}"] = {
+                key: {"glm": glm["mask_profile"][key]["mask_ops_kernel_ms"], "causal": value["mask_ops_kernel_ms"]}
+                for key, value in causal["mask_profile"].items()
+            }
             out[f"glm_mask_cost_{layout}"] = {
                 "prefill_B1_S128": round(glm["prefill_ms"]["median"] / causal["prefill_ms"]["median"], 3),
                 **{

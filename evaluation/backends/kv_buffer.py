@@ -61,8 +61,13 @@ class KVBuffer:
     def batch(self) -> int:
         return int(self.arrays[0].shape[0])
 
-    def feeds(self) -> list[ort.OrtValue]:
-        """The arrays as OrtValues over the same memory (made once per allocation)."""
+    def feeds(self, length: int) -> list[ort.OrtValue]:
+        """The window fed to the graph: the arrays as OrtValues over the same memory (made once per allocation);
+        empty tensors while nothing is written (a prefill attends over its own rows only)."""
+        if length == 0:
+            B, H, _, D = self.arrays[0].shape
+            empty = np.zeros((B, H, 0, D), dtype=self.arrays[0].dtype)
+            return [ort.OrtValue.ortvalue_from_numpy(empty)] * len(self.arrays)
         if self._feeds is None:
             self._feeds = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.arrays]
         return self._feeds
@@ -187,7 +192,7 @@ def run_step(
     """Run the graph over the buffer's window and write the chunk's rows at ``length``."""
     feeds = dict(feeds)
     feeds[PAST_LENGTH] = ort.OrtValue.ortvalue_from_numpy(np.array(length, dtype=np.int64))
-    feeds.update(zip(past_names, buffer.feeds(), strict=True))
+    feeds.update(zip(past_names, buffer.feeds(length), strict=True))
     outputs = session.run_with_ort_values(list(output_names), feeds)
     end = length
     for array, rows in zip(buffer.arrays, outputs[1:], strict=True):
