@@ -36,11 +36,19 @@ EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_PAST = 2, 8, 4
 MAX_BATCH, MAX_SEQ, MAX_PAST = 1024, 8192, 65536
 
 
+KV_CACHE_LAYOUTS = ("concat", "buffer")
+PAST_LENGTH = "past_length"  # buffer layout: the write position = valid rows of the buffers (int64 scalar)
+
+
 @dataclass(frozen=True)
 class GraphNames:
-    """Input and output names of the exported graph, in order."""
+    """Input and output names of the exported graph, in order.
+
+    ``kv_cache="buffer"`` adds the ``past_length`` input; its ``present.*`` outputs hold only the chunk's rows.
+    """
 
     num_layers: int
+    kv_cache: str = "concat"
 
     @property
     def past_names(self) -> list[str]:
@@ -52,32 +60,71 @@ class GraphNames:
 
     @property
     def inputs(self) -> list[str]:
-        return ["input_ids", "position_ids", "sep", *self.past_names]
+        extra = [PAST_LENGTH] if self.kv_cache == "buffer" else []
+        return ["input_ids", "position_ids", "sep", *extra, *self.past_names]
 
     @property
     def outputs(self) -> list[str]:
         return ["logits", *self.present_names]
 
 
+def rule_visibility(sep: torch.Tensor, query_len: int, past_len: int, rule: str = "glm") -> torch.Tensor:
+    """Boolean ``[B, 1, S, P+S]``: the GLM rule (glm_core.model.visibility_mask), or with ``rule="causal"`` a plain
+    causal mask (``j-P <= t``, ``sep`` ignored) that benchmarks/onnx_cpu.py exports to measure the GLM rule's cost."""
+    if rule == "glm":
+        return visibility_mask(sep, query_len, past_len)
+    keys = torch.arange(past_len + query_len, device=sep.device) - past_len
+    causal = keys[None, :] <= torch.arange(query_len, device=sep.device)[:, None]  # [S, P+S]
+    return causal.expand(sep.shape[0], 1, query_len, past_len + query_len)
+
+
 def additive_mask(
-    sep: torch.Tensor, query_len: torch.Tensor | int, past_len: torch.Tensor | int, dtype: torch.dtype
+    sep: torch.Tensor,
+    query_len: torch.Tensor | int,
+    past_len: torch.Tensor | int,
+    dtype: torch.dtype,
+    rule: str = "glm",
 ) -> torch.Tensor:
     """Additive bias ``[B, 1, S, P+S]``: 0 where key ``j`` is visible to query ``t``, ``finfo(dtype).min`` elsewhere.
 
     spec glm_reference §2.1 / DESIGN.md: visible iff ``j < P or j-P < sep[b] or j-P <= t``; ``j-P <= t`` already
     covers every past column, so the rule is two comparisons and an ``Or`` (spec onnx_export §3.1).
     """
-    visible = visibility_mask(sep, query_len, past_len)  # [B, 1, S, P+S], the model's own rule
-    zero = torch.zeros((), dtype=dtype, device=sep.device)
-    neg = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=sep.device)  # spec §3.4-3: never -inf
-    return torch.where(visible, zero, neg)  # [B, 1, S, P+S]
+    return _additive(rule_visibility(sep, query_len, past_len, rule), dtype)  # [B, 1, S, P+S]
+
+
+def _additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    zero = torch.zeros((), dtype=dtype, device=visible.device)
+    neg = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=visible.device)  # spec §3.4-3: never -inf
+    return torch.where(visible, zero, neg)
+
+
+def buffer_additive_mask(
+    sep: torch.Tensor, query_len: int, window: int, past_length: torch.Tensor, dtype: torch.dtype, rule: str = "glm"
+) -> torch.Tensor:
+    """Additive bias ``[B, 1, S, W+S]`` of the buffer layout: buffer column ``j < W`` is visible iff it was written
+    (``j < past_length``), the chunk's own columns follow the GLM rule with ``P = 0`` (``j < sep or j <= t``)."""
+    B = sep.shape[0]
+    written = torch.arange(window, device=sep.device) < past_length  # [W]
+    own = rule_visibility(sep, query_len, 0, rule)  # [B, 1, S, S]
+    return _additive(torch.cat([written.expand(B, 1, query_len, window), own], dim=-1), dtype)  # [B, 1, S, W+S]
 
 
 class GLMExportModule(nn.Module):
     """GLM's forward with a flat, named K/V-cache signature, for ``torch.onnx.export(dynamo=True)``."""
 
-    def __init__(self, model: GLMModel, untie_head: bool = True) -> None:
+    def __init__(
+        self, model: GLMModel, untie_head: bool = True, kv_cache: str = "concat", mask_rule: str = "glm"
+    ) -> None:
+        """``kv_cache``: ``concat`` (``present = Concat(past, new)``) or ``buffer`` (the past is a fixed-capacity
+        buffer with ``past_length`` valid rows; the presents are the chunk's rows, written by the caller).
+        ``mask_rule="causal"`` ignores ``sep`` (a plain causal mask; benchmarks measure the GLM rule's cost with it).
+        """
         super().__init__()
+        if kv_cache not in KV_CACHE_LAYOUTS:
+            raise ValueError(f"kv_cache must be one of {KV_CACHE_LAYOUTS}, got {kv_cache!r}")
+        self.kv_cache = kv_cache
+        self.mask_rule = mask_rule
         self.model = model.eval()
         config = model.config
         self.num_layers = config.num_layers
@@ -95,21 +142,26 @@ class GLMExportModule(nn.Module):
 
     @property
     def names(self) -> GraphNames:
-        return GraphNames(self.num_layers)
+        return GraphNames(self.num_layers, self.kv_cache)
 
     def forward(
         self,
         input_ids: torch.Tensor,  # [B, S] int64
         position_ids: torch.Tensor,  # [B, 2, S] int64
         sep: torch.Tensor,  # [B] int64
-        *past: torch.Tensor,  # 2L tensors [B, H, P, D]: key_0, value_0, key_1, ...
+        *rest: torch.Tensor,  # concat: 2L tensors [B, H, P, D] (key_0, value_0, ...); buffer: past_length, 2L [B,H,W,D]
     ) -> tuple[torch.Tensor, ...]:
         model = self.model
         stack = model.transformer
         query_len = input_ids.shape[1]
-        past_len = past[0].shape[2]
         weight = model.word_embeddings.weight
-        bias = additive_mask(sep, query_len, past_len, weight.dtype)  # [B, 1, S, P+S], built once for all layers
+        if self.kv_cache == "buffer":
+            past_length, past = rest[0], rest[1:]
+            window = past[0].shape[2]
+            bias = buffer_additive_mask(sep, query_len, window, past_length, weight.dtype, self.mask_rule)
+        else:
+            past = rest
+            bias = additive_mask(sep, query_len, past[0].shape[2], weight.dtype, self.mask_rule)  # [B,1,S,P+S], once
 
         # spec glm_reference §1.2 step 1: word + position + block-position embeddings
         x = (
@@ -147,15 +199,31 @@ class GLMExportModule(nn.Module):
         q = q.view(B, S, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, S, D]
         k = k.view(B, S, self.num_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, S, self.num_heads, self.head_dim).transpose(1, 2)
+        # 1/sqrt(d) scales Q (S rows), not the P+S rows of K: the same product, and the pattern onnxscript fuses
+        # into MultiHeadAttention with past/present (``--optimize ort``)
+        q = q * (1.0 / math.sqrt(self.head_dim))
+        if self.kv_cache == "buffer":
+            ctx = buffer_attention(q, k, v, past_key, past_value, bias)
+            return attn.dense(ctx.transpose(1, 2).reshape(B, S, h)), k, v
         key = torch.cat([past_key, k], dim=2)  # [B, H, P+S, D]
         value = torch.cat([past_value, v], dim=2)
-        scores = torch.matmul(q, (key / math.sqrt(self.head_dim)).transpose(-1, -2)) + bias  # [B, H, S, P+S]
+        scores = torch.matmul(q, key.transpose(-1, -2)) + bias  # [B, H, S, P+S]
         probs = torch.softmax(scores, dim=-1)
         ctx = torch.matmul(probs, value).transpose(1, 2).reshape(B, S, h)  # [B, S, h]
         return attn.dense(ctx), key, value
 
     # ------------------------------------------------------------------ export arguments
     def example_arguments(self) -> tuple[torch.Tensor, ...]:
+        """(B=2, S=8, P=4) with different seps per row (spec onnx_export §6); the buffer layout's window holds
+        P + 2 rows, 3 of them written."""
+        ids, pos, sep, *past = self._example_concat()
+        if self.kv_cache == "concat":
+            return (ids, pos, sep, *past)
+        B, H, P, D = past[0].shape
+        window = [torch.zeros((B, H, P + 2, D), dtype=past[0].dtype) for _ in past]
+        return (ids, pos, sep, torch.tensor(P - 1, dtype=torch.long), *window)
+
+    def _example_concat(self) -> tuple[torch.Tensor, ...]:
         """(B=2, S=8, P=4) with different seps per row (spec onnx_export §6)."""
         config = self.model.config
         weight = self.model.word_embeddings.weight
@@ -176,7 +244,25 @@ class GLMExportModule(nn.Module):
         seq = Dim("seq", min=1, max=MAX_SEQ)
         past = Dim("past", min=0, max=MAX_PAST)
         past_shapes = tuple({0: batch, 2: past} for _ in range(2 * self.num_layers))
+        if self.kv_cache == "buffer":
+            past_shapes = (None, *past_shapes)  # past_length: a scalar
         return ({0: batch, 1: seq}, {0: batch, 2: seq}, {0: batch}, past_shapes)
+
+
+def buffer_attention(
+    q: torch.Tensor,  # [B, H, S, D], already scaled by 1/sqrt(D)
+    k: torch.Tensor,  # [B, H, S, D]: the chunk's rows
+    v: torch.Tensor,
+    buffer_key: torch.Tensor,  # [B, H, W, D]: the cache buffer's window (rows >= past_length are masked)
+    buffer_value: torch.Tensor,
+    bias: torch.Tensor,  # [B, 1, S, W+S]
+) -> torch.Tensor:
+    """Attention over the buffer and the chunk without concatenating them: scores against each, one softmax over
+    both, then ``probs_buffer·V_buffer + probs_chunk·V_chunk``. Nothing of size W is written, only read."""
+    window = buffer_key.shape[2]
+    scores = torch.cat([torch.matmul(q, buffer_key.transpose(-1, -2)), torch.matmul(q, k.transpose(-1, -2))], -1)
+    probs = torch.softmax(scores + bias, dim=-1)  # [B, H, S, W+S]
+    return torch.matmul(probs[..., :window], buffer_value) + torch.matmul(probs[..., window:], v)  # [B, H, S, D]
 
 
 def export_program(module: GLMExportModule, opset: int = DEFAULT_OPSET) -> torch.onnx.ONNXProgram:
@@ -220,3 +306,21 @@ def release_exporter_caches() -> int:
             cleared += 1
     gc.collect()
     return cleared
+
+
+def describe_kv_cache(glm_config: dict, kv_cache: str) -> dict:
+    """Record the cache layout in ``glm_config.json`` (``kv_cache``); the buffer layout's I/O differs from concat's:
+    a ``past_length`` input, past tensors that are the buffer's window, presents that hold the chunk's rows."""
+    glm_config["kv_cache"] = kv_cache
+    if kv_cache != "buffer":
+        return glm_config
+    position = next(i for i, e in enumerate(glm_config["inputs"]) if e["name"] == "sep") + 1
+    glm_config["inputs"].insert(position, {"name": PAST_LENGTH, "dtype": "int64", "shape": []})
+    for entry in glm_config["outputs"]:
+        if entry["name"].startswith("present."):
+            entry["shape"] = [*entry["shape"][:2], "seq", entry["shape"][3]]
+    glm_config["dims"]["past"] = (
+        "rows of the cache buffers passed in (>= past_length; the rows from past_length on are masked)"
+    )
+    glm_config["dims"][PAST_LENGTH] = "valid rows of the buffer = the write position of this chunk's rows"
+    return glm_config

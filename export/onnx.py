@@ -60,6 +60,7 @@ class ExportOptions:
     dtype: str = "fp32"
     opset: int = 20
     optimize: str = "none"
+    kv_cache: str = "auto"
     quantize: str = "none"
     external_data: str = "auto"
     device: str = "cpu"
@@ -118,7 +119,15 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
         "--optimize",
         choices=("none", "ort"),
         default="none",
-        help="ort: fuse attention into com.microsoft.MultiHeadAttention (ORT-only graph)",
+        help="ort: fuse attention into com.microsoft.MultiHeadAttention taking the past and returning the present "
+        "(ORT-only graph, concat cache); on CPU the default buffer cache decodes faster from P ~512 (BENCHMARKS.md)",
+    )
+    parser.add_argument(
+        "--kv-cache",
+        choices=("auto", "buffer", "concat"),
+        default="auto",
+        help="buffer: fixed-capacity K/V buffers, a decode step writes only its rows (faster CPU decode at long "
+        "pasts); concat: present = Concat(past, new). auto = concat with --optimize ort or --device cuda, else buffer",
     )
     parser.add_argument(
         "--quantize",
@@ -165,6 +174,7 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
         dtype=args.dtype,
         opset=DEFAULT_OPSET if args.opset is None else args.opset,
         optimize=args.optimize,
+        kv_cache=args.kv_cache,
         quantize=args.quantize,
         external_data=args.external_data,
         device=args.device,
@@ -174,6 +184,14 @@ def parse_args(argv: Sequence[str] | None) -> ExportOptions:
         validate=not args.no_validate,
         verbose=args.verbose,
     )
+
+
+def kv_cache_layout(options: ExportOptions) -> str:
+    """``--kv-cache auto``: the buffer layout, except where the concat layout is the one that runs best (the fused
+    attention of ``--optimize ort`` concatenates inside its kernel; on CUDA the buffer would live in host memory)."""
+    if options.kv_cache != "auto":
+        return options.kv_cache
+    return "concat" if options.optimize == "ort" or str(options.device).startswith("cuda") else "buffer"
 
 
 def model_name(ckpt: str) -> str:
@@ -190,6 +208,10 @@ def preflight(options: ExportOptions) -> None:
 
     if not MIN_OPSET <= options.opset <= MAX_OPSET:
         raise ExportError(f"unknown opset {options.opset}: this exporter supports opsets {MIN_OPSET}..{MAX_OPSET}")
+    if options.kv_cache == "buffer" and options.optimize == "ort":
+        raise ExportError(
+            "--optimize ort needs --kv-cache concat (the fused MultiHeadAttention owns the concatenation)"
+        )
     if options.quantize != "none" and options.dtype != "fp32":
         raise ExportError(f"--quantize {options.quantize} needs --dtype fp32 (the quantizers read fp32 weights)")
     from evaluation.backends.onnx_device import parse_device
@@ -360,6 +382,7 @@ def write_glm_config(
 ) -> dict[str, Any]:
     """Write ``glm_config.json`` for the graph in ``directory`` at ``precision``; returns its contents."""
     from export import model_dir as md
+    from export.graph import describe_kv_cache
 
     glm_config = md.model_config(
         config,
@@ -374,6 +397,7 @@ def write_glm_config(
         external_data=data_files,
         device=options.device,
     )
+    describe_kv_cache(glm_config, kv_cache_layout(options))
     (directory / "glm_config.json").write_text(json.dumps(glm_config, indent=2) + "\n", encoding="utf-8")
     md.append_metadata(directory / md.MODEL_FILE, md.model_metadata(glm_config))
     return glm_config
@@ -534,7 +558,7 @@ def export(options: ExportOptions) -> dict[str, Any]:
             trace_dir = staging.work / TRACE_STAGE if plan else staging.path
             trace_dir.mkdir(exist_ok=True)
             with clock.stage("trace"), exporter_quiet(options.verbose):
-                wrapper = GLMExportModule(model)
+                wrapper = GLMExportModule(model, kv_cache=kv_cache_layout(options))
                 nbytes = weight_bytes(model) + int(wrapper.lm_head.numel() * wrapper.lm_head.element_size())
                 report["parameters"] = config.num_parameters()
                 report["weight_bytes"] = nbytes

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from evaluation.backends import kv_buffer
 from evaluation.backends.onnx_device import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -259,6 +260,9 @@ class OnnxBackend:
     ``provider_options`` (one dict per provider name in ``providers``) pairs up with those names.
     ``dtype``: a check, not a cast: the graph's own precision or ``auto`` (:mod:`evaluation.backends.onnx_graph`).
     ``tokenizer``: a :class:`~glm_core.tokenizer.GLMTokenizer` to use instead of the model directory's.
+    ``cache_capacity``: positions a cache may hold with a ``--kv-cache buffer`` model (default twice
+    ``max_sequence_length``: a full-length context and as long a generation); more is an ``InputError``.
+    The cache layout is ``glm_config.json``'s ``kv_cache`` (``concat`` when absent); callers see the same contract.
     """
 
     supports_last_logits_only = True  # step(..., last_logits_only=True): generation's prefill (glm_core.generation)
@@ -275,6 +279,7 @@ class OnnxBackend:
         *,
         dtype: str | None = None,
         tokenizer: Any = None,
+        cache_capacity: int | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.config = read_model_config(self.model_dir)
@@ -325,6 +330,19 @@ class OnnxBackend:
         self.present_names = [f"present.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")]
         self.output_names = ["logits", *self.present_names]
         self.metadata = read_model_metadata(self.session, self.model_path)
+        self.kv_cache = self.config.get("kv_cache", "concat")
+        if self.kv_cache not in ("concat", "buffer"):
+            raise ExportError(
+                f"{self.model_dir / CONFIG_FILE}: kv_cache must be concat or buffer, got {self.kv_cache!r}"
+            )
+        if self.kv_cache == "buffer" and self.on_cuda:
+            raise ConfigError(
+                f"{self.model_dir}: a --kv-cache buffer model keeps its cache in host memory; export with "
+                "--kv-cache concat for CUDA"
+            )
+        self.cache_capacity = 2 * self.max_position if cache_capacity is None else int(cache_capacity)
+        if self.cache_capacity < 1:
+            raise ConfigError(f"cache_capacity must be >= 1, got {cache_capacity}")
         self._check_session_io()
         self._lock = threading.Lock()
         self._tokenizer: Any = tokenizer
@@ -336,14 +354,15 @@ class OnnxBackend:
     def _check_session_io(self) -> None:
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        expected_in = ["input_ids", "position_ids", "sep", *self.past_names]
+        extra = [kv_buffer.PAST_LENGTH] if self.kv_cache == "buffer" else []
+        expected_in = ["input_ids", "position_ids", "sep", *extra, *self.past_names]
         if inputs != expected_in or outputs != self.output_names:
             raise ExportError(
                 f"{self.model_path}: graph inputs/outputs do not match {CONFIG_FILE} "
                 f"(inputs {inputs[:4]}..., outputs {outputs[:3]}...)"
             )
         # glm_config.json's layers/heads/head_dim against the graph's own cache inputs (and the metadata's config)
-        for value in self.session.get_inputs()[3:]:
+        for value in self.session.get_inputs()[3 + len(extra) :]:
             shape = list(value.shape)
             if len(shape) != 4 or shape[1] != self.num_heads or shape[3] != self.head_dim:
                 raise ExportError(
@@ -405,6 +424,8 @@ class OnnxBackend:
         ``last_logits_only``: return only the last row's logits ``[B,1,V]`` (what generation reads); on CUDA only
         that row leaves the device.
         """
+        if self.kv_cache == "buffer":
+            return self._step_buffer(input_ids, position_ids, sep, past, last_logits_only)
         ids, pos, sep_arr = check_step_inputs(self, input_ids, position_ids, sep, past)
         B = ids.shape[0]
         if past is None:
@@ -416,6 +437,23 @@ class OnnxBackend:
             logits, present = self._run_cpu(ids, pos, sep_arr, past)
             if last_logits_only:
                 logits = np.ascontiguousarray(logits[:, -1:])
+        with self._lock:
+            self.calls += 1
+            self.tokens_seen += int(ids.size)
+        return logits, present
+
+    def _step_buffer(
+        self, input_ids: Any, position_ids: Any, sep: Any, past: Past | None, last_logits_only: bool
+    ) -> tuple[np.ndarray, kv_buffer.BufferedPast]:
+        """The buffer layout (evaluation/backends/kv_buffer.py): the chunk's rows are written into the cache."""
+        ids, pos, sep_arr = check_step_inputs(self, input_ids, position_ids, sep, past)
+        B, S = ids.shape
+        dims = (self.num_heads, self.head_dim, self.num_layers)
+        buffer, length = kv_buffer.prepare(past, B, S, self.cache_capacity, dims, self.kv_dtype)
+        feeds = {"input_ids": _ortvalue(ids), "position_ids": _ortvalue(pos), "sep": _ortvalue(sep_arr)}
+        logits, present = kv_buffer.run_step(self.session, feeds, self.past_names, self.output_names, buffer, length)
+        if last_logits_only:
+            logits = np.ascontiguousarray(logits[:, -1:])
         with self._lock:
             self.calls += 1
             self.tokens_seen += int(ids.size)
@@ -473,6 +511,8 @@ class OnnxBackend:
         if idx.min() < -batch or idx.max() >= batch:
             raise InputError(f"reorder index must lie in [0, {batch}) (the cache's batch), got {idx.tolist()}")
         idx = np.where(idx < 0, idx + batch, idx).astype(np.int64)
+        if isinstance(past, kv_buffer.BufferedPast):
+            return kv_buffer.reorder(past, idx, self.cache_capacity)  # type: ignore[return-value]
         if self.on_cuda:
             values = [v if isinstance(v, ort.OrtValue) else self._to_device(v) for v in past]
             return self._device_gather()(values, idx, axis=0)
@@ -490,6 +530,8 @@ class OnnxBackend:
     def past_length(past: Past | None) -> int:
         if past is None:
             return 0
+        if isinstance(past, kv_buffer.BufferedPast):
+            return past.length
         return int(cache_shape(past[0])[2])
 
 
@@ -522,13 +564,18 @@ def read_model_metadata(session: Any, model_path: object) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ input checks
 def cache_shape(value: Any) -> tuple[int, ...]:
-    return tuple(value.shape() if isinstance(value, ort.OrtValue) else np.shape(value))
+    """The shape of a cache tensor: an OrtValue, a buffer layout's CacheView, or an array."""
+    if isinstance(value, ort.OrtValue | kv_buffer.CacheView):
+        return tuple(value.shape())
+    return tuple(np.shape(value))
 
 
 def _cache_dtype(value: Any) -> str:
     """numpy's name of a cache tensor's dtype (``float32``), for an OrtValue or an array."""
     if isinstance(value, ort.OrtValue):
         return ORT_TENSOR_DTYPES.get(str(value.data_type()), str(value.data_type()))
+    if isinstance(value, kv_buffer.CacheView):
+        return value.array.dtype.name
     return np.asarray(value).dtype.name
 
 

@@ -77,7 +77,12 @@ def test_graph_inputs_have_no_mask_and_symbolic_batch_seq_past(exported_dir: Pat
 
     inputs = {v.name: v for v in graph.input}
     past = [f"past_key_values.{i}.{k}" for i in range(L) for k in ("key", "value")]
-    assert list(inputs) == ["input_ids", "position_ids", "sep", *past]
+    # the default (--kv-cache auto on CPU) is the buffer layout: a scalar write position; tests/export/test_kv_cache.py
+    # checks the concat layout's interface
+    assert list(inputs) == ["input_ids", "position_ids", "sep", "past_length", *past]
+    assert (
+        dims(inputs["past_length"]) == [] and inputs["past_length"].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    )
     assert not any("mask" in name for name in inputs)
     assert dims(inputs["input_ids"]) == ["batch", "seq"]
     assert dims(inputs["position_ids"]) == ["batch", 2, "seq"]
@@ -91,13 +96,15 @@ def test_graph_inputs_have_no_mask_and_symbolic_batch_seq_past(exported_dir: Pat
     assert logits.name == "logits" and dims(logits) == ["batch", "seq", V]
     assert logits.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert [o.name for o in graph.output[1:]] == [f"present.{i}.{k}" for i in range(L) for k in ("key", "value")]
+    assert all(dims(o) == ["batch", H, "seq", D] for o in graph.output[1:])  # the chunk's rows only
 
 
 def test_mask_is_built_once_for_all_layers(exported_dir: Path) -> None:
-    # spec §3.1: Range, Range, LessOrEqual, Less, Or, Where once per model, not per layer
+    # spec §3.1: Range, Range, LessOrEqual, Less, Or, Where once per model, not per layer; the buffer layout adds
+    # one Less (buffer row < past_length)
     nodes = onnx.load(str(exported_dir / "model.onnx")).graph.node
     counts = {op: sum(n.op_type == op for n in nodes) for op in ("Range", "LessOrEqual", "Less", "Or", "Where")}
-    assert counts == {"Range": 2, "LessOrEqual": 1, "Less": 1, "Or": 1, "Where": 1}
+    assert counts == {"Range": 2, "LessOrEqual": 1, "Less": 2, "Or": 1, "Where": 1}
 
 
 def test_lm_head_is_an_untied_matmul_initializer(exported_dir: Path) -> None:
@@ -241,7 +248,8 @@ def test_validation_catches_an_off_by_one_mask(exported_dir: Path, tiny_torch_mo
     bad = tmp_path / "bad"
     shutil.copytree(exported_dir, bad)
     model = onnx.load(str(bad / "model.onnx"))
-    (less,) = [n for n in model.graph.node if n.op_type == "Less"]
+    # the prefix rule's Less (the buffer layout's other Less compares buffer rows with past_length)
+    (less,) = [n for n in model.graph.node if n.op_type == "Less" and "past_length" not in n.input]
     less.op_type = "LessOrEqual"  # prefix rule j-P < sep becomes j-P <= sep: one key too many
     onnx.save(model, str(bad / "model.onnx"))
     reference = tmp_path / "reference.npz"
