@@ -335,11 +335,6 @@ class OnnxBackend:
             raise ExportError(
                 f"{self.model_dir / CONFIG_FILE}: kv_cache must be concat or buffer, got {self.kv_cache!r}"
             )
-        if self.kv_cache == "buffer" and self.on_cuda:
-            raise ConfigError(
-                f"{self.model_dir}: a --kv-cache buffer model keeps its cache in host memory; export with "
-                "--kv-cache concat for CUDA"
-            )
         self.cache_capacity = 2 * self.max_position if cache_capacity is None else int(cache_capacity)
         if self.cache_capacity < 1:
             raise ConfigError(f"cache_capacity must be >= 1, got {cache_capacity}")

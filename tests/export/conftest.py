@@ -42,3 +42,13 @@ def exported_dir(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     out = tmp_path_factory.mktemp("onnx") / "export-tiny-onnx"
     assert main(["--ckpt", str(tiny_ckpt), "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def concat_dir(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same checkpoint exported with the concat layout, validated (validation drives the backend's step)."""
+    from export.onnx import main
+
+    out = tmp_path_factory.mktemp("onnx") / "concat"
+    assert main(["--ckpt", str(tiny_ckpt), "--out", str(out), "--kv-cache", "concat"]) == 0
+    return out

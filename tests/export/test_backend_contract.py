@@ -30,8 +30,10 @@ def positions(batch: int, start: int, length: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def backend(exported_dir: Path) -> OnnxBackend:
-    return OnnxBackend(exported_dir)
+def backend(concat_dir: Path) -> OnnxBackend:
+    """The concat layout: the one the CUDA path (I/O binding, device gathers) runs; the buffer layout's own checks
+    are in test_kv_cache.py."""
+    return OnnxBackend(concat_dir)
 
 
 @pytest.fixture(scope="module")

@@ -26,16 +26,6 @@ L = TINY_EXPORT["num_layers"]
 ATOL, RTOL = 1e-4, 1e-4
 
 
-@pytest.fixture(scope="module")
-def concat_dir(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same checkpoint exported with the concat layout, validated (validation drives the backend's step)."""
-    from export.onnx import main
-
-    out = tmp_path_factory.mktemp("onnx") / "concat"
-    assert main(["--ckpt", str(tiny_ckpt), "--out", str(out), "--kv-cache", "concat"]) == 0
-    return out
-
-
 def positions(batch: int, start: int, length: int, block: int = 0) -> np.ndarray:
     pos = np.arange(start, start + length)
     rows = np.stack([pos, np.full_like(pos, block)])
@@ -224,7 +214,7 @@ def test_capacity_overflow_is_a_clear_error(exported_dir: Path) -> None:
         backend.step(np.ones((2, 1), np.int64), positions(2, 9, 1, 3), np.zeros(2), past)
     with pytest.raises(InputError, match="capacity exceeded"):
         backend.step(np.ones((1, 13), np.int64), positions(1, 0, 13), np.array([0]), None)
-    with pytest.raises(InputError, match=r"past tensors must be \[3, "):
+    with pytest.raises(InputError, match=r"past layer 0 key must be \[3, "):
         backend.step(np.ones((3, 1), np.int64), positions(3, 9, 1), np.zeros(3), past)
 
 

@@ -10,6 +10,10 @@ nothing at ``--out``. The expected failing case says which part of the validatio
 - past columns more than 64 positions older than the query dropped (a sliding window): only the production
   shapes (the chunk after a near-full past, the 50-step decode); the original grid never has 64 past positions;
 - the bidirectional prefix lost in rows >= 4: only the batch-8 cases (the wide grid case, the decode).
+
+The four run on the concat layout, whose graph builds the whole ``[B, 1, S, P+S]`` rule from ``visibility_mask``.
+The buffer layout (the default) builds its past columns from ``past_length`` instead
+(``export.graph.buffer_additive_mask``): the two past-related mistakes are made there too, and fail the same way.
 """
 
 from __future__ import annotations
@@ -49,6 +53,26 @@ def prefix_lost_in_later_rows(sep: torch.Tensor, query_len: int, past_len: int) 
     return visibility_mask(torch.where(rows, torch.zeros_like(sep), sep), query_len, past_len)
 
 
+def buffer_sep_ignores_past(sep, query_len, window, past_length, dtype, rule="glm"):
+    """Buffer layout: the chunk's prefix measured from the start of the cache (``j < sep - P``)."""
+    return REAL_BUFFER_MASK(sep - past_length, query_len, window, past_length, dtype, rule)
+
+
+def buffer_old_past_dropped(sep, query_len, window, past_length, dtype, rule="glm"):
+    """Buffer layout: buffer rows more than ``WINDOW`` positions before the write position not visible."""
+    bias = REAL_BUFFER_MASK(sep, query_len, window, past_length, dtype, rule)
+    old = torch.arange(window) < past_length - WINDOW  # [W]
+    hidden = torch.cat([old, torch.zeros(query_len, dtype=torch.bool)])  # the chunk's own columns untouched
+    return torch.where(hidden, torch.finfo(dtype).min, bias)
+
+
+REAL_BUFFER_MASK = export.graph.buffer_additive_mask
+
+BUFFER_MUTATIONS: dict[str, tuple[Callable[..., torch.Tensor], str]] = {
+    "sep-ignores-past": (buffer_sep_ignores_past, "grid B=4 S=5 sep=[0, 5, 2, 1] P=3"),
+    "old-past-dropped": (buffer_old_past_dropped, "grid B=3 S=4 sep=[0, 4, 2] P=125"),
+}
+
 MUTATIONS: dict[str, tuple[Callable[..., torch.Tensor], str]] = {
     # name: (rule, a case that must be among the failures the error line shows)
     "off-by-one-at-sep": (off_by_one_at_sep, "grid B=3 S=7"),
@@ -71,7 +95,24 @@ def test_a_wrong_mask_rule_fails_validation(
     rule, caught_by = MUTATIONS[name]
     monkeypatch.setattr(export.graph, "visibility_mask", rule)
     out = tmp_path / "out"
-    assert main(["--ckpt", str(tiny_ckpt), "--out", str(out)]) == 2
+    assert main(["--ckpt", str(tiny_ckpt), "--out", str(out), "--kv-cache", "concat"]) == 2
+    _assert_caught(capsys, caught_by, tmp_path)
+
+
+@pytest.mark.parametrize("name", list(BUFFER_MUTATIONS))
+def test_a_wrong_buffer_mask_fails_validation(
+    name: str, tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from export.onnx import main
+
+    rule, caught_by = BUFFER_MUTATIONS[name]
+    monkeypatch.setattr(export.graph, "buffer_additive_mask", rule)
+    out = tmp_path / "out"
+    assert main(["--ckpt", str(tiny_ckpt), "--out", str(out), "--kv-cache", "buffer"]) == 2
+    _assert_caught(capsys, caught_by, tmp_path)
+
+
+def _assert_caught(capsys: pytest.CaptureFixture[str], caught_by: str, tmp_path: Path) -> None:
     errors = _error_lines(capsys)
     assert len(errors) == 1, errors
     assert errors[0].startswith("error: validation failed after trace (the exported graph, before any pass): ")
