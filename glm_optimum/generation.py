@@ -176,7 +176,7 @@ class GLMLogitsProcessor(LogitsProcessor):
     def __init__(self, config: GenerationConfig, tokens: SpecialTokens, prompt_length: int) -> None:
         self.config = config
         self.prompt_length = prompt_length
-        self.stop_ids = _stop_ids(tokens)
+        self.stop_ids = _stop_ids(tokens, config)
         self.banned = _banned(tokens, config)
         self.rng = np.random.default_rng(config.seed) if config.strategy == "sample" else None
 

@@ -31,7 +31,7 @@ from transformers.generation import LogitsProcessorList
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import is_offline_mode
 
-from evaluation.backends.onnx import CONFIG_FILE, OnnxBackend, _escapes, read_model_config
+from evaluation.backends.onnx import CONFIG_FILE, OnnxBackend, _escapes, check_step_inputs, read_model_config
 from glm_core.errors import ConfigError, ExportError, InputError
 from glm_optimum.generation import (
     TAKEN_OVER,
@@ -193,6 +193,13 @@ class GLMORTModel(ORTModelForCausalLM):
         model_save_dir: str | Path | None = None,
     ) -> None:
         self.backend = backend
+        if backend.kv_cache == "buffer":  # the bound path feeds the concat graph's inputs (the CUDA layout)
+            if use_io_binding:
+                raise ConfigError(
+                    f"{backend.model_dir}: IO binding needs an export with --kv-cache concat (this one has the CPU "
+                    "buffer layout, which the plain path runs); pass use_io_binding=False or re-export"
+                )
+            use_io_binding = False
         super().__init__(
             config=config,
             session=backend.session,
@@ -327,7 +334,7 @@ class GLMORTModel(ORTModelForCausalLM):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """optimum's IO binding: inputs and outputs are torch buffers on ``self.device``, bound by pointer."""
         backend = self.backend
-        ids, pos, sep_arr = backend._check_inputs(_numpy(input_ids), _numpy(position_ids), _numpy(sep), past)
+        ids, pos, sep_arr = check_step_inputs(backend, _numpy(input_ids), _numpy(position_ids), _numpy(sep), past)
         B, S = ids.shape
         device = self.device
         kv_dtype = KV_TORCH_DTYPES[backend.config["kv_dtype"]]

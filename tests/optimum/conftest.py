@@ -21,12 +21,15 @@ def _export(out: Path, *flags: str) -> Path:
 @pytest.fixture(scope="session")
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # "glm" in the path on purpose: transformers guesses GLM-4 from such a name when it has no config to read
-    return _export(tmp_path_factory.mktemp("onnx") / "glm-tiny-onnx")
+    # the concat cache layout: the one IO binding (and CUDA) runs; the default buffer layout is in LAYOUTS
+    return _export(tmp_path_factory.mktemp("onnx") / "glm-tiny-onnx", "--kv-cache", "concat")
 
 
 @pytest.fixture(scope="session")
 def external_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _export(tmp_path_factory.mktemp("onnx") / "glm-tiny-onnx-ext", "--external-data", "always")
+    return _export(
+        tmp_path_factory.mktemp("onnx") / "glm-tiny-onnx-ext", "--external-data", "always", "--kv-cache", "concat"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -37,9 +40,10 @@ def model(export_dir: Path):
 
 
 LAYOUTS = {
-    "fp16": ("--dtype", "fp16"),
-    "int8": ("--quantize", "int8"),
-    "int4": ("--quantize", "int4"),
+    "buffer": ("--kv-cache", "buffer"),  # the CPU default: the plain path only (IO binding feeds the concat graph)
+    "fp16": ("--dtype", "fp16", "--kv-cache", "concat"),  # concat: these are also run with IO binding
+    "int8": ("--quantize", "int8", "--kv-cache", "concat"),
+    "int4": ("--quantize", "int4", "--kv-cache", "concat"),
     "optimize-ort": ("--optimize", "ort"),
 }
 
