@@ -21,6 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from glm_core.attention_backends import (
+    REPORTED,
+    check_attention,
+    flex_block_mask,
+    resolve_attention,
+    run_flex,
+    run_sdpa,
+)
 from glm_core.config import GLMConfig
 from glm_core.errors import InputError
 
@@ -95,10 +103,10 @@ class GLMAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # [B, S, h], already input-LayerNormed
-        visible: torch.Tensor | None,  # bool [B|1, 1, S, P+S]; None = use the fused kernel with `sep`
+        visible: object,  # bool [B|1, 1, S, P+S] (math, sdpa), a flex BlockMask (flex), None (triton: uses `sep`)
         sep: torch.Tensor,  # [B]
         past: tuple[torch.Tensor, torch.Tensor] | None,
-        impl: str,
+        impl: str,  # attention backend: "math" | "sdpa" | "flex" | "triton" (glm_core.attention_backends)
         use_cache: bool,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         q, k, v = self.query_key_value(x).chunk(3, dim=-1)  # each [B, S, h]
@@ -112,6 +120,10 @@ class GLMAttention(nn.Module):
             from glm_core.kernels.attention import glm_attention
 
             ctx = glm_attention(q, k, v, sep, dropout_p=p, training=self.training, impl="triton")
+        elif impl == "sdpa":
+            ctx = run_sdpa(q, k, v, visible, dropout_p=p)
+        elif impl == "flex":
+            ctx = run_flex(q, k, v, visible)
         else:
             ctx = glm_attention_math(q, k, v, visible, dropout_p=p, training=self.training)  # [B, H, S, D]
         B, H, S, D = ctx.shape
@@ -164,12 +176,19 @@ class GLMStack(nn.Module):
 class GLMModel(nn.Module):
     """The GLM language model: embeddings, ``L`` pre-LN layers, final LayerNorm, LM head tied to the embeddings."""
 
-    def __init__(self, config: GLMConfig, kernels: str = "torch", gradient_checkpointing: bool = False) -> None:
+    def __init__(
+        self,
+        config: GLMConfig,
+        kernels: str = "torch",
+        gradient_checkpointing: bool = False,
+        attention: str = "auto",
+    ) -> None:
         super().__init__()
         if kernels not in KERNEL_CHOICES:
             raise InputError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
         self.config = config
         self.kernels = kernels
+        self.attention = check_attention(attention)
         self.gradient_checkpointing = gradient_checkpointing
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)  # [V, h], also the LM head
         self.transformer = GLMStack(config)
@@ -206,6 +225,10 @@ class GLMModel(nn.Module):
         if kernels not in KERNEL_CHOICES:
             raise InputError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
         self.kernels = kernels
+
+    def set_attention(self, attention: str) -> None:
+        """Pick the attention backend: ``auto | math | sdpa | flex | triton`` (glm_core.attention_backends)."""
+        self.attention = check_attention(attention)
 
     # ------------------------------------------------------------ validation
     def _check_inputs(
@@ -282,20 +305,33 @@ class GLMModel(nn.Module):
         param = self.word_embeddings.weight
         device, dtype = param.device, param.dtype
 
-        # The fused attention covers the training layout (sep rule, no cache); an explicit mask or a past uses torch.
+        # The attention backend (glm_core.attention_backends): the fused kernel covers the training layout only.
         plain_layout = attention_mask is None and past_len == 0
-        impl_attn = self._impl("glm_attention", device, dtype) if plain_layout else "torch"
+        kernel_impl = self._impl("glm_attention", device, dtype) if plain_layout else "torch"
+        p_attn = self.config.attention_dropout_prob if self.training else 0.0
+        backend = resolve_attention(
+            self.attention,
+            device=device,
+            dtype=dtype,
+            kernel_impl=kernel_impl,
+            sep_layout=attention_mask is None,
+            has_past=past_len > 0,
+            dropout_p=p_attn,
+            needs_grad=torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()),
+        )
         impl_ln = self._impl("add_dropout_layernorm", device, dtype)
         # the erf GeLU variant has no Triton kernel: it always runs in torch
         impl_mlp = self._impl("bias_gelu", device, dtype) if self.config.gelu == "tanh" else "torch"
-        self.kernels_used = {"attention": impl_attn, "layernorm": impl_ln, "bias_gelu": impl_mlp}
+        self.kernels_used = {"attention": REPORTED[backend], "layernorm": impl_ln, "bias_gelu": impl_mlp}
 
-        visible = None
-        if impl_attn == "torch":
+        visible: object = None  # what the backend needs to know who sees whom, built once for all layers
+        if backend in ("math", "sdpa"):
             if attention_mask is not None:
                 visible = _explicit_mask(attention_mask, B, S, past_len).to(device)
             else:
                 visible = visibility_mask(sep_t, S, past_len)
+        elif backend == "flex":
+            visible = flex_block_mask(sep_t, S, past_len)
 
         # spec §1.2 step 1: word + position + block-position embeddings, then embedding dropout
         x = (
@@ -316,16 +352,14 @@ class GLMModel(nn.Module):
                     visible,
                     sep_t,
                     past,
-                    impl_attn,
+                    backend,
                     impl_ln,
                     impl_mlp,
                     use_cache,
                     use_reentrant=False,
                 )
             else:
-                x, present = self._layer_forward(
-                    layer, x, visible, sep_t, past, impl_attn, impl_ln, impl_mlp, use_cache
-                )
+                x, present = self._layer_forward(layer, x, visible, sep_t, past, backend, impl_ln, impl_mlp, use_cache)
             if present is not None:
                 presents.append(present)
 
@@ -355,7 +389,7 @@ class GLMModel(nn.Module):
         self,
         layer: GLMLayer,
         x: torch.Tensor,
-        visible: torch.Tensor | None,
+        visible: object,
         sep: torch.Tensor,
         past: tuple[torch.Tensor, torch.Tensor] | None,
         impl_attn: str,

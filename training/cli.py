@@ -7,7 +7,7 @@
 
 One loop serves both: AdamW (no weight decay on biases and LayerNorms), linear warmup + cosine decay, gradient
 clipping, gradient accumulation, bf16/fp16 autocast (fp16 with a ``torch.amp.GradScaler``), gradient checkpointing,
-``--kernels auto|triton|torch``. The loss of a step is normalised by the **global** count (Part-B tokens, or
+``--kernels auto|triton|torch``, ``--attention auto|math|sdpa|flex|triton``. The loss of a step is normalised by the **global** count (Part-B tokens, or
 examples), so 1 process x 2 micro-batches and 2 processes x 1 micro-batch compute the same update (the same numbers
 only with dropout 0: each rank draws its own dropout masks).
 
@@ -52,7 +52,7 @@ from training.distributed import init_distributed
 from training.evaluation_hook import EvaluateFactory, evaluation_factory
 from training.guard import RunInterrupted, finite_or_none, json_safe
 from training.loop import LOG_FILE, append_log, train
-from training.options import add_safety_arguments
+from training.options import add_attention_argument, add_safety_arguments, check_attention_option
 from training.recipes import BestModel, add_recipe_arguments, resolve_recipe, steps_for_epochs
 from training.reporting import REPORT_BACKENDS, ReportConfig, default_backend
 from training.resume import check_resume, check_run_outputs, refuse_existing_run, resolve_resumed_schedule
@@ -96,6 +96,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default="auto")
+    add_attention_argument(p)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP (under torchrun)")
     p.add_argument("--seed", type=int, default=1234)
@@ -371,6 +372,7 @@ def run(
     seq_length = args.seq_length if args.command == "pretrain" else args.max_length
     _check_fit(config, tokenizer, seq_length)
     _check_kernels(args.kernels, ctx.device, args.precision)
+    check_attention_option(args.attention, ctx.device, PRECISIONS[args.precision], config.attention_dropout_prob)
     report = ReportConfig(args.report_to, args.peak_tflops, project=args.wandb_project, run_name=args.run_name)
 
     if args.command == "pretrain":
@@ -469,7 +471,11 @@ def run(
     best = BestModel(Path(args.out) / "best", tokenizer) if epochs is not None and evaluate is not None else None
 
     model = build_model(
-        config, seed=args.seed, kernels=args.kernels, gradient_checkpointing=args.gradient_checkpointing
+        config,
+        seed=args.seed,
+        kernels=args.kernels,
+        gradient_checkpointing=args.gradient_checkpointing,
+        attention=args.attention,
     )
     if weights_dir is not None and resume is None:
         from glm_core.checkpoint import load_model

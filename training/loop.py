@@ -369,7 +369,7 @@ def _run_evaluation(
         subject = None
         if ctx.is_main:
             with torch.device("meta"):
-                subject = GLMModel(model.config, kernels=model.kernels)
+                subject = GLMModel(model.config, kernels=model.kernels, attention=model.attention)
             subject.load_state_dict(
                 {k.removeprefix(MODEL_PREFIX): v for k, v in full.items()}, strict=True, assign=True
             )

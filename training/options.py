@@ -1,16 +1,21 @@
-"""Command-line options of the run's safety net: checkpoint intervals, resume, non-finite steps, collective timeout."""
+"""Command-line options of the run's safety net (checkpoint intervals, resume, non-finite steps, collective timeout)
+and of the attention backend (``--attention``, glm_core.attention_backends)."""
 
 from __future__ import annotations
 
 import argparse
 
+import torch
+
+from glm_core.attention_backends import ATTENTION_CHOICES
+from glm_core.errors import ConfigError
 from training.guard import DEFAULT_MAX_SKIPPED_STEPS
 
 DEFAULT_SAVE_EVERY = 1000
 DEFAULT_SAVE_EVERY_MINUTES = 30.0
 DEFAULT_DIST_TIMEOUT_MINUTES = 30.0
 
-__all__ = ["add_safety_arguments"]
+__all__ = ["add_attention_argument", "add_safety_arguments", "check_attention_option"]
 
 
 def add_safety_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,3 +60,32 @@ def add_safety_arguments(p: argparse.ArgumentParser) -> None:
         help="timeout of every collective (rank 0 evaluating or saving while the others wait included; "
         f"default {DEFAULT_DIST_TIMEOUT_MINUTES:g})",
     )
+
+
+def add_attention_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--attention",
+        choices=ATTENTION_CHOICES,
+        default="auto",
+        help="attention backend (default auto: the Triton kernel where --kernels picks it, SDPA on CUDA, the math "
+        "reference on the CPU; never one without attention dropout when the dropout is on)",
+    )
+
+
+def check_attention_option(attention: str, device: torch.device, dtype: torch.dtype, attention_dropout: float) -> None:
+    """Refuse, before anything is written, an ``--attention`` that cannot train here (one line, exit 2)."""
+    if attention == "flex":
+        if device.type != "cuda":
+            raise ConfigError(
+                "--attention flex cannot train on the CPU (torch has no FlexAttention backward there); expected "
+                "--attention math or sdpa, or a CUDA device"
+            )
+        if attention_dropout > 0.0:
+            raise ConfigError(
+                f"--attention flex has no attention dropout (the model's is {attention_dropout:g}); expected "
+                "--attention sdpa/math/auto, or --dropout 0"
+            )
+    elif attention == "triton":
+        from glm_core.kernels import resolve_impl
+
+        resolve_impl("triton", device, dtype, "glm_attention")  # raises KernelUnavailableError with the reason

@@ -55,11 +55,13 @@ class TorchBackend:
         dtype: str | None = None,
         *,
         kernels: str = "torch",
+        attention: str = "auto",
         tokenizer: GLMTokenizer | None = None,
         gelu: str | None = None,
     ) -> None:
         root = resolve_model_dir(path)
         model = load_model(root, dtype=dtype, gelu=gelu, device=device, kernels=kernels)  # gelu None: the checkpoint's
+        model.set_attention(attention)  # glm_core.attention_backends: auto = the fastest exact one here
         if tokenizer is None:
             try:
                 tokenizer = GLMTokenizer.from_pretrained(root)
