@@ -537,7 +537,7 @@ def _cut_at_stop(text: str, until: Sequence[str]) -> str:
 class GLMTorchLM(_GLMLMBase):
     """``--model glm-torch``: ``pretrained`` = a checkpoint directory or a shipped preset name (``glm-tiny``).
 
-    Extra model arguments go to :class:`evaluation.backends.torch.TorchBackend` (e.g. ``kernels=triton``).
+    Extra model arguments go to :class:`evaluation.backends.torch.TorchBackend` (e.g. ``kernels=triton``, ``attention=sdpa``).
     """
 
     backend_kind = "torch"

@@ -274,3 +274,19 @@ def test_glm_train_flex_on_the_cpu_exits_2_and_writes_nothing(setup, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--attention flex cannot train on the CPU" in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+def test_generation_through_torch_step_matches_math(attention):
+    from glm_core.generation import GenerationConfig, generate
+    from glm_core.layout import build_generation_prompt
+    from glm_core.special_tokens import sentencepiece_tokens
+    from glm_core.step import TorchStep
+
+    tokens = sentencepiece_tokens(num_pieces=80)  # special ids 80.. fit the 96-token test vocabulary
+    prompt = build_generation_prompt([5, 17, 42, tokens.mask, 9, 3, 25], tokens)
+    config = GenerationConfig(max_new_tokens=5, strategy="beam", num_beams=2)
+    ref = generate(TorchStep(_model("math")), prompt, tokens, config)
+    ours = generate(TorchStep(_model(attention)), prompt, tokens, config)
+    assert sum(len(b) for b in ref.blanks) > 0  # something was generated
+    assert ours.sequence == ref.sequence and ours.blanks == ref.blanks
