@@ -290,3 +290,20 @@ def test_generation_through_torch_step_matches_math(attention):
     ours = generate(TorchStep(_model(attention)), prompt, tokens, config)
     assert sum(len(b) for b in ref.blanks) > 0  # something was generated
     assert ours.sequence == ref.sequence and ours.blanks == ref.blanks
+
+
+def test_torch_backend_takes_the_switch(setup):
+    import numpy as np
+
+    from evaluation.backends import load_backend
+
+    ids = np.array([[5, 17, 42, 9, 3]], dtype=np.int64)
+    pos = np.stack([np.arange(5), np.zeros(5, dtype=np.int64)])[None]
+    sep = np.array([3], dtype=np.int64)
+    logits = {}
+    for attention in ("math", "sdpa", "flex"):
+        backend = load_backend("torch", setup["model"], attention=attention)
+        assert backend.model.attention == attention
+        logits[attention], _ = backend.step(ids, pos, sep, None)
+    for attention in ("sdpa", "flex"):
+        assert _close(torch.from_numpy(logits[attention]), torch.from_numpy(logits["math"]))
