@@ -135,9 +135,10 @@ def run_sdpa(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout_p)
 
 
-def flex_block_mask(sep: torch.Tensor, query_len: int, past_len: int) -> Any:
+def flex_block_mask(sep: torch.Tensor, query_len: int, past_len: int, block_size: int = 128) -> Any:
     """One ``BlockMask`` for a batch: key ``j`` (``P+S`` keys) visible to query ``t`` iff ``j < P`` (past) or
-    ``j - P < sep[b]`` (prefix) or ``j - P <= t`` (causal). Build once per forward; every layer shares it."""
+    ``j - P < sep[b]`` (prefix; GLM's ``<``, the PyTorch blog's ``<=`` is off by one) or ``j - P <= t`` (causal).
+    Build once per forward; every layer shares it."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     sep_rel = sep.to(torch.int64) + past_len  # in absolute key indices: visible iff kv < P + sep or kv <= P + t
@@ -146,7 +147,13 @@ def flex_block_mask(sep: torch.Tensor, query_len: int, past_len: int) -> Any:
         return (kv_idx < sep_rel[b]) | (kv_idx <= q_idx + past_len)
 
     return create_block_mask(
-        glm_mask, B=sep.shape[0], H=None, Q_LEN=query_len, KV_LEN=past_len + query_len, device=sep.device
+        glm_mask,
+        B=sep.shape[0],
+        H=None,
+        Q_LEN=query_len,
+        KV_LEN=past_len + query_len,
+        device=sep.device,
+        BLOCK_SIZE=block_size,
     )
 
 

@@ -50,12 +50,12 @@ Kernel notes
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from glm_core.attention_backends import flex_block_mask, run_flex
 from glm_core.errors import InputError
 from glm_core.kernels import interpreter_enabled, resolve_impl
 from glm_core.kernels.interpreter import round_bf16_in_interpreter
@@ -948,33 +948,12 @@ def glm_attention_sdpa(
 
 
 def glm_flex_block_mask(sep: torch.Tensor, seq_len: int, block_size: int = 128):  # noqa: ANN201
-    """FlexAttention BlockMask for GLM (spec §4.2.1): ``or_masks(causal, prefix)``.
+    """FlexAttention BlockMask for GLM (spec §4.2.1): causal or prefix (``kv_idx < sep[b]``), no past.
 
-    ``prefix`` uses ``kv_idx < sep[b]`` (GLM's convention; the PyTorch blog's ``<=`` is off by one).
-    Build once per batch and reuse it for every layer.
+    The model's own builder (:func:`glm_core.attention_backends.flex_block_mask`); build once per batch and reuse
+    it for every layer.
     """
-    from torch.nn.attention.flex_attention import create_block_mask, or_masks
-
-    sep_i32 = sep.to(torch.int32)
-
-    def causal(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202 - mask_mod protocol
-        return kv_idx <= q_idx
-
-    def prefix(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202 - mask_mod protocol
-        return kv_idx < sep_i32[b]
-
-    return create_block_mask(
-        or_masks(causal, prefix),
-        B=sep.shape[0],
-        H=None,
-        Q_LEN=seq_len,
-        KV_LEN=seq_len,
-        device=sep.device,
-        BLOCK_SIZE=block_size,
-    )
-
-
-_COMPILED_FLEX: Callable | None = None
+    return flex_block_mask(sep, seq_len, 0, block_size)
 
 
 def glm_attention_flex(
@@ -986,14 +965,7 @@ def glm_attention_flex(
     it runs the eager forward only (no CPU backward in torch, spec §3.3) — for checking the mask.
     Pass ``block_mask`` from :func:`glm_flex_block_mask` to reuse it across layers.
     """
-    global _COMPILED_FLEX
-    from torch.nn.attention.flex_attention import flex_attention
-
     _check_qkv(q, k, v, sep)
     if block_mask is None:
         block_mask = glm_flex_block_mask(sep.to(q.device), q.shape[2])
-    if q.device.type != "cuda":
-        return flex_attention(q, k, v, block_mask=block_mask)
-    if _COMPILED_FLEX is None:
-        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
-    return _COMPILED_FLEX(q, k, v, block_mask=block_mask)
+    return run_flex(q, k, v, block_mask)
