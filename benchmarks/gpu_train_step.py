@@ -59,7 +59,9 @@ def time_engine(engine: str, preset: str, batch: int, seq: int, steps: int, warm
     device = torch.device("cuda")
     config = GLMConfig.from_preset(preset)
     kernels = "triton" if engine == "triton" else "torch"
-    model = build_model(config, seed=0, kernels=kernels).to(device).train()
+    # the eager engines keep the reference attention (math), as the recorded eager figures did
+    attention = "auto" if engine == "triton" else "math"
+    model = build_model(config, seed=0, kernels=kernels, attention=attention).to(device).train()
     n_params = sum(p.numel() for p in model.parameters())
     optim = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     loss_fn = model.loss

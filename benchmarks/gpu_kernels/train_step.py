@@ -75,7 +75,10 @@ def tiny_train_step_cpu(engine: str, plan: Plan) -> dict[str, Any]:
 
     config = GLMConfig.from_preset(plan.train_preset, num_layers=2, hidden_size=128, num_attention_heads=2,
                                    vocab_size=512, max_sequence_length=64)  # fmt: skip
-    model = build_model(config, seed=0, kernels="triton" if engine == "triton" else "torch").train()
+    triton = engine == "triton"  # the other engines keep the reference attention (math)
+    model = build_model(
+        config, seed=0, kernels="triton" if triton else "torch", attention="auto" if triton else "math"
+    ).train()
     optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = make_batch(config, plan.train_batch, plan.train_seq, torch.device("cpu"), seed=0)
     times, losses = [], []
