@@ -430,12 +430,7 @@ class OnnxBackend:
             logits, present = self._run_device(ids, pos, sep_arr, past, last_logits_only)
         else:
             logits, present = self._run_cpu(ids, pos, sep_arr, past)
-            if last_logits_only:
-                logits = np.ascontiguousarray(logits[:, -1:])
-        with self._lock:
-            self.calls += 1
-            self.tokens_seen += int(ids.size)
-        return logits, present
+        return self._finish(logits, present, ids, last_logits_only and not self.on_cuda)
 
     def _step_buffer(
         self, input_ids: Any, position_ids: Any, sep: Any, past: Past | None, last_logits_only: bool
@@ -447,7 +442,11 @@ class OnnxBackend:
         buffer, length = kv_buffer.prepare(past, B, S, self.cache_capacity, dims, self.kv_dtype)
         feeds = {"input_ids": _ortvalue(ids), "position_ids": _ortvalue(pos), "sep": _ortvalue(sep_arr)}
         logits, present = kv_buffer.run_step(self.session, feeds, self.past_names, self.output_names, buffer, length)
-        if last_logits_only:
+        return self._finish(logits, present, ids, last_logits_only)
+
+    def _finish(self, logits: np.ndarray, present: Any, ids: np.ndarray, last_only: bool) -> tuple[np.ndarray, Any]:
+        """The step's result: only the last row's logits when asked (and not already cut on the device); counted."""
+        if last_only:
             logits = np.ascontiguousarray(logits[:, -1:])
         with self._lock:
             self.calls += 1

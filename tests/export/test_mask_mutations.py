@@ -86,29 +86,30 @@ def _error_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
 
 
-@pytest.mark.parametrize("name", list(MUTATIONS))
+CASES = [("concat", "visibility_mask", name, *MUTATIONS[name]) for name in MUTATIONS] + [
+    ("buffer", "buffer_additive_mask", name, *BUFFER_MUTATIONS[name]) for name in BUFFER_MUTATIONS
+]
+
+
+@pytest.mark.parametrize(
+    ("layout", "patched", "name", "rule", "caught_by"), CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES]
+)
 def test_a_wrong_mask_rule_fails_validation(
-    name: str, tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    layout: str,
+    patched: str,
+    name: str,
+    rule: Callable[..., torch.Tensor],
+    caught_by: str,
+    tiny_ckpt: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from export.onnx import main
 
-    rule, caught_by = MUTATIONS[name]
-    monkeypatch.setattr(export.graph, "visibility_mask", rule)
+    monkeypatch.setattr(export.graph, patched, rule)
     out = tmp_path / "out"
-    assert main(["--ckpt", str(tiny_ckpt), "--out", str(out), "--kv-cache", "concat"]) == 2
-    _assert_caught(capsys, caught_by, tmp_path)
-
-
-@pytest.mark.parametrize("name", list(BUFFER_MUTATIONS))
-def test_a_wrong_buffer_mask_fails_validation(
-    name: str, tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from export.onnx import main
-
-    rule, caught_by = BUFFER_MUTATIONS[name]
-    monkeypatch.setattr(export.graph, "buffer_additive_mask", rule)
-    out = tmp_path / "out"
-    assert main(["--ckpt", str(tiny_ckpt), "--out", str(out), "--kv-cache", "buffer"]) == 2
+    assert main(["--ckpt", str(tiny_ckpt), "--out", str(out), "--kv-cache", layout]) == 2
     _assert_caught(capsys, caught_by, tmp_path)
 
 
