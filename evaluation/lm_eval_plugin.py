@@ -58,6 +58,7 @@ from lm_eval.utils import simple_parse_args_string
 from tqdm.auto import tqdm
 
 from evaluation.backends import load_backend
+from evaluation.backends.devices import cuda_available, parse_device
 from evaluation.lm_eval_distributed import ProcessGroup
 from evaluation.lm_eval_options import as_bool, check_tokenizer_fits, load_tokenizer, user_errors_end_the_cli
 from evaluation.scoring import Scorer
@@ -277,20 +278,14 @@ class _GLMLMBase(TemplateLM):
         self.process_group.barrier()
 
     # ------------------------------------------------------------------ backend specifics
-    def _cuda_available(self) -> bool:
-        raise NotImplementedError
-
     def _resolve_device(self, device: str | None) -> str:
         """``None``/``"auto"``: ``cuda:0`` when CUDA is usable, else ``cpu`` (no warning: nothing was asked for).
         An explicit ``cuda``/``cuda:N`` that this installation cannot use is a :class:`ConfigError`."""
         requested = (device or "auto").strip().lower()
         if requested == "auto":
-            return "cuda:0" if self._cuda_available() else "cpu"
-        if requested == "cpu":
-            return "cpu"
-        if requested != "cuda" and not (requested.startswith("cuda:") and requested[5:].isdigit()):
-            raise ConfigError(f"device {device!r} is not supported; expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
-        if self._cuda_available():
+            return "cuda:0" if cuda_available(self.backend_kind) else "cpu"
+        kind, _ = parse_device(requested)
+        if kind == "cpu" or cuda_available(self.backend_kind):
             return requested
         raise ConfigError(
             f"device {device!r} asked for, but this installation has no usable CUDA "
@@ -542,13 +537,6 @@ class GLMTorchLM(_GLMLMBase):
 
     backend_kind = "torch"
 
-    def _cuda_available(self) -> bool:
-        # Asked of the torch backend module: torch is imported there, and only when this model is built.
-        import importlib
-
-        torch_backend = importlib.import_module("evaluation.backends.torch")
-        return bool(torch_backend.torch.cuda.is_available())
-
 
 class GLMOnnxLM(_GLMLMBase):
     """``--model glm-onnx``: ``pretrained`` = a model directory written by ``python -m export.onnx``. Needs no torch.
@@ -557,8 +545,3 @@ class GLMOnnxLM(_GLMLMBase):
     """
 
     backend_kind = "onnx"
-
-    def _cuda_available(self) -> bool:
-        import onnxruntime
-
-        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()

@@ -214,21 +214,12 @@ def preflight(options: ExportOptions) -> None:
         )
     if options.quantize != "none" and options.dtype != "fp32":
         raise ExportError(f"--quantize {options.quantize} needs --dtype fp32 (the quantizers read fp32 weights)")
-    from evaluation.backends.onnx_device import parse_device
+    from evaluation.backends.devices import check_device
 
     try:
-        kind, _ = parse_device(options.device)
+        check_device("onnx", options.device)
     except GLMError as exc:
         raise ExportError(f"--device: {exc}") from None
-    if kind == "cuda":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ExportError(
-                f"--device {options.device}: this onnxruntime has no CUDAExecutionProvider "
-                f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu "
-                "(pip install 'glm-harness[onnx-gpu]')"
-            )
     check_output_path(options.out, options.overwrite)
 
 

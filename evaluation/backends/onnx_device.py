@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from evaluation.backends.devices import parse_device
 from glm_core.errors import ConfigError
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -43,18 +44,6 @@ class ProviderRequest:
 
     def session_args(self) -> list[tuple[str, dict[str, str]]]:
         return [(name, dict(options)) for name, options in self.providers]
-
-
-def parse_device(device: str) -> tuple[str, int]:
-    """``"cpu"`` -> ``("cpu", 0)``; ``"cuda"`` / ``"cuda:N"`` -> ``("cuda", N)``; anything else is a ConfigError."""
-    text = str(device).strip().lower()
-    if text == "cpu":
-        return "cpu", 0
-    if text == "cuda":
-        return "cuda", 0
-    if text.startswith("cuda:") and text[5:].isdigit():
-        return "cuda", int(text[5:])
-    raise ConfigError(f"device {device!r} is not supported; expected 'cpu', 'cuda' or 'cuda:N'")
 
 
 def parse_providers(providers: Sequence[ProviderSpec] | str | None) -> ProviderRequest:

@@ -15,8 +15,9 @@ import onnxruntime as ort
 import pytest
 
 import evaluation.backends.onnx as onnx_backend
+from evaluation.backends.devices import parse_device
 from evaluation.backends.onnx import OnnxBackend
-from evaluation.backends.onnx_device import DeviceGather, parse_device, parse_providers
+from evaluation.backends.onnx_device import DeviceGather, parse_providers
 from glm_core.errors import ConfigError, ExportError, InputError
 from tests.export.conftest import TINY_EXPORT
 

@@ -57,7 +57,7 @@ BASE = ["--backend", "torch", "--model", "glm-tiny", "--tasks", "demo", "--data-
         ("exists", ["--output", "{tmp}/old.json"], ["already exists; pass --overwrite"]),
         ("exists", ["--output", "{tmp}/old.json", "--overwrite"], ["is not a results file of glm-eval"]),
         ("file-parent", ["--cache-dir", "{tmp}/plain.txt"], ["--cache-dir", "not a directory"]),
-        ("none", ["--device", "tpu"], ["'tpu'", "expected cpu, cuda or cuda:N"]),
+        ("none", ["--device", "tpu"], ["'tpu'", "expected 'cpu', 'cuda' or 'cuda:N'"]),
         ("none", ["--device", "cpu:1"], ["'cpu:1'"]),
     ],
 )
