@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import gc
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -217,6 +218,13 @@ class Candidate:
     family: str = ""  # budget family of an optional candidate (its observed cost predicts the next one)
     cost_s: float = 20.0  # estimated seconds (compile + timing) of an optional candidate before one was observed
     skip_reason: str = ""  # set when the candidate cannot run here at all
+
+
+def installed_peer(name: str, module: str, build: Callable[[], Callable[[InputSet], Any]]) -> Candidate:
+    """A peer from an optional wheel (Liger): built when ``module`` is installed, else listed as skipped."""
+    if importlib.util.find_spec(module) is None:
+        return Candidate(name, skip_reason=f"skipped ({module} not installed)")
+    return Candidate(name, build=build)
 
 
 def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:

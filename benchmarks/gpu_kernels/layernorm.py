@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ from benchmarks.gpu_kernels.harness import (
     call_with_leaves,
     compile_candidate,
     free_memory,
+    installed_peer,
     log,
     randn,
     summarize_case,
@@ -113,9 +113,7 @@ def run_layernorm(ctx: Ctx, rec: dict[str, Any]) -> None:
 
 def liger_layernorm_candidate() -> Candidate:
     """Liger's LayerNorm (spec §5.1 peer for plain LN) when its wheel is installed."""
-    if importlib.util.find_spec("liger_kernel") is None:
-        return Candidate("liger_layernorm", skip_reason="skipped (liger_kernel not installed)")
-    return Candidate("liger_layernorm", build=_build_liger_layernorm)
+    return installed_peer("liger_layernorm", "liger_kernel", _build_liger_layernorm)
 
 
 def _build_liger_layernorm() -> Callable[[InputSet], Any]:

@@ -4,7 +4,6 @@ Liger; time and peak extra memory."""
 from __future__ import annotations
 
 import functools
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ from benchmarks.gpu_kernels.harness import (
     buffer_count,
     compile_candidate,
     free_memory,
+    installed_peer,
     log,
     randn,
     summarize_case,
@@ -106,9 +106,7 @@ def run_lm_head_ce(ctx: Ctx, rec: dict[str, Any]) -> None:
 
 def liger_flce_candidate() -> Candidate:
     """Liger's fused linear + cross-entropy on the gathered rows, when its wheel is installed."""
-    if importlib.util.find_spec("liger_kernel") is None:
-        return Candidate("liger_flce_gathered", skip_reason="skipped (liger_kernel not installed)")
-    return Candidate("liger_flce_gathered", build=_build_liger_flce)
+    return installed_peer("liger_flce_gathered", "liger_kernel", _build_liger_flce)
 
 
 def _build_liger_flce() -> Callable[[InputSet], Any]:
