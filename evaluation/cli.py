@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,8 +26,8 @@ from evaluation.runner import evaluate, format_table, read_tasks
 from evaluation.tasks import GROUPS, expand_task_list, task_names
 from evaluation.tasks.summarization import ROUGE_VARIANTS
 from glm_core.atomic import write_text_atomically
-from glm_core.errors import ConfigError, GLMError
-from glm_core.outputs import check_output_file, interrupt_exit_code, terminate_as_interrupt
+from glm_core.errors import ConfigError, GLMError, print_warnings_on_one_line
+from glm_core.outputs import check_output_file, check_writable_dir, interrupt_exit_code, terminate_as_interrupt
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data"
 CACHE_DIR_NAME = ".glm-eval-cache"
@@ -132,14 +131,7 @@ def check_paths(args: argparse.Namespace) -> None:
             args.output, overwrite=args.overwrite, foreign=_not_results, what="a results file of glm-eval"
         )
     if args.cache_dir is not None:
-        cache = Path(args.cache_dir)
-        if cache.exists() and not cache.is_dir():
-            raise ConfigError(f"--cache-dir {cache}: exists and is not a directory; expected a directory")
-        nearest = cache.resolve()
-        while not nearest.exists():
-            nearest = nearest.parent
-        if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
-            raise ConfigError(f"--cache-dir {cache}: {nearest} is not a writable directory")
+        check_writable_dir(args.cache_dir, flag="--cache-dir", error=ConfigError)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -211,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    print_warnings_on_one_line()
     try:
         with terminate_as_interrupt():
             return run(args)

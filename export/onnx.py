@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from glm_core.errors import ExportError, GLMError
+from glm_core.errors import ExportError, GLMError, print_warnings_on_one_line
 from glm_core.outputs import interrupt_exit_code, terminate_as_interrupt
 
 EXAMPLES = """\
@@ -673,6 +673,7 @@ def summary(report: dict[str, Any], out: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
+    print_warnings_on_one_line()
     try:
         with terminate_as_interrupt():
             report = export(options)

@@ -31,6 +31,7 @@ __all__ = [
     "Terminated",
     "check_output",
     "check_output_file",
+    "check_writable_dir",
     "interrupt_exit_code",
     "foreign_to",
     "is_model_file",
@@ -145,17 +146,30 @@ def check_output(
                 f"{flag} {path}: exists and is not {what} ({reason}); --overwrite replaces only that, so nothing was "
                 "touched: remove it yourself or choose another path"
             )
-    parent = resolved.parent
-    if not parent.is_dir():
-        if not make_parents:
-            raise error(f"{flag} {path}: parent directory {parent} does not exist")
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir():
-            raise error(f"{flag} {path}: {parent} is a file; expected a directory on the way to the output")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise error(f"{flag} {path}: {parent} is not writable; choose another path")
+    if not resolved.parent.is_dir() and not make_parents:
+        raise error(f"{flag} {path}: parent directory {resolved.parent} does not exist")
+    _check_writable_place(resolved.parent, f"{flag} {path}", error)
     return out
+
+
+def check_writable_dir(path: str | os.PathLike[str], *, flag: str, error: type[GLMError] = GLMError) -> Path:
+    """A directory the run adds files to (a cache): an existing directory, or one that can be made."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise error(f"{flag} {path}: exists and is not a directory; expected a directory")
+    _check_writable_place(out.resolve(), f"{flag} {path}", error)
+    return out
+
+
+def _check_writable_place(directory: Path, what: str, error: type[GLMError]) -> None:
+    """``directory`` exists and is writable, or the nearest directory that exists on the way to it is."""
+    nearest = directory
+    while not nearest.exists():
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise error(f"{what}: {nearest} is a file; expected a directory on the way to the output")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise error(f"{what}: {nearest} is not writable; choose another path")
 
 
 def check_output_file(

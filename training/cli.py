@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 
 from glm_core.config import PRESETS, GLMConfig
-from glm_core.errors import CheckpointError, ConfigError, GLMError
+from glm_core.errors import CheckpointError, ConfigError, GLMError, print_warnings_on_one_line
 from glm_core.model import KERNEL_CHOICES, build_model
 from glm_core.outputs import check_output
 from training.checkpointing import STATE_FILE, export_checkpoint, find_latest_checkpoint, read_train_state
@@ -55,7 +55,13 @@ from training.loop import LOG_FILE, append_log, train
 from training.options import add_attention_argument, add_safety_arguments, check_attention_option
 from training.recipes import BestModel, add_recipe_arguments, resolve_recipe, steps_for_epochs
 from training.reporting import REPORT_BACKENDS, ReportConfig, default_backend
-from training.resume import check_resume, check_run_outputs, refuse_existing_run, resolve_resumed_schedule
+from training.resume import (
+    check_resume,
+    check_run_outputs,
+    packaged_data_dir,
+    refuse_existing_run,
+    resolve_resumed_schedule,
+)
 from training.run_record import run_record
 from training.superglue import TaskLoader, evaluation_task_loader
 from training.tasks import PretrainTask, TrainingTask
@@ -364,6 +370,8 @@ def run(
         raise ConfigError(f"glm-train {args.command} needs {expected}")
     resume = _resume_path(args)
     check_run_outputs(args)
+    if args.command == "finetune" and args.data_dir is None:
+        args.data_dir = str(packaged_data_dir())  # the packaged tasks, whatever the working directory
     if resume is None:
         refuse_existing_run(args.out)  # nothing in a directory that holds a run is truncated
     stored_task = read_train_state(resume)["meta"].get("task", {}) if resume is not None else {}
@@ -561,6 +569,7 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv if argv is None else ["glm-train", *argv])  # for the run record
+    print_warnings_on_one_line()
     try:
         if getattr(args, "model", None):
             from glm_core.hub import resolve_model_path

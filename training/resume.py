@@ -121,9 +121,7 @@ def check_run_outputs(args: Any) -> None:
     """Where a run writes, checked before any work: ``--out`` and ``--final-dir`` are not the current directory or
     one of its parents, not files, and can be made. (Whether ``--out`` may hold an earlier run is
     :func:`refuse_existing_run`'s and ``--resume``'s to say; a final directory keeps the files that are not model
-    files, see ``export_checkpoint``.) A fine-tuning run without ``--data-dir`` reads the packaged tasks."""
+    files, see ``export_checkpoint``.)"""
     check_output(args.out, overwrite=True, flag="--out", make_parents=True, error=ConfigError)
     if getattr(args, "final_dir", None):
         check_output(args.final_dir, overwrite=True, flag="--final-dir", make_parents=True, error=ConfigError)
-    if getattr(args, "command", None) == "finetune" and getattr(args, "data_dir", "") is None:
-        args.data_dir = str(packaged_data_dir())
