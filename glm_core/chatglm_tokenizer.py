@@ -93,13 +93,14 @@ def postprocess(text: str, max_blank_length: int = MAX_BLANK_LENGTH) -> str:
     return text
 
 
-def chat_prompt(query: str, history: Sequence[tuple[str, str]] = ()) -> str:
+def chat_prompt(query: str, history: Sequence[tuple[str, str]] = (), *, bare_first_query: bool = True) -> str:
     """ChatGLM-6B's chat prompt, as its ``chat()`` builds it.
 
-    With no history the query is sent as it is; otherwise every earlier round is ``[Round i]\\n问：q\\n答：r\\n`` and
-    the query closes with ``[Round N]\\n问：query\\n答：`` (N = number of earlier rounds, counted from 0).
+    Every earlier round is ``[Round i]\n问：q\n答：r\n`` and the query closes with ``[Round N]\n问：query\n答：``
+    (N = number of earlier rounds, counted from 0). With no history ``chat()`` sends the query as it is
+    (``bare_first_query``); ``bare_first_query=False`` gives it the round form too (``[Round 0]\n问：query\n答：``).
     """
-    if not history:
+    if not history and bare_first_query:
         return query
     rounds = "".join(f"[Round {i}]\n问：{q}\n答：{r}\n" for i, (q, r) in enumerate(history))
     return f"{rounds}[Round {len(history)}]\n问：{query}\n答："

@@ -168,6 +168,16 @@ def _frame_length(tokens: SpecialTokens, add_eos: bool) -> int:
     return 1 + int(add_eos) if tokens.frames_part_a else 0
 
 
+def _cloze_part_a(text_ids: Sequence[int], tokens: SpecialTokens, which: MaskChoice) -> tuple[list[int], int]:
+    """Part A of a cloze input and its blank's index: ``[CLS] text [eos]`` at the ``which`` blank (spec §2.4-1); ChatGLM:
+    ``text [gMASK]`` (its tokenizer always appends the generation mask) at :func:`chatglm_mask_position`."""
+    if not tokens.frames_part_a:
+        part_a = [*text_ids, _default_generation_mask(tokens)]
+        return part_a, chatglm_mask_position(part_a, tokens)
+    part_a = _part_a(text_ids, tokens, add_eos=True)
+    return part_a, find_mask_position(part_a, tokens.mask_ids(), which)
+
+
 def chatglm_mask_position(ids: Sequence[int], tokens: SpecialTokens) -> int:
     """ChatGLM's Part-B position: the first ``[MASK]`` if the input has one, else the first ``[gMASK]``."""
     for wanted in (tokens.mask, tokens.gmask):
@@ -285,8 +295,7 @@ def build_single_token_cloze(
     The scores are the logits **at the sop position** (``logits[sep]``) indexed at the verbalizer ids;
     ``candidate_spans == ((sep, sep + 1),)``.
     """
-    part_a = _part_a(text_ids, tokens, add_eos=True)
-    mask_pos = find_mask_position(part_a, tokens.mask_ids(), mask_position)
+    part_a, mask_pos = _cloze_part_a(text_ids, tokens, mask_position)
     n = len(part_a) + 1
     _check_length(n, max_length)
     sep = len(part_a)
@@ -322,8 +331,7 @@ def build_candidate_sequences(
 
     Candidate tokens sit at ``(mask_pos, 1..|c|)``. Score = sum of log-softmax at ``candidate_spans[0]``.
     """
-    part_a = _part_a(text_ids, tokens, add_eos=True)
-    mask_pos = find_mask_position(part_a, tokens.mask_ids(), mask_position)
+    part_a, mask_pos = _cloze_part_a(text_ids, tokens, mask_position)
     samples = []
     for cand in candidates:
         sample = _with_part_b(part_a, _candidate(cand, tokens, append_eop), mask_pos, tokens)
@@ -348,8 +356,7 @@ def build_shared_prefix_candidates(
     Part A (expanded over the candidates with ``reorder_past``). Equal to :func:`build_candidate_sequences` by the
     visibility rule of the step contract.
     """
-    part_a_ids = _part_a(text_ids, tokens, add_eos=True)
-    mask_pos = find_mask_position(part_a_ids, tokens.mask_ids(), mask_position)
+    part_a_ids, mask_pos = _cloze_part_a(text_ids, tokens, mask_position)
     prefix = _part_a_only(part_a_ids, tokens, (mask_pos,))
     chunks = []
     for cand in candidates:
@@ -391,8 +398,7 @@ def build_packed_multiple_choice(
     score is the plain sum of log-softmax over ``candidate_spans[i]`` (spec §2.4-4). The sep rule cannot express this
     mask, so such a sample needs a backend that accepts an explicit matrix.
     """
-    context = _part_a(text_ids, tokens, add_eos=True)
-    mask_pos = find_mask_position(context, tokens.mask_ids(), mask_position)
+    context, mask_pos = _cloze_part_a(text_ids, tokens, mask_position)
     n_ctx = len(context)
     ids, positions, blocks, targets = list(context), list(range(n_ctx)), [0] * n_ctx, [tokens.pad] * n_ctx
     spans = []
@@ -617,8 +623,11 @@ def _chatglm_seq2seq(
     max_target_length: int | None,
     mask_id: int | None,
 ) -> GLMInput:
-    """ChatGLM's seq2seq layout (its fine-tuning script): ``prompt source [gMASK]`` + ``<sop> target <eop>``."""
-    mask = mask_id if mask_id is not None else _default_generation_mask(tokens)
+    """ChatGLM's seq2seq layout (its fine-tuning script): ``prompt source [gMASK]`` + ``<sop> target <eop>``.
+
+    ChatGLM's position rule knows only ``[MASK]`` and ``[gMASK]``; any other ``mask_id`` (GLM's seq2seq ``[sMASK]``)
+    gives way to ``[gMASK]``, the mask ChatGLM generates with."""
+    mask = mask_id if mask_id in (tokens.mask, tokens.gmask) else _default_generation_mask(tokens)
     text = [*prompt_ids, *source_ids]
     if max_source_length is not None:
         if max_source_length < 2:

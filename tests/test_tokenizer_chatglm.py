@@ -16,7 +16,12 @@ import sentencepiece as spm
 
 from glm_core.chatglm_tokenizer import ChatGLMTokenizer, chat_prompt, postprocess, preprocess, whitespace_pieces
 from glm_core.errors import GLMError, TokenizerError
-from glm_core.layout import build_generation_prompt, build_scoring_input, build_seq2seq_input
+from glm_core.layout import (
+    build_candidate_sequences,
+    build_generation_prompt,
+    build_scoring_input,
+    build_seq2seq_input,
+)
 from glm_core.special_tokens import chatglm_tokens, special_tokens_for
 from glm_core.tokenizer import GLMTokenizer, train_sentencepiece
 
@@ -271,6 +276,8 @@ def test_bad_inputs_and_files_raise_one_clear_error(tok, chatglm_dir, tmp_path):
 def test_chat_prompt_exact_strings():
     assert chat_prompt("你好") == "你好"  # chat() sends a first query with no history as it is
     history = [("你好", "你好👋!"), ("what is GLM?", "A model.")]
+    assert chat_prompt("你好", bare_first_query=False) == "[Round 0]\n问：你好\n答："
+    assert chat_prompt("thanks", history, bare_first_query=False) == chat_prompt("thanks", history)
     assert chat_prompt("thanks", history) == (
         "[Round 0]\n问：你好\n答：你好👋!\n[Round 1]\n问：what is GLM?\n答：A model.\n[Round 2]\n问：thanks\n答："
     )
@@ -326,3 +333,14 @@ def test_seq2seq_layout(tok):
     np.testing.assert_array_equal(
         sample.position_ids, remote_position_rule(sample.input_ids.tolist(), s.sop, s.mask, s.gmask)
     )
+
+
+def test_cloze_layout_with_a_mid_text_mask(tok):
+    s = tok.special
+    text = tok.encode("hello [MASK] world")
+    candidate = tok.encode("lazy dog")
+    sample = build_candidate_sequences(text, [candidate], s, append_eop=True)[0]
+    pair = tok.build_inputs_with_special_tokens(text, candidate)  # text [gMASK] <sop> candidate <eop>
+    assert sample.input_ids.tolist() == pair[:-1]
+    assert sample.targets[sample.sep :].tolist() == [*candidate, s.eop]
+    np.testing.assert_array_equal(sample.position_ids, remote_position_rule(pair[:-1], s.sop, s.mask, s.gmask))
