@@ -100,12 +100,14 @@ def chatglm_attention_math(
     visible: torch.Tensor,  # bool [B|1, 1, S, P+S]
     layer_id: int,
 ) -> torch.Tensor:
-    """The remote code's attention, in its order: scale q by ``1/(sqrt(D)(l+1))``, mask to -10000, fp32, ``*(l+1)``."""
+    """The remote code's attention, in its order: scale q by ``1/(sqrt(D)(l+1))``, mask to -10000, fp32 (or wider), ``*(l+1)``."""
     coeff = float(layer_id + 1)
     q = q / (math.sqrt(q.shape[-1]) * coeff)
     scores = torch.matmul(q, k.transpose(-1, -2))  # [B, H, S, P+S]
     scores = scores.masked_fill(~visible, CHATGLM_MASK_VALUE)
-    probs = torch.softmax(scores.float() * coeff, dim=-1).to(v.dtype)
+    # fp32 softmax for fp16/bf16/fp32 (the remote code's .float()); float64 stays float64 for the reference tests
+    wide = torch.promote_types(scores.dtype, torch.float32)
+    probs = torch.softmax(scores.to(wide) * coeff, dim=-1).to(v.dtype)
     return torch.matmul(probs, v)
 
 
