@@ -279,7 +279,7 @@ class _GLMLMBase(TemplateLM):
         with user_errors_end_the_cli(f"glm-{self.backend_kind}"):
             raise ConfigError(
                 "--apply_chat_template is not supported: GLM is a blank-infilling model without a chat template; "
-                "run without --apply_chat_template (and --fewshot_as_multiturn)"
+                "run without --apply_chat_template (and --fewshot_as_multiturn); ChatGLM's chat rounds: chat_prompt=true"
             )
 
     # ------------------------------------------------------------------ data parallelism (lm_eval_distributed)
