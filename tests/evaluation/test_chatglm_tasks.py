@@ -15,7 +15,6 @@ from evaluation.scoring import Scorer
 from evaluation.tasks import get_task
 from evaluation.tasks.base import EvalContext
 from glm_core.errors import ConfigError
-from tests.chatglm_dirs import write_tiny_chatglm
 
 torch = pytest.importorskip("torch")
 
@@ -23,10 +22,10 @@ FIXTURES = Path(__file__).resolve().parents[2] / "evaluation" / "data" / "fixtur
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory):
+def backend(tiny_chatglm_dir: Path):
     from evaluation.backends import load_backend
 
-    return load_backend("torch", write_tiny_chatglm(tmp_path_factory.mktemp("chatglm") / "tiny-chatglm"))
+    return load_backend("torch", tiny_chatglm_dir)
 
 
 @pytest.fixture
@@ -73,3 +72,23 @@ def test_tasks_with_the_original_cls_layout_refuse_chatglm(ctx) -> None:
         task, examples = read(name)
         with pytest.raises(ConfigError, match="no \\[CLS\\]"):
             task.predict(examples, ctx)
+
+
+@pytest.mark.slow  # the ONNX export of the tiny model (~40 s, shared per session)
+def test_native_tasks_agree_on_both_backends(tiny_chatglm_dir: Path, tiny_chatglm_onnx_dir: Path) -> None:
+    from evaluation.backends import load_backend
+    from evaluation.runner import evaluate, read_tasks
+
+    plan = read_tasks([get_task(n) for n in ("demo", "lambada", "lm", "xsum")], FIXTURES, split=None, limit=2)
+    runs = [
+        evaluate(load_backend(kind, path), plan, batch_size=2, progress=False, include_records=True)["tasks"]
+        for kind, path in (("torch", tiny_chatglm_dir), ("onnx", tiny_chatglm_onnx_dir))
+    ]
+    for name, entry in runs[0].items():
+        for a, b in zip(entry["records"], runs[1][name]["records"], strict=True):
+            for key, value in a.items():
+                numbers = value if isinstance(value, list) else [value]
+                if numbers and all(isinstance(v, float) for v in numbers):
+                    assert value == pytest.approx(b[key], abs=1e-4), (name, key)  # summed fp32 log-likelihoods
+                else:
+                    assert value == b[key], (name, key)  # choices, correctness, generated text

@@ -16,7 +16,6 @@ from lm_eval.api.instance import Instance
 
 from evaluation.lm_eval_plugin import GLMTorchLM
 from glm_core.errors import ConfigError
-from tests.chatglm_dirs import write_tiny_chatglm
 
 torch = pytest.importorskip("torch")
 
@@ -25,8 +24,8 @@ LL_TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def chatglm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_chatglm(tmp_path_factory.mktemp("chatglm") / "tiny-chatglm")
+def chatglm_dir(tiny_chatglm_dir: Path) -> Path:
+    return tiny_chatglm_dir
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +115,42 @@ def test_chat_prompt_sends_each_context_as_one_round(chatglm_dir: Path, torch_lm
 def test_chat_prompt_needs_a_chatglm_model() -> None:
     with pytest.raises(ConfigError, match="chat_prompt=true needs a ChatGLM model"):
         GLMTorchLM(pretrained="glm-tiny", device="cpu", chat_prompt="true")
+
+
+# ---------------------------------------------------------------------------------------------- glm-torch vs glm-onnx
+def per_sample(model: str, pretrained: Path) -> dict[str, list]:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import evaluation._lmeval_bootstrap as bootstrap
+    from evaluation.lm_eval_tasks import task_dir
+
+    bootstrap.install()
+    results = lm_eval.simple_evaluate(
+        model=model,
+        model_args=f"pretrained={pretrained},max_gen_toks=6",
+        tasks=["glm_demo", "glm_demo_ppl", "glm_summarization"],
+        task_manager=TaskManager(include_path=task_dir(), include_defaults=False),
+        limit=2,
+        device="cpu",
+        batch_size=2,
+        log_samples=True,
+    )
+    return {task: [s["filtered_resps"] for s in samples] for task, samples in results["samples"].items()}
+
+
+@pytest.mark.slow  # the ONNX export of the tiny model (~40 s, shared per session) and two lm-eval runs (~18 s)
+def test_glm_torch_and_glm_onnx_agree_per_sample(chatglm_dir: Path, tiny_chatglm_onnx_dir: Path) -> None:
+    torch_samples = per_sample("glm-torch", chatglm_dir)
+    onnx_samples = per_sample("glm-onnx", tiny_chatglm_onnx_dir)
+    assert sorted(torch_samples) == ["glm_demo", "glm_demo_ppl", "glm_summarization"]
+    for task in torch_samples:
+        assert len(torch_samples[task]) == len(onnx_samples[task]) == 2
+        for a, b in zip(torch_samples[task], onnx_samples[task], strict=True):
+            if task == "glm_summarization":
+                assert a == b  # greedy text: the same tokens
+            elif task == "glm_demo":  # per choice: (log-likelihood, is_greedy)
+                for (la, ga), (lb, gb) in zip(a, b, strict=True):
+                    assert la == pytest.approx(lb, abs=LL_TOL) and ga == gb
+            else:
+                assert a == pytest.approx(b, abs=1e-4)  # a document's summed log-likelihood over ~25 tokens
