@@ -21,7 +21,10 @@ included), loaded with ``glm_core.load_model`` and into the remote ``ChatGLMForC
 
 Each figure is ``max |ours - remote| / max |remote|`` over the compared logits. Prints one JSON object.
 
-    python -m benchmarks.chatglm_fidelity --remote-code /path/to/chatglm-6b [--steps 4] [--seed 0]
+``--dtype fp16`` runs both models in fp16 instead (the remote code's ``.half()``), where the fp16 rotary angles and
+the layer scaling matter most.
+
+    python -m benchmarks.chatglm_fidelity --remote-code /path/to/chatglm-6b [--steps 4] [--seed 0] [--dtype fp16]
 """
 
 from __future__ import annotations
@@ -223,10 +226,11 @@ def layout(ids: list[int]) -> tuple[list[int], list[int], int]:
 
 
 def rel(ours: Any, ref: Any) -> float:
+    ours, ref = ours.double(), ref.double()
     return float((ours - ref).abs().max() / ref.abs().max())
 
 
-def run(remote_dir: Path, steps: int, seed: int) -> dict[str, Any]:
+def run(remote_dir: Path, steps: int, seed: int, dtype: str = "fp32") -> dict[str, Any]:
     import torch
 
     from glm_core import load_model
@@ -238,7 +242,7 @@ def run(remote_dir: Path, steps: int, seed: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp)
         write_hub_dir(ckpt, cfg, seed)
-        ours = load_model(ckpt)  # fp32 (the checkpoint is fp16)
+        ours = load_model(ckpt, dtype=dtype)  # the checkpoint is fp16; fp32 is the fidelity target
         ref_cfg = remote.ChatGLMConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")})
         theirs = remote.ChatGLMForConditionalGeneration(ref_cfg, empty_init=False)
         state: dict[str, torch.Tensor] = {}
@@ -251,7 +255,7 @@ def run(remote_dir: Path, steps: int, seed: int) -> dict[str, Any]:
         hub_keys = {k for k in state if not k.endswith("rotary_emb.inv_freq")}
         if ours_keys != hub_keys:
             raise SystemExit(f"error: our key names differ from the hub's: {sorted(ours_keys ^ hub_keys)}")
-        theirs = theirs.float().eval()
+        theirs = (theirs.float() if dtype == "fp32" else theirs.half()).eval()
 
         g = torch.Generator().manual_seed(seed + 1)
 
@@ -356,13 +360,14 @@ def main() -> None:
     parser.add_argument("--remote-code", required=True, type=Path, help="directory holding modeling_chatglm.py")
     parser.add_argument("--steps", type=int, default=4, help="cached decode steps after each prefill")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="both models' compute dtype")
     args = parser.parse_args()
     import torch
 
-    figures = run(args.remote_code, args.steps, args.seed)
+    figures = run(args.remote_code, args.steps, args.seed, args.dtype)
     report = {
         "benchmark": "chatglm_fidelity",
-        "metric": "max |ours - remote| / max |remote| over fp32 logits",
+        "metric": f"max |ours - remote| / max |remote| over the logits, both models in {args.dtype}",
         "target": 1e-5,
         "config": {k: tiny_config()[k] for k in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size")},
         "results": figures,

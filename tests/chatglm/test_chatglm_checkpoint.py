@@ -152,3 +152,13 @@ def test_random_preset_builds_a_chatglm(monkeypatch):
     with torch.no_grad():
         out = model(ids, torch.tensor([[[0, 1, 1], [0, 0, 1]]]), sep=2)
     assert out.logits.shape == (1, 3, 130528)
+
+
+def test_convert_refuses_the_glm_prefix_in_one_line(ckpt, tmp_path, capsys):
+    from glm_core.convert import main
+
+    dst = tmp_path / "prefixed"
+    assert main([str(ckpt), str(dst), "--prefix"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--prefix" in err[0] and "chatglm" in err[0]
+    assert not dst.exists()

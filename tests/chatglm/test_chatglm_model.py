@@ -244,3 +244,18 @@ def test_bad_inputs_are_one_clear_error(model64):
         model64(torch.tensor([[1, 2]]), torch.tensor([[[0, 99], [0, 0]]]), sep=1)
     with pytest.raises(InputError, match="vocab_size"):
         model64(torch.tensor([[1, 999]]), torch.tensor([[[0, 1], [0, 0]]]), sep=1)
+
+
+def test_left_padding_with_an_explicit_mask_leaves_the_real_tokens_unchanged(model64):
+    """The tokenizer's left padding: pads masked as rows and columns, position 0; real tokens keep their positions
+    (counted from the first real token), so their logits equal those of the unpadded row."""
+    row, pad = ROWS[1][:7], 3
+    p, b, s = chatglm_layout(row)
+    n, d = len(row), 4
+    ids = torch.tensor([[pad] * d + row])
+    pos = torch.tensor([[[0] * d + p, [0] * d + b]])
+    mask = torch.zeros(1, 1, n + d, n + d, dtype=torch.float64)
+    mask[0, 0, d:, d:] = sep_visibility(n, s).double()
+    padded, _ = _logits64(model64, ids, pos, attention_mask=mask)
+    plain, _ = _logits64(model64, torch.tensor([row]), torch.tensor([[p, b]]), sep=s)
+    assert torch.allclose(padded[0, d:], plain[0], atol=1e-12, rtol=0)
