@@ -54,7 +54,7 @@ def test_lambada_is_argmax_over_context_gmask_sop_target(ctx, backend) -> None:
         assert record["num_tokens"] == n_b
 
 
-def test_perplexity_and_the_demo_cloze_run(ctx, backend) -> None:
+def test_perplexity_scores_every_token_but_the_first(ctx, backend) -> None:
     task, examples = read("lm:stream")
     [record] = task.predict(examples, ctx)
     assert (
@@ -63,8 +63,6 @@ def test_perplexity_and_the_demo_cloze_run(ctx, backend) -> None:
         == len(backend.tokenizer.encode(examples[0].data["documents"][0])) - 1
     )
     assert np.isfinite(record["logprob"]) and record["logprob"] < 0
-    task, examples = read("demo")
-    assert 0.0 <= task.aggregate(task.predict(examples, ctx))["acc"] <= 1.0
 
 
 def test_tasks_with_the_original_cls_layout_refuse_chatglm(ctx) -> None:
