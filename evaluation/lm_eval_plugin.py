@@ -35,6 +35,13 @@ How lm-eval requests map onto GLM — one protocol with the native tasks (README
   eos after a trailing gMASK); the text is then cut at the first ``until`` string. Sampling is seeded by ``seed=``
   (model args) or a ``seed`` in the generation kwargs, else by lm-eval's ``--seed`` (see :meth:`sampling_seed`).
 
+ChatGLM-6B (``pretrained=<ChatGLM dir>``): the same three layouts without a frame around Part A, as its tokenizer
+builds them: ``context [gMASK] <sop> continuation`` (a context with its own ``[MASK]`` keeps it, ``[gMASK]`` is
+appended and the continuation takes the ``[MASK]``'s position), the rolling windows over ``[<eop>] + text``, and
+generation after ``context [gMASK]``, ending on ``<eop>``. ``chat_prompt=true`` (ChatGLM only, off by default) asks
+``generate_until`` to send each context as one chat round, ``[Round 0]\n问：{context}\n答：``, the prompt format of
+ChatGLM's ``chat()`` (:func:`glm_core.chatglm_tokenizer.chat_prompt`).
+
 Several processes (``accelerate launch`` / ``torchrun``): each scores its share of the documents on its own device,
 lm-eval gathers on rank 0 (:mod:`evaluation.lm_eval_distributed`). ``--apply_chat_template`` is refused: GLM has no
 chat template. ``--model_args`` win over lm-eval's own ``--device`` / ``--batch_size`` values.
@@ -62,6 +69,7 @@ from evaluation.backends.devices import cuda_available, parse_device
 from evaluation.lm_eval_distributed import ProcessGroup
 from evaluation.lm_eval_options import as_bool, check_tokenizer_fits, load_tokenizer, user_errors_end_the_cli
 from evaluation.scoring import Scorer
+from glm_core.chatglm_tokenizer import chat_prompt
 from glm_core.errors import ConfigError
 from glm_core.generation import GenerationConfig, generate_batch
 from glm_core.layout import GLMInput, build_candidate_sequences, build_generation_prompt
@@ -156,7 +164,8 @@ class _GLMLMBase(TemplateLM):
     ``max_gen_toks`` (256, when a task does not say), ``dtype`` (torch: ``fp32``/``fp16``/``bf16``; ONNX: a check
     against the exported graph's precision, which is what gets recorded), ``seed`` (sampling; default: from lm-eval's
     ``--seed``), ``tokenizer`` (a model directory, preset or hub id whose tokenizer to use), ``cloze_eop`` (true),
-    ``context_eos`` (false). Other keyword arguments go to the backend class.
+    ``context_eos`` (false), ``chat_prompt`` (false; ChatGLM: ``generate_until`` contexts as chat rounds). Other
+    keyword arguments go to the backend class.
     """
 
     backend = "seq2seq"  # lm-eval: encode context and continuation separately (Part A / Part B, spec §2)
@@ -180,6 +189,7 @@ class _GLMLMBase(TemplateLM):
         tokenizer: str | None = None,
         cloze_eop: bool | str = True,
         context_eos: bool | str = False,
+        chat_prompt: bool | str = False,
         **backend_kwargs: Any,
     ) -> None:
         if not pretrained:
@@ -194,6 +204,7 @@ class _GLMLMBase(TemplateLM):
         self.seed = None if seed in (None, "") else int(seed)
         self.cloze_eop = as_bool(cloze_eop, "cloze_eop")
         self.context_eos = as_bool(context_eos, "context_eos")
+        self.chat_prompt = as_bool(chat_prompt, "chat_prompt")
         self.requests_scored: Counter[str] = Counter()  # per request type, this process only
         if tokenizer not in (None, ""):
             backend_kwargs["tokenizer"] = load_tokenizer(str(tokenizer))
@@ -207,11 +218,15 @@ class _GLMLMBase(TemplateLM):
             raise ConfigError(
                 f"glm-{self.backend_kind}: unknown model argument(s) {sorted(backend_kwargs)} ({exc}); expected "
                 "pretrained, device, batch_size, max_batch_size, max_length, max_gen_toks, dtype, seed, tokenizer, "
-                f"cloze_eop, context_eos or an option of the {self.backend_kind} backend"
+                f"cloze_eop, context_eos, chat_prompt or an option of the {self.backend_kind} backend"
             ) from None
         self.glm_tokenizer = self.glm.tokenizer
         check_tokenizer_fits(self.glm_tokenizer, self.glm, self.pretrained)
         self.special = self.glm.special
+        if self.chat_prompt and self.glm_tokenizer.family != "chatglm":
+            raise ConfigError(
+                f"chat_prompt=true needs a ChatGLM model; {self.pretrained} has a {self.glm_tokenizer.family} tokenizer"
+            )
         model_max = int(self.glm.max_length)
         requested_max = _optional_positive_int(max_length, "max_length")
         if requested_max is not None and requested_max > model_max:
@@ -264,7 +279,7 @@ class _GLMLMBase(TemplateLM):
         with user_errors_end_the_cli(f"glm-{self.backend_kind}"):
             raise ConfigError(
                 "--apply_chat_template is not supported: GLM is a blank-infilling model without a chat template; "
-                "run without --apply_chat_template (and --fewshot_as_multiturn)"
+                "run without --apply_chat_template (and --fewshot_as_multiturn); ChatGLM's chat rounds: chat_prompt=true"
             )
 
     # ------------------------------------------------------------------ data parallelism (lm_eval_distributed)
@@ -329,6 +344,7 @@ class _GLMLMBase(TemplateLM):
             "glm_seed": self.seed,
             "glm_cloze_eop": self.cloze_eop,
             "glm_context_eos": self.context_eos,
+            "glm_chat_prompt": self.chat_prompt,
             "glm_world_size": self.world_size,
         }
 
@@ -460,6 +476,8 @@ class _GLMLMBase(TemplateLM):
         return self.seed
 
     def _generation_prompt(self, context: str, max_new_tokens: int) -> GLMInput:
+        if self.chat_prompt:  # one chat round, the form chat() gives a query after earlier rounds
+            context = chat_prompt(context, bare_first_query=False)
         ids = self.tok_encode(context)
         # Part A = [CLS] text [gMASK]; the cache then grows by sop + max_new_tokens (spec §2.3a).
         budget = self._max_length - max_new_tokens - 3

@@ -265,8 +265,8 @@ def special_tokens_of(config: Any, tokenizer: Any) -> Any:
 
     if tokenizer is not None:
         return tokenizer.special
-    if config.tokenizer_family == "sentencepiece":
-        return None  # ids depend on the piece count, which only the tokenizer knows
+    if config.tokenizer_family in ("sentencepiece", "chatglm"):
+        return None  # ids depend on the piece count (or the ChatGLM tokenizer files), which only the tokenizer knows
     special = special_tokens_for(config.tokenizer_family)
     ids = [i for i in special.to_dict().values() if isinstance(i, int)]
     return special if max(ids) < config.vocab_size else None
@@ -373,6 +373,7 @@ def write_glm_config(
 ) -> dict[str, Any]:
     """Write ``glm_config.json`` for the graph in ``directory`` at ``precision``; returns its contents."""
     from export import model_dir as md
+    from export.chatglm_graph import describe_architecture
     from export.graph import describe_kv_cache
 
     glm_config = md.model_config(
@@ -389,6 +390,7 @@ def write_glm_config(
         device=options.device,
     )
     describe_kv_cache(glm_config, kv_cache_layout(options))
+    describe_architecture(glm_config, config)
     (directory / "glm_config.json").write_text(json.dumps(glm_config, indent=2) + "\n", encoding="utf-8")
     md.append_metadata(directory / md.MODEL_FILE, md.model_metadata(glm_config))
     return glm_config
@@ -517,7 +519,8 @@ def export(options: ExportOptions) -> dict[str, Any]:
     """Run every stage; returns the export report. Raises GLMError on anything a user can fix."""
     preflight(options)
     from export import model_dir as md
-    from export.graph import GLMExportModule, export_program, release_exporter_caches
+    from export.chatglm_graph import check_export_options, export_module
+    from export.graph import export_program, release_exporter_caches
     from export.validate import make_reference
 
     plan = plan_passes(options)
@@ -532,6 +535,7 @@ def export(options: ExportOptions) -> dict[str, Any]:
                 for note in notes:
                     clock.bar.write(f"note: {note}", file=sys.stderr)
                 config = model.config
+                check_export_options(config, options.optimize)
                 special = special_tokens_of(config, tokenizer)
             reference = staging.work / "reference.npz"
             if options.validate:
@@ -549,8 +553,9 @@ def export(options: ExportOptions) -> dict[str, Any]:
             trace_dir = staging.work / TRACE_STAGE if plan else staging.path
             trace_dir.mkdir(exist_ok=True)
             with clock.stage("trace"), exporter_quiet(options.verbose):
-                wrapper = GLMExportModule(model, kv_cache=kv_cache_layout(options))
-                nbytes = weight_bytes(model) + int(wrapper.lm_head.numel() * wrapper.lm_head.element_size())
+                wrapper = export_module(model, kv_cache=kv_cache_layout(options))  # GLM's or ChatGLM's, by config
+                head = getattr(wrapper, "lm_head", None)  # GLM's untied copy of the tied head (ChatGLM has none)
+                nbytes = weight_bytes(model) + (0 if head is None else int(head.numel() * head.element_size()))
                 report["parameters"] = config.num_parameters()
                 report["weight_bytes"] = nbytes
                 try:

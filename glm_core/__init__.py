@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from glm_core.config import PRESETS, GLMConfig
+from glm_core.config import PRESETS, ChatGLMConfig, GLMConfig
 from glm_core.errors import GLMError
 
 __version__ = "0.1.0"
@@ -18,12 +18,13 @@ _LAZY = {
     "GLMModel": "glm_core.model",
     "GLMOutput": "glm_core.model",
     "build_model": "glm_core.model",
+    "ChatGLMModel": "glm_core.chatglm",
     "load_model": "glm_core.checkpoint",
     "save_model": "glm_core.checkpoint",
     "GLMTokenizer": "glm_core.tokenizer",
 }
 
-__all__ = ["PRESETS", "GLMConfig", "GLMError", "__version__", *_LAZY]
+__all__ = ["PRESETS", "ChatGLMConfig", "GLMConfig", "GLMError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

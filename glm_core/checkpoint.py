@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from glm_core.atomic import chmod_default
-from glm_core.config import PRESETS, GLMConfig
+from glm_core.config import CHATGLM_FULL_PRECISION_REPO, PRESETS, GLMConfig
 from glm_core.errors import CheckpointError, ConfigError, GLMWarning, UnknownPresetError, UnsafeCheckpointError
 from glm_core.hub import resolve_model_path
-from glm_core.model import GLMModel
+from glm_core.model import GLMModel, model_class
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 SHIPPED_PRESETS = {"glm-tiny": ASSETS_DIR / "glm-tiny"}
@@ -45,6 +45,10 @@ MP_SHARD_RE = re.compile(r"^mp_rank_(\d{2})_model_states\.pt$")
 # Heads that fine-tuned or HF-wrapped checkpoints carry beside the language model (spec §4.2, §4.3): ignored.
 STRAY_PREFIXES = ("dense.", "out_proj.", "pool_layer.", "multichoice_head.", "prompt_spell.", "classifier.", "score.")
 IGNORED_KEYS = ("position_ids", "lm_head.weight")  # HF buffers; the LM head is tied (spec §4.3)
+# ChatGLM: the head is untied (kept); the rotary frequencies are recomputed by the model (glm_core.chatglm), so the
+# checkpoint's copies are accepted and dropped. Quantized repos store int weights beside these scales.
+CHATGLM_IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+CHATGLM_QUANTIZED_SUFFIXES = (".weight_scale",)
 
 StateDict = dict[str, torch.Tensor]
 
@@ -270,8 +274,20 @@ def split_model_parallel(state: StateDict, ranks: int) -> list[StateDict]:
 
 
 # --------------------------------------------------------------------------------------- key handling
-def normalise_keys(state: StateDict, source: str) -> StateDict:
-    """Strip the ``glm.`` prefix of HF re-saves; drop stray heads with a warning (spec §4.3)."""
+def normalise_keys(state: StateDict, source: str, architecture: str = "glm") -> StateDict:
+    """Strip the ``glm.`` prefix of HF re-saves; drop stray heads with a warning (spec §4.3).
+
+    ``architecture="chatglm"``: keep ``lm_head.weight`` (untied), drop ``rotary_emb.inv_freq`` buffers, refuse the
+    quantized int4/int8 repos (their ``weight_scale`` tensors).
+    """
+    if architecture == "chatglm":
+        quantized = [k for k in state if k.endswith(CHATGLM_QUANTIZED_SUFFIXES)]
+        if quantized:
+            raise CheckpointError(
+                f"{source}: quantized ChatGLM weights ({quantized[0]}) need their own kernels and are not supported; "
+                f"use the full-precision repo {CHATGLM_FULL_PRECISION_REPO}"
+            )
+        return {k: v for k, v in state.items() if not k.endswith(CHATGLM_IGNORED_SUFFIXES)}
     out: StateDict = {}
     stray: list[str] = []
     for key, value in state.items():
@@ -294,6 +310,8 @@ def infer_config(state: StateDict, source: str, gelu: str, num_attention_heads: 
 
     The head count is not in any shape: a preset whose shapes match gives it, else ``num_attention_heads`` must.
     """
+    if "transformer.word_embeddings.weight" in state:
+        return _infer_chatglm_config(state, source)
     try:
         V, h = state["word_embeddings.weight"].shape
         rows = state["transformer.position_embeddings.weight"].shape[0]
@@ -342,9 +360,22 @@ def infer_config(state: StateDict, source: str, gelu: str, num_attention_heads: 
     )
 
 
+def _infer_chatglm_config(state: StateDict, source: str) -> GLMConfig:
+    """ChatGLM weights without config.json: only the chatglm-6b preset's shapes are recognised (heads, ids)."""
+    V, h = state["transformer.word_embeddings.weight"].shape
+    layers = {int(m.group(1)) for k in state for m in [re.match(r"transformer\.layers\.(\d+)\.", k)] if m}
+    preset = PRESETS["chatglm-6b"]
+    if (V, h, len(layers)) == (preset["vocab_size"], preset["hidden_size"], preset["num_layers"]):
+        return GLMConfig.from_preset("chatglm-6b")
+    raise CheckpointError(
+        f"{source}: ChatGLM weights (vocab {V}, hidden {h}, {len(layers)} layers) that match no preset and carry no "
+        "config.json; add the checkpoint's config.json (model_type chatglm)"
+    )
+
+
 def expected_shapes(config: GLMConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
-        model = GLMModel(config)
+        model = model_class(config)(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -371,7 +402,7 @@ def _short(keys: list[str], n: int = 6) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- public
-def load_state_dict(path: str | os.PathLike[str]) -> tuple[StateDict, str]:
+def load_state_dict(path: str | os.PathLike[str], architecture: str = "glm") -> tuple[StateDict, str]:
     """Read raw weights (merged, prefix-stripped) and return them with the layout name."""
     p = Path(path)
     if not p.exists():
@@ -382,7 +413,9 @@ def load_state_dict(path: str | os.PathLike[str]) -> tuple[StateDict, str]:
     else:
         files = [p] if p.is_file() else original_shard_paths(p)
         state = merge_model_parallel([_as_state_dict(_torch_load(f), f) for f in files])
-    return normalise_keys(state, str(p)), layout
+    if architecture == "glm" and "transformer.word_embeddings.weight" in state:
+        architecture = "chatglm"  # ChatGLM weights without a config.json
+    return normalise_keys(state, str(p), architecture), layout
 
 
 def load_model(
@@ -437,29 +470,32 @@ def load_model(
             raise CheckpointError(f"{name}: checkpoint path does not exist")
 
     root = Path(name)
-    state, layout = load_state_dict(root)
+    cfg_dir = root if root.is_dir() else root.parent
+    from_file = config is None and (cfg_dir / "config.json").is_file()
+    if from_file:
+        config = GLMConfig.from_hf_config(cfg_dir / "config.json")  # before the weights: it picks the key rules
+    state, layout = load_state_dict(root, config.architecture if config is not None else "glm")
+    # a GLM hub config.json has no gelu field: pick by layout (ChatGLM's block is always tanh)
+    if from_file and config is not None and config.architecture == "glm" and "gelu" not in _raw_config_keys(cfg_dir):
+        config = config.replace(gelu="erf" if layout == "hub" else "tanh")
     if config is None:
-        cfg_dir = root if root.is_dir() else root.parent
-        if (cfg_dir / "config.json").is_file():
-            config = GLMConfig.from_hf_config(cfg_dir / "config.json")
-            if "gelu" not in _raw_config_keys(cfg_dir):  # a hub config.json has no gelu field: pick by layout
-                config = config.replace(gelu="erf" if layout == "hub" else "tanh")
-        else:
-            chosen = gelu or ("erf" if layout == "hub" else "tanh")
-            config = infer_config(state, str(root), chosen, num_attention_heads)
-            warnings.warn(
-                GLMWarning(
-                    f"{root}: no config.json; inferred {config.name} from the tensor shapes ({config.num_layers} "
-                    f"layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, vocab "
-                    f"{config.vocab_size}, {config.tokenizer_family} tokenizer) with {chosen} GeLU"
-                    + (
-                        " (given)"
-                        if gelu
-                        else f" (the default for {layout}-layout weights; pass gelu= / --gelu to change it)"
-                    )
-                ),
-                stacklevel=2,
-            )
+        chosen = gelu or ("erf" if layout == "hub" else "tanh")
+        config = infer_config(state, str(root), chosen, num_attention_heads)
+        if config.architecture == "chatglm":
+            chosen = config.gelu  # the block's own tanh GeLU, not the GLM hub-layout default
+        warnings.warn(
+            GLMWarning(
+                f"{root}: no config.json; inferred {config.name} from the tensor shapes ({config.num_layers} "
+                f"layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, vocab "
+                f"{config.vocab_size}, {config.tokenizer_family} tokenizer) with {chosen} GeLU"
+                + (
+                    " (given)"
+                    if gelu
+                    else f" (the default for {layout}-layout weights; pass gelu= / --gelu to change it)"
+                )
+            ),
+            stacklevel=2,
+        )
     if gelu is not None:
         config = config.replace(gelu=gelu)
     if copy_gmask_row is None:
@@ -486,7 +522,7 @@ def _assemble(config: GLMConfig, state: StateDict, dtype: torch.dtype | None, ke
     ``dtype=None`` keeps each tensor's stored dtype (all must agree).
     """
     with torch.device("meta"):
-        model = GLMModel(config, kernels=kernels)
+        model = model_class(config)(config, kernels=kernels)
     if dtype is None:
         dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
         if len(dtypes) > 1:

@@ -9,17 +9,25 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from glm_core.errors import ConfigError, UnknownPresetError
 
 GELU_VARIANTS = ("tanh", "erf")
-TOKENIZER_FAMILIES = ("bert", "gpt2", "roberta", "sentencepiece")
+TOKENIZER_FAMILIES = ("bert", "gpt2", "roberta", "sentencepiece", "chatglm")
+ARCHITECTURES = ("glm", "chatglm")
+CHATGLM_FULL_PRECISION_REPO = "zai-org/chatglm-6b"
 
 
 @dataclass
 class GLMConfig:
-    """Architecture of one GLM. Field names follow the hub ``config.json`` where one exists."""
+    """Architecture of one GLM. Field names follow the hub ``config.json`` where one exists.
+
+    ``architecture`` names the block: ``"glm"`` (this class: learned 2-D position tables, pre-LN, tied head) or
+    ``"chatglm"`` (:class:`ChatGLMConfig`: the GLM-130B block of ChatGLM-6B). Code that builds a model dispatches on it.
+    """
+
+    architecture: ClassVar[str] = "glm"
 
     vocab_size: int
     hidden_size: int
@@ -89,7 +97,8 @@ class GLMConfig:
             raise UnknownPresetError(f"unknown preset {name!r}; expected one of: {', '.join(sorted(PRESETS))}")
         values = dict(PRESETS[name])
         values.update(overrides)
-        return cls(name=name, **values)
+        target = CONFIG_CLASSES[values.pop("architecture", "glm")]
+        return target(name=name, **values)
 
     def replace(self, **changes: Any) -> GLMConfig:
         return dataclasses.replace(self, **changes)
@@ -99,6 +108,8 @@ class GLMConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> GLMConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        if cls is GLMConfig and data.get("model_type") == "chatglm":
+            return ChatGLMConfig.from_dict(data, source)
         if data.get("relative_encoding"):
             raise ConfigError(f"{source}: relative_encoding=true is not supported (no released GLM uses it)")
         if data.get("block_position_encoding") is False:
@@ -162,6 +173,107 @@ class GLMConfig:
         return path
 
 
+@dataclass
+class ChatGLMConfig(GLMConfig):
+    """ChatGLM-6B's block (the GLM-130B layer), fields as in its hub ``config.json`` (``model_type: chatglm``).
+
+    What differs from GLM is fixed by the block, not configured: rotary 2-D positions instead of position tables,
+    post-LN residuals scaled by ``sqrt(2 * 28)``, per-layer attention scaling, -10000 masking, an untied LM head
+    (:mod:`glm_core.chatglm`). The special ids are fields because the hub config carries them and the input layout
+    depends on them: ``bos_token_id`` is ``<sop>`` (the start of Part B, so ``sep`` is its index),
+    ``eos_token_id`` is ``<eop>``, ``mask_token_id`` / ``gmask_token_id`` are ``[MASK]`` / ``[gMASK]``.
+    """
+
+    architecture: ClassVar[str] = "chatglm"
+
+    inner_hidden_size: int | None = None  # None = 4 * hidden_size (the remote code's default)
+    position_encoding_2d: bool = True
+    bos_token_id: int = 130004
+    eos_token_id: int = 130005
+    mask_token_id: int = 130000
+    gmask_token_id: int = 130001
+    pad_token_id: int = 3
+    # no dropout anywhere in the block (the remote code has none)
+    embedding_dropout_prob: float = 0.0
+    attention_dropout_prob: float = 0.0
+    output_dropout_prob: float = 0.0
+    tokenizer_family: str = "chatglm"
+
+    @property
+    def ffn_hidden_size(self) -> int:
+        return self.inner_hidden_size if self.inner_hidden_size is not None else 4 * self.hidden_size
+
+    @property
+    def rotary_dim(self) -> int:
+        """Each half of a head is rotated separately (position id, block id): the rotary width is ``head_dim / 2``."""
+        return self.head_dim // 2
+
+    def num_parameters(self) -> int:
+        h, L, f, V = self.hidden_size, self.num_layers, self.ffn_hidden_size, self.vocab_size
+        per_layer = 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h  # qkv + dense, MLP, two LayerNorms
+        return 2 * V * h + L * per_layer + 2 * h  # embeddings, untied head, final LayerNorm
+
+    def validate(self) -> None:
+        super().validate()
+        if self.inner_hidden_size is not None and (
+            isinstance(self.inner_hidden_size, bool)
+            or not isinstance(self.inner_hidden_size, int)
+            or self.inner_hidden_size <= 0
+        ):
+            raise ConfigError(
+                f"config field 'inner_hidden_size' must be a positive integer, got {self.inner_hidden_size!r}"
+            )
+        if self.position_encoding_2d is not True:
+            raise ConfigError(
+                "config field 'position_encoding_2d' must be true (ChatGLM-6B's 2-D rotary positions; the 1-D variant "
+                "has no (position, block) input and is not supported)"
+            )
+        if self.head_dim % 4:
+            raise ConfigError(
+                f"ChatGLM head size {self.head_dim} (hidden_size / num_attention_heads) must be divisible by 4 "
+                "(two rotary halves, each rotated by halves)"
+            )
+        for name in ("bos_token_id", "eos_token_id", "mask_token_id", "gmask_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size:
+                raise ConfigError(f"config field {name!r} must be a token id in [0, {self.vocab_size}), got {value!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ChatGLMConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        bits = data.get("quantization_bit") or 0
+        if bits:
+            raise ConfigError(
+                f"{source}: quantization_bit={bits}: the int{bits} ChatGLM checkpoints need their own quantized "
+                f"kernels and are not supported; use the full-precision repo {CHATGLM_FULL_PRECISION_REPO}"
+            )
+        if data.get("pre_seq_len") is not None:
+            raise ConfigError(
+                f"{source}: pre_seq_len={data['pre_seq_len']!r} (a P-tuning prefix encoder) is not supported; expected "
+                "null (the base ChatGLM-6B model)"
+            )
+        missing = [k for k in ("vocab_size", "hidden_size", "num_layers", "num_attention_heads") if k not in data]
+        if missing:
+            raise ConfigError(f"{source}: missing field(s) {', '.join(missing)}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        values = {k: data[k] for k in known if k in data}
+        values.setdefault("max_sequence_length", 2048)
+        extra = {k: v for k, v in data.items() if k not in known and k != "model_type"}
+        return cls(extra=extra, **values)
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """The hub ``config.json`` of this model (the remote code's field names) plus our explicit fields."""
+        out = self.to_dict()
+        out.update({"model_type": "chatglm", "architectures": ["ChatGLMModel"], "quantization_bit": 0})
+        if self.inner_hidden_size is None:
+            out["inner_hidden_size"] = self.ffn_hidden_size
+        return out
+
+
+CONFIG_CLASSES: dict[str, type[GLMConfig]] = {"glm": GLMConfig, "chatglm": ChatGLMConfig}
+
+
 def _guess_family(data: dict[str, Any]) -> str:
     vocab = data.get("vocab_size")
     if vocab == 30592:
@@ -198,4 +310,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "glm-2b": _preset(36, 2048, 32, 1024, 50304, "gpt2"),
     "glm-10b": _preset(48, 4096, 64, 1024, 50304, "gpt2"),
     "glm-10b-chinese": _preset(48, 4096, 64, 1024, 50048, "sentencepiece"),
+    # hub zai-org/chatglm-6b config.json (the GLM-130B block, spec in glm_core.chatglm)
+    "chatglm-6b": {
+        **_preset(28, 4096, 32, 2048, 130528, "chatglm"),
+        "architecture": "chatglm",
+        "inner_hidden_size": 16384,
+    },
 }

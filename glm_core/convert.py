@@ -102,6 +102,10 @@ def convert(
 
     src = resolve_model_path(src)  # a hub id becomes its snapshot directory
     model = load_model(src, dtype=dtype or "auto", gelu=gelu, num_attention_heads=num_attention_heads)
+    if prefix and model.config.architecture != "glm":
+        raise GLMError(
+            f"{src}: --prefix writes GLM's 'glm.' key prefix; a {model.config.architecture} checkpoint has none"
+        )
     src_dir = Path(SHIPPED_PRESETS.get(src, src))
     src_dir = src_dir if src_dir.is_dir() else src_dir.parent
     tokenizer_files = [p for p in sorted(src_dir.iterdir()) if _is_tokenizer_file(p)] if src_dir.is_dir() else []

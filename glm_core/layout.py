@@ -12,6 +12,10 @@ Conventions (spec glm_reference §2.1, §3.1):
   of its own mask token. ``position_ids[1]`` ("block position"): 0 over Part A, ``1..`` over ``[sop, x1, ...]``.
 - ``targets[i]`` is the token that the logits at ``i`` predict (so ``sop`` predicts the first span token);
   ``targets`` holds the pad id and ``loss_mask`` 0 where nothing is predicted.
+- ChatGLM (``tokens.cls is None``, :attr:`SpecialTokens.frames_part_a` false) uses the same layout without the frame
+  around Part A: ``A [gMASK] <sop> B`` (no ``[CLS]``, no eos before ``<sop>``), ``sep`` = index of ``<sop>``; its
+  generation prompt always ends with ``[gMASK]`` and Part B sits at the first ``[MASK]`` if there is one, else at the
+  ``[gMASK]`` (the hub tokenizer's position rule).
 
 Builders: generation prompts (§2.3a), cloze inputs (§2.4), left-to-right / LAMBADA scoring (§2.4-5, §6.2), rolling
 perplexity windows (§6.3), seq2seq (§6.4), pretraining span corruption and its samplers (§3.1, §5), :func:`collate`.
@@ -44,6 +48,7 @@ __all__ = [
     "build_seq2seq_input",
     "build_shared_prefix_candidates",
     "build_single_token_cloze",
+    "chatglm_mask_position",
     "collate",
     "corrupt",
     "find_mask_position",
@@ -152,8 +157,33 @@ def _default_generation_mask(tokens: SpecialTokens) -> int:
 
 
 def _part_a(text_ids: Sequence[int], tokens: SpecialTokens, add_eos: bool) -> list[int]:
-    # spec §6.1, §2.4-1: Part A = [CLS] text [eos]
-    return [tokens.cls, *text_ids] + ([tokens.eos] if add_eos else [])
+    # spec §6.1, §2.4-1: Part A = [CLS] text [eos]; ChatGLM: text alone
+    if not tokens.frames_part_a:
+        return list(text_ids)
+    return [tokens.cls, *text_ids] + ([tokens.eos] if add_eos else [])  # type: ignore[list-item]
+
+
+def _frame_length(tokens: SpecialTokens, add_eos: bool) -> int:
+    """Tokens :func:`_part_a` adds around the text: [CLS] and the optional eos (none for ChatGLM)."""
+    return 1 + int(add_eos) if tokens.frames_part_a else 0
+
+
+def _cloze_part_a(text_ids: Sequence[int], tokens: SpecialTokens, which: MaskChoice) -> tuple[list[int], int]:
+    """Part A of a cloze input and its blank's index: ``[CLS] text [eos]`` at the ``which`` blank (spec §2.4-1); ChatGLM:
+    ``text [gMASK]`` (its tokenizer always appends the generation mask) at :func:`chatglm_mask_position`."""
+    if not tokens.frames_part_a:
+        part_a = [*text_ids, _default_generation_mask(tokens)]
+        return part_a, chatglm_mask_position(part_a, tokens)
+    part_a = _part_a(text_ids, tokens, add_eos=True)
+    return part_a, find_mask_position(part_a, tokens.mask_ids(), which)
+
+
+def chatglm_mask_position(ids: Sequence[int], tokens: SpecialTokens) -> int:
+    """ChatGLM's Part-B position: the first ``[MASK]`` if the input has one, else the first ``[gMASK]``."""
+    for wanted in (tokens.mask, tokens.gmask):
+        if wanted is not None and wanted in ids:
+            return list(ids).index(wanted)
+    raise LayoutError(f"no [MASK] or [gMASK] (ids {tokens.mask}, {tokens.gmask}) in the {len(ids)}-token Part A")
 
 
 def _with_part_b(
@@ -220,9 +250,16 @@ def build_generation_prompt(
 
     If ``text_ids`` holds no blank, ``generation_mask`` (default ``[gMASK]`` where the tokenizer has it, else
     ``[MASK]``) is appended first. ``mask_positions`` lists every blank, left to right.
+    ChatGLM: ``text [gMASK]`` always (the generation mask is appended even after a ``[MASK]``, as its tokenizer does);
+    the one blank filled is :func:`chatglm_mask_position`'s. Generation then feeds ``<sop>`` there, so the model sees
+    ``A [gMASK] <sop> ...`` with ``sep`` at ``<sop>``.
     """
     ids = list(text_ids)
     appended = generation_mask if generation_mask is not None else _default_generation_mask(tokens)
+    if not tokens.frames_part_a:
+        part_a = [*ids, appended]
+        _check_length(len(part_a), max_length, "generation prompt")
+        return _part_a_only(part_a, tokens, (chatglm_mask_position(part_a, tokens),))
     blanks = set(tokens.mask_ids()) | {appended}
     if not any(t in blanks for t in ids):
         ids.append(appended)
@@ -258,8 +295,7 @@ def build_single_token_cloze(
     The scores are the logits **at the sop position** (``logits[sep]``) indexed at the verbalizer ids;
     ``candidate_spans == ((sep, sep + 1),)``.
     """
-    part_a = _part_a(text_ids, tokens, add_eos=True)
-    mask_pos = find_mask_position(part_a, tokens.mask_ids(), mask_position)
+    part_a, mask_pos = _cloze_part_a(text_ids, tokens, mask_position)
     n = len(part_a) + 1
     _check_length(n, max_length)
     sep = len(part_a)
@@ -295,8 +331,7 @@ def build_candidate_sequences(
 
     Candidate tokens sit at ``(mask_pos, 1..|c|)``. Score = sum of log-softmax at ``candidate_spans[0]``.
     """
-    part_a = _part_a(text_ids, tokens, add_eos=True)
-    mask_pos = find_mask_position(part_a, tokens.mask_ids(), mask_position)
+    part_a, mask_pos = _cloze_part_a(text_ids, tokens, mask_position)
     samples = []
     for cand in candidates:
         sample = _with_part_b(part_a, _candidate(cand, tokens, append_eop), mask_pos, tokens)
@@ -321,8 +356,7 @@ def build_shared_prefix_candidates(
     Part A (expanded over the candidates with ``reorder_past``). Equal to :func:`build_candidate_sequences` by the
     visibility rule of the step contract.
     """
-    part_a_ids = _part_a(text_ids, tokens, add_eos=True)
-    mask_pos = find_mask_position(part_a_ids, tokens.mask_ids(), mask_position)
+    part_a_ids, mask_pos = _cloze_part_a(text_ids, tokens, mask_position)
     prefix = _part_a_only(part_a_ids, tokens, (mask_pos,))
     chunks = []
     for cand in candidates:
@@ -364,8 +398,7 @@ def build_packed_multiple_choice(
     score is the plain sum of log-softmax over ``candidate_spans[i]`` (spec §2.4-4). The sep rule cannot express this
     mask, so such a sample needs a backend that accepts an explicit matrix.
     """
-    context = _part_a(text_ids, tokens, add_eos=True)
-    mask_pos = find_mask_position(context, tokens.mask_ids(), mask_position)
+    context, mask_pos = _cloze_part_a(text_ids, tokens, mask_position)
     n_ctx = len(context)
     ids, positions, blocks, targets = list(context), list(range(n_ctx)), [0] * n_ctx, [tokens.pad] * n_ctx
     spans = []
@@ -429,7 +462,7 @@ def build_scoring_input(
     if unidirectional and not context:
         raise LayoutError("unidirectional scoring needs at least one context token for Part A")
     # length = [CLS] + |context| + mask + eos? + |continuation| (sop + continuation[:-1])
-    length = 2 + len(context) + int(add_eos) + len(continuation)
+    length = _frame_length(tokens, add_eos) + 1 + len(context) + len(continuation)
     if max_length is not None and length > max_length and truncate_left:
         drop = length - max_length
         if drop >= len(context):
@@ -445,7 +478,7 @@ def build_scoring_input(
     else:
         part_a = _part_a([*context, mask], tokens, add_eos)
         answer, scored_from = continuation, 0
-    mask_pos = len(part_a) - 1 - int(add_eos)
+    mask_pos = len(part_a) - 1 - int(add_eos and tokens.frames_part_a)
     return _with_part_b(part_a, answer, mask_pos, tokens, scored_from=scored_from)
 
 
@@ -554,9 +587,13 @@ def build_seq2seq_input(
     feeds ``sop`` at ``(1, 1)``. ``pad_source=True`` reproduces the original right-padding *inside* Part A (pads are
     visible to Part B, spec §2.1 / issue #70).
     """
-    mask = mask_id if mask_id is not None else (tokens.smask if tokens.smask is not None else tokens.mask)
     if pad_source and max_source_length is None:
         raise LayoutError("pad_source=True needs max_source_length (the length to pad the source to)")
+    if not tokens.frames_part_a:
+        return _chatglm_seq2seq(
+            source_ids, tokens, target_ids, prompt_ids, max_source_length, max_target_length, mask_id
+        )
+    mask = mask_id if mask_id is not None else (tokens.smask if tokens.smask is not None else tokens.mask)
     head = [tokens.cls, mask, *prompt_ids]
     source = list(source_ids)
     if max_source_length is not None:
@@ -574,6 +611,33 @@ def build_seq2seq_input(
     target = [*target_ids, tokens.eop]
     if max_target_length is not None:
         target = target[:max_target_length]
+    return _with_part_b(part_a, target, mask_pos, tokens)
+
+
+def _chatglm_seq2seq(
+    source_ids: Sequence[int],
+    tokens: SpecialTokens,
+    target_ids: Sequence[int] | None,
+    prompt_ids: Sequence[int],
+    max_source_length: int | None,
+    max_target_length: int | None,
+    mask_id: int | None,
+) -> GLMInput:
+    """ChatGLM's seq2seq layout (its fine-tuning script): ``prompt source [gMASK]`` + ``<sop> target <eop>``.
+
+    ChatGLM's position rule knows only ``[MASK]`` and ``[gMASK]``; any other ``mask_id`` (GLM's seq2seq ``[sMASK]``)
+    gives way to ``[gMASK]``, the mask ChatGLM generates with."""
+    mask = mask_id if mask_id in (tokens.mask, tokens.gmask) else _default_generation_mask(tokens)
+    text = [*prompt_ids, *source_ids]
+    if max_source_length is not None:
+        if max_source_length < 2:
+            raise LayoutError(f"max_source_length {max_source_length} leaves no room for the source and [gMASK]")
+        text = text[: max_source_length - 1]
+    part_a = [*text, mask]
+    mask_pos = chatglm_mask_position(part_a, tokens)
+    if target_ids is None:
+        return _part_a_only(part_a, tokens, (mask_pos,))
+    target = [*target_ids, tokens.eop][:max_target_length]
     return _with_part_b(part_a, target, mask_pos, tokens)
 
 

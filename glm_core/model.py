@@ -12,9 +12,6 @@ two are numerically equivalent (spec §2.2) and :meth:`GLMModel.forward_mems` ke
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -31,43 +28,24 @@ from glm_core.attention_backends import (
 )
 from glm_core.config import GLMConfig
 from glm_core.errors import InputError
+from glm_core.model_common import (
+    GLMOutput,
+    PastKeyValues,
+    SepLike,
+    check_past,
+    check_step_inputs,
+    gelu_tanh,
+    visibility_mask,
+)
+from glm_core.model_common import explicit_mask as _explicit_mask
 
 MASK_VALUE = -65504.0  # spec §1.3: masked scores are set to exactly -65504 (finite, fp16-safe), never -inf
 KERNEL_CHOICES = ("auto", "triton", "torch")
-
-PastKeyValues = tuple[tuple[torch.Tensor, torch.Tensor], ...]
-SepLike = Union[int, Sequence[int], torch.Tensor, None]
-
-
-@dataclass
-class GLMOutput:
-    logits: torch.Tensor | None  # [B, S, V] float32
-    past_key_values: PastKeyValues | None  # per layer (key, value), each [B, H, P+S, D]
-    hidden_states: torch.Tensor | None = None  # [B, S, h] after the final LayerNorm
-    kernels_used: dict[str, str] = field(default_factory=dict)
-
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    # spec §1.4: the original code's tanh approximation (the checkpoints were trained with it)
-    return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
 
 
 def gelu_erf(x: torch.Tensor) -> torch.Tensor:
     # spec §1.4: exact erf GeLU, what the hub remote code computes (transformers' GELUActivation)
     return F.gelu(x)
-
-
-def visibility_mask(sep: torch.Tensor, query_len: int, past_len: int) -> torch.Tensor:
-    """Boolean ``[B, 1, S, P+S]``: key ``j`` visible to query ``t`` iff ``j < P or j-P < sep or j-P <= t``.
-
-    spec §2.1 / DESIGN.md: ``sep`` is relative to the current chunk; memory columns are always visible.
-    """
-    device = sep.device
-    keys = torch.arange(past_len + query_len, device=device) - past_len  # [P+S], chunk-relative key index
-    queries = torch.arange(query_len, device=device)  # [S]
-    causal = keys[None, :] <= queries[:, None]  # [S, P+S]; includes every past column (keys < 0)
-    prefix = keys[None, None, :] < sep[:, None, None]  # [B, 1, P+S]
-    return (causal[None] | prefix)[:, None]  # [B, 1, S, P+S]
 
 
 def glm_attention_math(
@@ -238,48 +216,10 @@ class GLMModel(nn.Module):
         sep: SepLike,
         past_len: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if input_ids.dim() != 2:
-            raise InputError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        B, S = input_ids.shape
-        if S == 0:
-            raise InputError("input_ids must hold at least one token per row")
-        if input_ids.dtype not in (torch.int64, torch.int32):
-            raise InputError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-        device = input_ids.device
-        V = self.config.vocab_size
-        if bool((input_ids < 0).any()) or bool((input_ids >= V).any()):
-            raise InputError(f"input_ids must lie in [0, {V}) (vocab_size), got values outside it")
-        if position_ids is None:
-            # HF default (spec §2.1): positions continue after the past, block positions 0
-            pos = torch.arange(past_len, past_len + S, device=device).expand(B, S)
-            position_ids = torch.stack([pos, torch.zeros_like(pos)], dim=1)
-        if tuple(position_ids.shape) != (B, 2, S):
-            raise InputError(f"position_ids must be [batch, 2, seq] = [{B}, 2, {S}], got {tuple(position_ids.shape)}")
-        if position_ids.is_floating_point() or position_ids.dtype == torch.bool:
-            raise InputError(f"position_ids must be an integer tensor, got {position_ids.dtype}")
-        rows = self.config.num_position_rows
-        if bool((position_ids < 0).any()) or bool((position_ids >= rows).any()):
-            raise InputError(
-                f"position ids must lie in [0, {rows - 1}] (max_sequence_length={self.config.max_sequence_length}); "
-                f"got max {int(position_ids.max())}: the sequence is longer than the position table"
-            )
-        sep_t = _as_sep(sep, B, device)
-        if bool((sep_t < 0).any()) or bool((sep_t > S).any()):
-            raise InputError(f"sep must lie in [0, {S}] (chunk-relative, spec §2.1), got {sep_t.tolist()}")
-        return position_ids.long(), sep_t
+        return check_step_inputs(self.config, input_ids, position_ids, sep, past_len)
 
     def _check_past(self, past: PastKeyValues, batch: int) -> None:
-        cfg = self.config
-        if len(past) != cfg.num_layers:
-            raise InputError(f"past_key_values must hold {cfg.num_layers} layers, got {len(past)}")
-        P = past[0][0].shape[2]
-        expected = (batch, cfg.num_attention_heads, P, cfg.head_dim)
-        for i, (k, v) in enumerate(past):
-            if tuple(k.shape) != expected or tuple(v.shape) != expected:
-                raise InputError(
-                    f"past_key_values[{i}] must be key/value of shape [batch, heads, past, head_dim] = {expected}, "
-                    f"got {tuple(k.shape)} / {tuple(v.shape)}"
-                )
+        check_past(self.config, past, batch)
 
     # --------------------------------------------------------------- forward
     def forward(
@@ -487,38 +427,22 @@ class GLMModel(nn.Module):
         return logits, new_mems
 
 
-def _as_sep(sep: SepLike, batch: int, device: torch.device) -> torch.Tensor:
-    """Normalise ``sep`` to int64 ``[B]``: a scalar is shared by the batch (spec §2.1 forms 1 and 2)."""
-    if sep is None:
-        return torch.zeros(batch, dtype=torch.long, device=device)
-    if isinstance(sep, torch.Tensor):
-        t = sep.to(device=device, dtype=torch.long)
-    else:
-        try:
-            t = torch.as_tensor(sep, dtype=torch.long, device=device)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"sep must be an int or a sequence of {batch} ints, got {sep!r}") from exc
-    if t.dim() == 0:
-        return t.expand(batch).clone()
-    t = t.reshape(-1)
-    if t.numel() != batch:
-        raise InputError(f"sep must hold one value per batch row ({batch}), got {t.numel()}")
-    return t
+def model_class(config: GLMConfig) -> type[nn.Module]:
+    """The module class of ``config.architecture``: :class:`GLMModel` or :class:`glm_core.chatglm.ChatGLMModel`."""
+    if config.architecture == "chatglm":
+        from glm_core.chatglm import ChatGLMModel
 
-
-def _explicit_mask(mask: torch.Tensor, batch: int, seq: int, past_len: int) -> torch.Tensor:
-    """An explicit 0/1 mask ``[B|1, 1, S, K]`` -> bool ``[B, 1, S, P+S]`` (last P+S columns, spec §2.1 form 3)."""
-    total = past_len + seq
-    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2] != seq or mask.shape[-1] < total:
-        raise InputError(f"attention_mask must be [batch, 1, {seq}, >= {total}], got {tuple(mask.shape)}")
-    if mask.shape[0] not in (1, batch):
-        raise InputError(f"attention_mask batch must be 1 or {batch}, got {mask.shape[0]}")
-    return mask[..., -total:] > 0.5
+        return ChatGLMModel
+    return GLMModel
 
 
 def build_model(config: GLMConfig, seed: int | None = None, **kwargs: object) -> GLMModel:
-    """A randomly initialised model; with ``seed`` the weights are reproducible across machines."""
-    model = GLMModel(config, **kwargs)  # type: ignore[arg-type]
+    """A randomly initialised model; with ``seed`` the weights are reproducible across machines.
+
+    Dispatches on ``config.architecture`` (a ChatGLM config builds a :class:`glm_core.chatglm.ChatGLMModel`, which
+    serves the same step contract).
+    """
+    model = model_class(config)(config, **kwargs)  # type: ignore[call-arg]
     if seed is not None:
         gen = torch.Generator().manual_seed(seed)
         model.reset_parameters(generator=gen)

@@ -21,12 +21,16 @@ CONVENTIONS = ("original", "hf")
 
 @dataclass(frozen=True)
 class SpecialTokens:
-    """Ids of GLM's command tokens for one tokenizer. ``None`` = the family has no such token."""
+    """Ids of GLM's command tokens for one tokenizer. ``None`` = the family has no such token.
+
+    ChatGLM has no ``[CLS]`` (nor ``[SEP]``): ``cls=None`` also tells :mod:`glm_core.layout` that Part A carries no
+    frame at all (no ``[CLS]`` before it, no eos after it) - see :attr:`frames_part_a`.
+    """
 
     pad: int
     eos: int
-    cls: int
-    sep: int
+    cls: int | None
+    sep: int | None
     mask: int
     unk: int
     sop: int
@@ -34,6 +38,11 @@ class SpecialTokens:
     gmask: int | None = None
     smask: int | None = None
     bad_words: tuple[int, ...] = ()
+
+    @property
+    def frames_part_a(self) -> bool:
+        """GLM frames Part A as ``[CLS] text [eos]``; ChatGLM (no ``[CLS]``) as ``text`` alone (``A [gMASK] <sop>``)."""
+        return self.cls is not None
 
     def mask_ids(self) -> tuple[int, ...]:
         """All blank tokens ([MASK], [sMASK], [gMASK]) this tokenizer has, in that order."""
@@ -104,6 +113,26 @@ def sentencepiece_tokens(
     )
 
 
+def chatglm_tokens(
+    *,
+    mask: int = 130000,
+    gmask: int = 130001,
+    smask: int | None = 130002,
+    sop: int = 130004,
+    eop: int = 130005,
+    pad: int = 3,
+    unk: int = 0,
+) -> SpecialTokens:
+    """ChatGLM-6B's ids (defaults: the released ``ice_text.model``, whose tokenizer_config.json has
+    num_image_tokens = 0). No ``[CLS]``/``[SEP]``; ``<eop>`` ends Part B and generation (eos = eop).
+
+    The ChatGLM tokenizer looks its ids up in its own model file, so a small test model passes small ones.
+    """
+    return SpecialTokens(
+        pad=pad, eos=eop, cls=None, sep=None, mask=mask, unk=unk, sop=sop, eop=eop, gmask=gmask, smask=smask
+    )
+
+
 # Names of command-token strings as they appear in text and in hub added_tokens.json.
 TOKEN_STRINGS = {
     "mask": "[MASK]",
@@ -148,4 +177,6 @@ def special_tokens_for(
     if family == "sentencepiece":
         fix = model_name != "glm-10b-chinese"
         return sentencepiece_tokens(num_pieces, convention, fix_command_token=fix)
-    raise ConfigError(f"unknown tokenizer family {family!r}; expected bert, gpt2, roberta or sentencepiece")
+    if family == "chatglm":
+        return chatglm_tokens()  # the released ids; the tokenizer reads its own from its files
+    raise ConfigError(f"unknown tokenizer family {family!r}; expected bert, gpt2, roberta, sentencepiece or chatglm")

@@ -14,6 +14,8 @@ what GLM puts around them (spec glm_reference §3.2):
 Directory layout read by :meth:`GLMTokenizer.from_pretrained` (hub layout): ``vocab.txt`` | ``vocab.json`` +
 ``merges.txt`` | ``*.model``, optionally ``tokenizer_config.json`` / ``added_tokens.json`` from the hub and our own
 ``glm_tokenizer.json`` (family, convention, model name, special ids) written by :meth:`GLMTokenizer.save_pretrained`.
+A ChatGLM-6B directory (``ice_text.model``, tokenizer class ``ChatGLMTokenizer``) loads as
+:class:`glm_core.chatglm_tokenizer.ChatGLMTokenizer`, which has the same interface and its own text rules.
 """
 
 from __future__ import annotations
@@ -32,13 +34,28 @@ import sentencepiece as spm
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from glm_core.atomic import write_bytes_atomically
+from glm_core.chatglm_tokenizer import ChatGLMTokenizer
 from glm_core.errors import ConfigError, TokenizerError
 from glm_core.special_tokens import CONVENTIONS, SpecialTokens, special_tokens_for, token_strings_for
+from glm_core.tokenizer_common import (
+    SpecialIdAccessors,
+    as_text,
+    decode_utf8,
+    load_json,
+    padded_size,
+    read_bytes,
+    read_json_object,
+)
 
-FAMILIES = ("bert", "gpt2", "roberta", "sentencepiece")
+FAMILIES = ("bert", "gpt2", "roberta", "sentencepiece", "chatglm")
 # Original ids for the English families (what the checkpoints saw); the Chinese models are used through the hub.
-DEFAULT_CONVENTION = {"bert": "original", "gpt2": "original", "roberta": "original", "sentencepiece": "hf"}
-VOCAB_PAD_MULTIPLE = 128  # spec §1.6: word-embedding rows are padded to a multiple of 128
+DEFAULT_CONVENTION = {
+    "bert": "original",
+    "gpt2": "original",
+    "roberta": "original",
+    "sentencepiece": "hf",
+    "chatglm": "hf",
+}
 
 META_FILE = "glm_tokenizer.json"
 META_FORMAT_VERSION = 1
@@ -46,6 +63,7 @@ BERT_VOCAB_FILE = "vocab.txt"
 BPE_VOCAB_FILE = "vocab.json"
 BPE_MERGES_FILE = "merges.txt"
 SENTENCEPIECE_FILES = ("cog-pretrain.model", "spiece.model", "tokenizer.model", "sentencepiece.model")
+CHATGLM_FILE = "ice_text.model"  # ChatGLM-6B's SentencePiece model (glm_core.chatglm_tokenizer)
 
 # Roles in the order that decides which name an id shared by several roles gets (trap 3: eop before gMASK).
 _ROLE_ORDER = ("pad", "cls", "sep", "mask", "unk", "sop", "eop", "smask", "gmask")
@@ -63,6 +81,7 @@ _HUB_CLASSES = {
     "RobertaTokenizer": "roberta",
     "RobertaTokenizerFast": "roberta",
     "GLMChineseTokenizer": "sentencepiece",
+    "ChatGLMTokenizer": "chatglm",
 }
 
 # Command tokens that live inside the base vocabulary (spec §3.2 table): a command id below the base size must land
@@ -83,63 +102,6 @@ _PINNED_BASE_TOKENS = {
 }
 
 _UNUSED_TOKEN = re.compile(r"<\|unused_(\d+)\|>")
-
-
-# ----------------------------------------------------------------------------------------------------------- helpers
-def padded_size(n: int, multiple: int = VOCAB_PAD_MULTIPLE) -> int:
-    return -(-n // multiple) * multiple
-
-
-def _as_text(text: str | bytes) -> str:
-    """``text`` as a str that is valid Unicode; bytes must be UTF-8."""
-    if isinstance(text, (bytes, bytearray)):
-        try:
-            return bytes(text).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise TokenizerError(
-                f"input bytes are not valid UTF-8: byte 0x{exc.object[exc.start]:02x} at position {exc.start} "
-                f"({exc.reason}); expected UTF-8 text"
-            ) from None
-    if not isinstance(text, str):
-        raise TokenizerError(f"text to encode must be str or UTF-8 bytes, got {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise TokenizerError(
-            f"text is not valid Unicode: {exc.reason} at position {exc.start} ({text[exc.start]!r})"
-        ) from None
-    return text
-
-
-def _read_bytes(path: str, what: str) -> bytes:
-    if not os.path.isfile(path):
-        raise TokenizerError(f"{path}: file not found; expected {what}")
-    with open(path, "rb") as fh:
-        return fh.read()
-
-
-def _decode_utf8(data: bytes, path: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TokenizerError(f"{path}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
-
-
-def _load_json(data: bytes, path: str) -> Any:
-    try:
-        return json.loads(_decode_utf8(data, path))
-    except json.JSONDecodeError as exc:
-        raise TokenizerError(f"{path}: not valid JSON ({exc})") from None
-
-
-def _read_json_object(path: str) -> dict[str, Any]:
-    """A JSON object from ``path``; ``{}`` if the file does not exist."""
-    if not os.path.isfile(path):
-        return {}
-    data = _load_json(_read_bytes(path, "a JSON object"), path)
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 # ---------------------------------------------------------------------------------------------------------- backends
@@ -166,7 +128,7 @@ class _WordPieceBackend:
 
     @staticmethod
     def _parse(data: bytes, path: str) -> list[str]:
-        lines = _decode_utf8(data, path).split("\n")
+        lines = decode_utf8(data, path).split("\n")
         if lines and lines[-1] == "":
             lines.pop()  # the newline that ends the last entry
         seen: dict[str, int] = {}
@@ -228,7 +190,7 @@ class _ByteLevelBPEBackend:
     @staticmethod
     def _parse_merges(data: bytes, path: str, vocab: dict[str, int]) -> list[tuple[str, str]]:
         merges: list[tuple[str, str]] = []
-        for n, line in enumerate(_decode_utf8(data, path).split("\n"), start=1):
+        for n, line in enumerate(decode_utf8(data, path).split("\n"), start=1):
             line = line.rstrip("\r")
             if not line or (n == 1 and line.startswith("#version")):
                 continue
@@ -320,7 +282,7 @@ _Backend = _WordPieceBackend | _ByteLevelBPEBackend | _SentencePieceBackend
 
 def parse_bpe_vocab(data: bytes, path: str) -> dict[str, int]:
     """``vocab.json``: a JSON object token -> id with ids ``0..N-1``, each once."""
-    vocab = _load_json(data, path)
+    vocab = load_json(data, path)
     if not isinstance(vocab, dict) or not vocab:
         raise TokenizerError(f"{path}: expected a non-empty JSON object mapping token -> id")
     seen: dict[int, str] = {}
@@ -337,7 +299,7 @@ def parse_bpe_vocab(data: bytes, path: str) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------------------------------------- tokenizer
-class GLMTokenizer:
+class GLMTokenizer(SpecialIdAccessors):
     """One GLM tokenizer: a text model plus the family's command tokens (spec §3.2).
 
     Build it with :meth:`from_pretrained`. ``encode`` adds no ``[CLS]``/eos: building GLM inputs is
@@ -361,75 +323,6 @@ class GLMTokenizer:
         self.padded_vocab_size = padded_size(self.vocab_size)
         self._build_command_tables()
         self._check_against_vocab()
-
-    # ------------------------------------------------------------------ special ids
-    @property
-    def pad_id(self) -> int:
-        return self.special.pad
-
-    @property
-    def eos_id(self) -> int:
-        return self.special.eos
-
-    @property
-    def cls_id(self) -> int:
-        return self.special.cls
-
-    @property
-    def sep_id(self) -> int:
-        return self.special.sep
-
-    @property
-    def mask_id(self) -> int:
-        return self.special.mask
-
-    @property
-    def unk_id(self) -> int:
-        return self.special.unk
-
-    @property
-    def sop_id(self) -> int:
-        return self.special.sop
-
-    @property
-    def eop_id(self) -> int:
-        return self.special.eop
-
-    @property
-    def gmask_id(self) -> int | None:
-        return self.special.gmask
-
-    @property
-    def smask_id(self) -> int | None:
-        return self.special.smask
-
-    @property
-    def mask_ids(self) -> tuple[int, ...]:
-        return self.special.mask_ids()
-
-    @property
-    def bad_words_ids(self) -> tuple[int, ...]:
-        """Ids generation must never produce (glm-10b-chinese hf: the copied gMASK row, spec §3.2 trap 3)."""
-        return self.special.bad_words
-
-    @property
-    def command_tokens(self) -> dict[str, int]:
-        """Command-token string -> id, as recognised in text."""
-        return dict(self._string_to_id)
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    def __repr__(self) -> str:
-        return (
-            f"GLMTokenizer(family={self.family!r}, convention={self.convention!r}, model_name={self.model_name!r}, "
-            f"vocab_size={self.vocab_size}, padded_vocab_size={self.padded_vocab_size})"
-        )
-
-    def _all_special_ids(self) -> list[int]:
-        s = self.special
-        ids = [s.pad, s.eos, s.cls, s.sep, s.mask, s.unk, s.sop, s.eop, s.gmask, s.smask, *s.bad_words]
-        return [i for i in ids if i is not None]
 
     def _build_command_tables(self) -> None:
         strings = token_strings_for(self.family)
@@ -495,7 +388,7 @@ class GLMTokenizer:
         verbalizers and candidates are " Yes", spec §3.2); WordPiece and SentencePiece do not encode a leading space,
         so it changes nothing for them.
         """
-        text = _as_text(text)
+        text = as_text(text)
         if add_prefix_space and isinstance(self._backend, _ByteLevelBPEBackend) and not text[:1].isspace():
             text = " " + text
         if not text.strip():
@@ -580,12 +473,13 @@ class GLMTokenizer:
         family: str | None = None,
         convention: str | None = None,
         model_name: str = "",
-    ) -> GLMTokenizer:
+    ) -> GLMTokenizer | ChatGLMTokenizer:
         """Load the tokenizer files of ``directory`` (hub layout, or one written by :meth:`save_pretrained`).
 
         ``family`` is taken from the argument, else ``glm_tokenizer.json``, else the hub ``tokenizer_config.json``
         class, else the files present (``vocab.txt`` -> bert; ``vocab.json`` with ``<s>`` at 0 or a ``<mask>`` ->
-        roberta, otherwise gpt2; ``*.model`` -> sentencepiece). ``convention`` defaults to ``original`` for the
+        roberta, otherwise gpt2; ``ice_text.model`` -> chatglm; other ``*.model`` -> sentencepiece). A chatglm
+        directory gives a :class:`glm_core.chatglm_tokenizer.ChatGLMTokenizer`. ``convention`` defaults to ``original`` for the
         English families and ``hf`` for SentencePiece. ``model_name="glm-10b-chinese"`` selects trap 3's table.
         """
         path = os.fspath(directory)
@@ -594,8 +488,8 @@ class GLMTokenizer:
         if not os.path.isdir(path):
             raise TokenizerError(f"{path}: expected a tokenizer directory, got a file")
         meta_path = os.path.join(path, META_FILE)
-        meta = _read_json_object(meta_path)
-        hub_config = _read_json_object(os.path.join(path, "tokenizer_config.json"))
+        meta = read_json_object(meta_path)
+        hub_config = read_json_object(os.path.join(path, "tokenizer_config.json"))
 
         if family is not None and family not in FAMILIES:
             raise ConfigError(f"unknown tokenizer family {family!r}; expected one of {FAMILIES}")
@@ -603,6 +497,8 @@ class GLMTokenizer:
             raise ConfigError(f"token convention must be one of {CONVENTIONS}, got {convention!r}")
         stored_family = _meta_choice(meta, "family", FAMILIES, meta_path)
         family = family or stored_family or _family_from_hub(hub_config) or _family_from_files(path)
+        if family == "chatglm":
+            return ChatGLMTokenizer.from_pretrained(path)
         convention = (
             convention or _meta_choice(meta, "convention", CONVENTIONS, meta_path) or DEFAULT_CONVENTION[family]
         )
@@ -633,7 +529,7 @@ class GLMTokenizer:
 
     def _check_added_tokens(self, path: str) -> None:
         """hf convention = the ids of the hub added_tokens.json; a disagreement means a wrong table, so refuse it."""
-        added = _read_json_object(path)
+        added = read_json_object(path)
         for token, i in added.items():
             if token in self._string_to_id and i != self._string_to_id[token]:
                 raise TokenizerError(
@@ -730,14 +626,16 @@ def _family_from_files(path: str) -> str:
         )
     if has_vocab_json:
         vocab_path = os.path.join(path, BPE_VOCAB_FILE)
-        vocab = parse_bpe_vocab(_read_bytes(vocab_path, "a BPE vocab.json"), vocab_path)
+        vocab = parse_bpe_vocab(read_bytes(vocab_path, "a BPE vocab.json"), vocab_path)
         found.append("roberta" if vocab.get("<s>") == 0 or "<mask>" in vocab else "gpt2")
-    if _sentencepiece_files(path):
+    if os.path.isfile(os.path.join(path, CHATGLM_FILE)):
+        found.append("chatglm")
+    elif _sentencepiece_files(path):
         found.append("sentencepiece")
     if not found:
         raise TokenizerError(
             f"{path}: no tokenizer files found; expected {BERT_VOCAB_FILE} (BERT WordPiece), {BPE_VOCAB_FILE} + "
-            f"{BPE_MERGES_FILE} (GPT-2/RoBERTa byte-level BPE) or a SentencePiece *.model file"
+            f"{BPE_MERGES_FILE} (GPT-2/RoBERTa byte-level BPE), a SentencePiece *.model file or ChatGLM's {CHATGLM_FILE}"
         )
     if len(found) > 1:
         raise TokenizerError(f"{path}: files of several tokenizer families ({', '.join(found)}); pass family=")
@@ -764,7 +662,7 @@ def _sentencepiece_model_path(path: str, meta: dict[str, Any]) -> str:
 def _load_backend(path: str, family: str, meta: dict[str, Any], hub_config: dict[str, Any]) -> _Backend:
     if family == "bert":
         vocab_path = os.path.join(path, BERT_VOCAB_FILE)
-        data = _read_bytes(vocab_path, "BERT WordPiece vocabulary (vocab.txt, one token per line)")
+        data = read_bytes(vocab_path, "BERT WordPiece vocabulary (vocab.txt, one token per line)")
         lowercase = meta.get("lowercase", hub_config.get("do_lower_case", True))
         if not isinstance(lowercase, bool):
             raise TokenizerError(f"{path}: lowercase / do_lower_case must be true or false, got {lowercase!r}")
@@ -772,11 +670,11 @@ def _load_backend(path: str, family: str, meta: dict[str, Any], hub_config: dict
     if family in ("gpt2", "roberta"):
         vocab_path = os.path.join(path, BPE_VOCAB_FILE)
         merges_path = os.path.join(path, BPE_MERGES_FILE)
-        vocab = _read_bytes(vocab_path, "byte-level BPE vocabulary (vocab.json: token -> id)")
-        merges = _read_bytes(merges_path, "byte-level BPE merges (merges.txt: one 'a b' pair per line)")
+        vocab = read_bytes(vocab_path, "byte-level BPE vocabulary (vocab.json: token -> id)")
+        merges = read_bytes(merges_path, "byte-level BPE merges (merges.txt: one 'a b' pair per line)")
         return _ByteLevelBPEBackend(vocab, merges, vocab_path, merges_path)
     model_path = _sentencepiece_model_path(path, meta)
-    return _SentencePieceBackend(_read_bytes(model_path, "a SentencePiece model"), model_path)
+    return _SentencePieceBackend(read_bytes(model_path, "a SentencePiece model"), model_path)
 
 
 def _special_from_dict(data: Any, path: str) -> SpecialTokens:
@@ -794,7 +692,7 @@ def _special_from_dict(data: Any, path: str) -> SpecialTokens:
             if not isinstance(value, list) or not all(_is_id(v) for v in value):
                 raise TokenizerError(f"{path}: special.bad_words must be a list of token ids, got {value!r}")
             values[name] = tuple(value)
-        elif value is None and name in ("gmask", "smask"):
+        elif value is None and name in ("gmask", "smask", "cls", "sep"):
             values[name] = None
         elif not _is_id(value):
             raise TokenizerError(f"{path}: special.{name} must be a non-negative integer id, got {value!r}")
@@ -815,12 +713,15 @@ def train_sentencepiece(
     model_prefix: str = "spiece",
     seed: int = 0,
     character_coverage: float = 1.0,
+    user_defined_symbols: Iterable[str] = (),
 ) -> str:
     """Train a unigram SentencePiece model on ``lines``, deterministically; return the ``.model`` path.
 
     The piece layout follows cog-pretrain.model (``<unk>`` 0, ``<s>`` 1, ``</s>`` 2); GLM's command tokens are not
     pieces, they follow the pieces (``sentencepiece_tokens(num_pieces)``). Determinism: one thread, corpus in the
     given order (no sampling or shuffling), and the library's global random seed set to ``seed``.
+    ``user_defined_symbols`` become pieces right after the control pieces (ids 3, 4, ...), always kept whole (ChatGLM's
+    ``<n>``, ``<|tab|>``, ``<|blank_N|>`` and command tokens).
     """
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 4:
         raise TokenizerError(f"vocab_size must be an integer >= 4 (3 control pieces + text), got {vocab_size!r}")
@@ -828,7 +729,7 @@ def train_sentencepiece(
         raise TokenizerError(f"model_prefix must be a plain file name, got {model_prefix!r}")
     sentences: list[str] = []
     for n, line in enumerate(lines, start=1):
-        line = _as_text(line).rstrip("\r\n")
+        line = as_text(line).rstrip("\r\n")
         if "\n" in line:
             raise TokenizerError(f"training line {n} contains a newline; pass one sentence per item")
         if line.strip():
@@ -854,6 +755,7 @@ def train_sentencepiece(
             eos_id=2,
             pad_id=-1,
             hard_vocab_limit=True,
+            user_defined_symbols=list(user_defined_symbols),
             minloglevel=2,
         )
     except RuntimeError as exc:

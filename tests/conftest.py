@@ -51,3 +51,22 @@ def offline_hub(hub_home, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return hub_home
+
+
+@pytest.fixture(scope="session")
+def tiny_chatglm_dir(tmp_path_factory):
+    """A hub-layout ChatGLM directory with its tiny tokenizer (tests/chatglm_dirs.py); needs torch to write."""
+    pytest.importorskip("torch")
+    from tests.chatglm_dirs import write_tiny_chatglm
+
+    return write_tiny_chatglm(tmp_path_factory.mktemp("chatglm") / "tiny-chatglm")
+
+
+@pytest.fixture(scope="session")
+def tiny_chatglm_onnx_dir(tiny_chatglm_dir, tmp_path_factory):
+    """``tiny_chatglm_dir`` exported by ``python -m export.onnx`` (~40 s on 2 cores, made once per session)."""
+    from export.onnx import main
+
+    out = tmp_path_factory.mktemp("chatglm_onnx") / "tiny-chatglm-onnx"
+    assert main(["--ckpt", str(tiny_chatglm_dir), "--out", str(out), "--no-validate"]) == 0
+    return out

@@ -108,6 +108,10 @@ def uni_choice_input(inputs: Sequence[int], choice: Sequence[int], special: Spec
     """``build_uni_input_from_ids(inputs, choice, add_cls=True, mask_id=gMASK)`` without its trailing pads: ids
     ``[CLS] [gMASK] [sop] inputs choice[:-1]``, positions ``0, 1, 1, ...``, block positions ``0, 0, 1, 2, ...``,
     ``sep = 2``; targets ``choice`` on the last ``len(choice)`` tokens (the last input token predicts choice[0])."""
+    if special.cls is None or special.gmask is None:
+        raise ConfigError(
+            "multichoice_uni reproduces GLM's [CLS] [gMASK] [sop] layout; this model has no [CLS]/[gMASK]"
+        )
     ids = [special.cls, special.gmask, special.sop, *inputs, *choice[:-1]]
     n, start = len(ids), len(ids) - len(choice)
     positions = [0, 1] + [1] * (n - 2)

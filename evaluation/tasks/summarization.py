@@ -393,6 +393,8 @@ class SQuADQuestionGeneration(Summarization):
         """``Seq2SeqDataset.__getitem__`` (squad_generation): ``[CLS] context " Question:" [mask] " Answer: " +
         answer``; a long context is cut to a window starting half a budget before the answer's first occurrence."""
         tok, special = ctx.tokenizer, ctx.special
+        if special.cls is None:
+            raise ConfigError("squad_qg reproduces GLM's [CLS] ... [sMASK] layout; this model (ChatGLM) has no [CLS]")
         mask = special.smask if special.smask is not None else special.mask
         length = self.source_length(ctx)
         source = tok.encode(example.data["context"].rstrip() + " Question:")

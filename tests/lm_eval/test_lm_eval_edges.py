@@ -56,7 +56,8 @@ def test_apply_chat_template_on_the_cli_is_one_line_and_exit_2(lm_eval_cli, tiny
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert errors == [
         "glm-onnx: error: --apply_chat_template is not supported: GLM is a blank-infilling model "
-        "without a chat template; run without --apply_chat_template (and --fewshot_as_multiturn)"
+        "without a chat template; run without --apply_chat_template (and --fewshot_as_multiturn); "
+        "ChatGLM's chat rounds: chat_prompt=true"
     ]
     assert "Traceback" not in proc.stderr
 
