@@ -74,7 +74,8 @@ else:
 
 __all__ = [
     "SUPPORTED_HEAD_DIMS",
-    "GLMAttentionFunction",
+    "attention_bwd",
+    "attention_fwd",
     "glm_attention",
     "glm_attention_dropout_mask",
     "glm_attention_flex",
@@ -844,21 +845,74 @@ def _triton_backward(
     return dq, dk, dv
 
 
-class GLMAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper: Triton forward (saves O and the log-sum-exp), Triton backward."""
+# The kernel as torch custom ops: torch.compile keeps them as opaque nodes of its graph (shapes from the fake
+# implementations), and the backward op is the forward op's autograd formula. The dropout seed travels as an int64
+# tensor [1] on the host: drawn from torch's CPU generator inside the graph, read by the op itself, never a
+# ``.item()`` in traced code and never a device sync.
+@torch.library.custom_op("glm::attention_fwd", mutates_args=())
+def attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sep: torch.Tensor,
+    seed: torch.Tensor,
+    dropout_p: float,
+    allow_tf32: bool,
+    block: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out [B, H, T, D], lse [B*H, T] fp32)``; ``block`` 0: the launch configuration's own tiles."""
+    return _triton_forward(q, k, v, sep, _op_args(seed, dropout_p, allow_tf32, block))
 
-    @staticmethod
-    def forward(ctx, q, k, v, sep, args: _KernelArgs):  # noqa: ANN001, ANN205 - autograd protocol
-        out, lse = _triton_forward(q, k, v, sep, args)
-        ctx.save_for_backward(q, k, v, sep, out, lse)
-        ctx.kernel_args = args
-        return out
 
-    @staticmethod
-    def backward(ctx, dout):  # noqa: ANN001, ANN205 - autograd protocol
-        q, k, v, sep, out, lse = ctx.saved_tensors
-        dq, dk, dv = _triton_backward(q, k, v, sep, out, lse, dout, ctx.kernel_args)
-        return dq, dk, dv, None, None
+@attention_fwd.register_fake
+def _attention_fwd_fake(q, k, v, sep, seed, dropout_p, allow_tf32, block):  # noqa: ANN001, ANN202
+    batch, heads, seq_len, head_dim = q.shape
+    out = q.new_empty((batch, heads, seq_len, head_dim))
+    return out, q.new_empty((batch * heads, seq_len), dtype=torch.float32)
+
+
+@torch.library.custom_op("glm::attention_bwd", mutates_args=())
+def attention_bwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sep: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dout: torch.Tensor,
+    seed: torch.Tensor,
+    dropout_p: float,
+    allow_tf32: bool,
+    block: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)``, deterministic; the dropout mask regenerated from ``seed``."""
+    return _triton_backward(q, k, v, sep, out, lse, dout, _op_args(seed, dropout_p, allow_tf32, block))
+
+
+@attention_bwd.register_fake
+def _attention_bwd_fake(q, k, v, sep, out, lse, dout, seed, dropout_p, allow_tf32, block):  # noqa: ANN001, ANN202
+    shape = tuple(q.shape)
+    return q.new_empty(shape), q.new_empty(shape), q.new_empty(shape)
+
+
+def _op_args(seed: torch.Tensor, dropout_p: float, allow_tf32: bool, block: int) -> _KernelArgs:
+    return _KernelArgs(dropout_p=dropout_p, seed=int(seed.reshape(-1)[0]), allow_tf32=allow_tf32, block=block or None)
+
+
+def _attention_setup(ctx, inputs, output) -> None:  # noqa: ANN001 - custom-op autograd protocol
+    q, k, v, sep, seed, dropout_p, allow_tf32, block = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, sep, seed, out, lse)
+    ctx.scalars = (dropout_p, allow_tf32, block)
+
+
+def _attention_backward(ctx, dout, dlse):  # noqa: ANN001, ANN202 - custom-op autograd protocol
+    q, k, v, sep, seed, out, lse = ctx.saved_tensors
+    dq, dk, dv = attention_bwd(q, k, v, sep, out, lse, dout.contiguous(), seed, *ctx.scalars)
+    return dq, dk, dv, None, None, None, None, None
+
+
+attention_fwd.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
 def _kernel_support(q: torch.Tensor) -> tuple[bool, str]:
@@ -894,7 +948,7 @@ def glm_attention(
     picks the kernel on CUDA only).
 
     Triton: fp16/bf16/fp32, D in :data:`SUPPORTED_HEAD_DIMS`, differentiable through
-    :class:`GLMAttentionFunction` with a deterministic backward. The dropout mask is a function of
+    :func:`attention_fwd` / :func:`attention_bwd` (torch custom ops) with a deterministic backward. The dropout mask is a function of
     ``seed`` (drawn from torch's default CPU generator when None) and equals
     :func:`glm_attention_dropout_mask`. ``allow_tf32`` lets fp32 dots use TF32 (GPU; ~2e-3 error);
     ``block`` overrides every tile size (tests).
@@ -919,15 +973,14 @@ def glm_attention(
         return glm_attention_reference(q, k, v, sep, dropout_p=dropout_p if use_dropout else 0.0)
 
     sep = sep.to(device=q.device)  # the kernels read one sep per program
-    if use_dropout and seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-    args = _KernelArgs(
-        dropout_p=dropout_p if use_dropout else 0.0,
-        seed=seed if use_dropout else 0,
-        allow_tf32=allow_tf32,
-        block=block,
-    )
-    return GLMAttentionFunction.apply(q, k, v, sep, args)
+    if not use_dropout:
+        seed_t = torch.zeros(1, dtype=torch.int64)
+    elif seed is None:
+        seed_t = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64)  # torch's CPU generator: no device sync
+    else:
+        seed_t = torch.tensor([seed], dtype=torch.int64)
+    out, _ = attention_fwd(q, k, v, sep, seed_t, dropout_p if use_dropout else 0.0, allow_tf32, block or 0)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
