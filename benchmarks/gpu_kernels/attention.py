@@ -65,6 +65,10 @@ def _attention_module():
     return importlib.import_module("glm_core.kernels.attention")
 
 
+def _peers_module():
+    return importlib.import_module("glm_core.kernels.attention_peers")
+
+
 def attn_triton(s: InputSet):
     return _attention_module().glm_attention(*s.leaves, s.args["sep"], impl="triton")
 
@@ -79,22 +83,21 @@ def attn_eager_math(s: InputSet):
 
 
 def attn_sdpa_dense(s: InputSet):
-    return _attention_module().glm_attention_sdpa(*s.leaves, s.args["sep"], 0.0)
+    return _peers_module().glm_attention_sdpa(*s.leaves, s.args["sep"], 0.0)
 
 
 def attn_sdpa_dense_dropout(s: InputSet):
-    return _attention_module().glm_attention_sdpa(*s.leaves, s.args["sep"], DROPOUT_P)
+    return _peers_module().glm_attention_sdpa(*s.leaves, s.args["sep"], DROPOUT_P)
 
 
 def build_attn_flex(sep: torch.Tensor, seq: int) -> Callable[[InputSet], Any]:
     """FlexAttention (compiled once per shape inside ``glm_attention_flex``). The BlockMask is built here, outside
     the timed region: a training step builds it once per batch and reuses it in every layer (spec §4.2.1)."""
-    attn = _attention_module()
-    return functools.partial(_attn_flex, attn.glm_flex_block_mask(sep, seq))
+    return functools.partial(_attn_flex, _peers_module().glm_flex_block_mask(sep, seq))
 
 
 def _attn_flex(block_mask: Any, s: InputSet):
-    return _attention_module().glm_attention_flex(*s.leaves, s.args["sep"], block_mask=block_mask)
+    return _peers_module().glm_attention_flex(*s.leaves, s.args["sep"], block_mask=block_mask)
 
 
 def attn_two_call(s: InputSet):

@@ -1,5 +1,6 @@
-"""Fused GLM attention for training: a Flash-style Triton kernel (forward + deterministic backward),
-its plain-torch reference, and the peers a benchmark compares it with.
+"""Fused GLM attention for training: a Flash-style Triton kernel (forward + deterministic backward,
+registered as the torch custom ops ``glm::attention_fwd`` / ``glm::attention_bwd``) and its
+plain-torch reference; the peers a benchmark compares it with live in ``attention_peers.py``.
 
 GLM's mask (spec glm_reference §2.1, fused_ops §4.1): key ``j`` is visible to query ``i`` of sample
 ``b`` iff ``j < sep[b] or j <= i``, i.e. iff ``j < max(sep[b], i + 1)``. Every query row sees a
@@ -17,8 +18,8 @@ Public API
   (a bit-exact mirror of Triton's Philox ``tl.randint4x``), so tests and the reference use the
   kernel's own mask; :func:`dropout_threshold` is the 16-bit threshold it compares against.
 - :func:`glm_visibility_mask` — the dense ``[B, 1, T, T]`` bool mask (reference and SDPA only).
-- :func:`glm_attention_sdpa`, :func:`glm_attention_flex` — benchmark peers (SDPA with a dense bool
-  mask; FlexAttention with ``or_masks(causal, prefix)``).
+- :func:`glm_core.kernels.attention_peers.glm_attention_sdpa`, ``glm_attention_flex`` — benchmark
+  peers (SDPA with a dense bool mask; FlexAttention with a ``BlockMask``).
 
 Kernel notes
 ------------
@@ -55,7 +56,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from glm_core.attention_backends import flex_block_mask, run_flex
 from glm_core.errors import InputError
 from glm_core.kernels import interpreter_enabled, resolve_impl
 from glm_core.kernels.interpreter import round_bf16_in_interpreter
@@ -78,11 +78,8 @@ __all__ = [
     "attention_fwd",
     "glm_attention",
     "glm_attention_dropout_mask",
-    "glm_attention_flex",
     "glm_attention_reference",
-    "glm_attention_sdpa",
     "dropout_threshold",
-    "glm_flex_block_mask",
     "glm_visibility_mask",
 ]
 
@@ -981,44 +978,3 @@ def glm_attention(
         seed_t = torch.tensor([seed], dtype=torch.int64)
     out, _ = attention_fwd(q, k, v, sep, seed_t, dropout_p if use_dropout else 0.0, allow_tf32, block or 0)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Benchmark peers (spec §4.2, §5.1 item 3)
-# ---------------------------------------------------------------------------------------------
-
-
-def glm_attention_sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sep: torch.Tensor, dropout_p: float = 0.0
-) -> torch.Tensor:
-    """SDPA with a dense ``[B, 1, T, T]`` bool mask: the "eager-ish" peer (spec §4.2).
-
-    ``dropout_p`` is applied as given (pass 0.0 for evaluation); torch's RNG, not the kernel's mask.
-    """
-    _check_qkv(q, k, v, sep)
-    visible = glm_visibility_mask(sep.to(q.device), q.shape[2])  # [B, 1, T, T]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout_p)
-
-
-def glm_flex_block_mask(sep: torch.Tensor, seq_len: int, block_size: int = 128):  # noqa: ANN201
-    """FlexAttention BlockMask for GLM (spec §4.2.1): causal or prefix (``kv_idx < sep[b]``), no past.
-
-    The model's own builder (:func:`glm_core.attention_backends.flex_block_mask`); build once per batch and reuse
-    it for every layer.
-    """
-    return flex_block_mask(sep, seq_len, 0, block_size)
-
-
-def glm_attention_flex(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sep: torch.Tensor, block_mask=None
-) -> torch.Tensor:  # noqa: ANN001
-    """FlexAttention peer (no dropout: FlexAttention has none, spec §4.2.1, §6.5).
-
-    On CUDA it runs ``torch.compile(flex_attention)`` (compiled once per process, per shape). On CPU
-    it runs the eager forward only (no CPU backward in torch, spec §3.3) — for checking the mask.
-    Pass ``block_mask`` from :func:`glm_flex_block_mask` to reuse it across layers.
-    """
-    _check_qkv(q, k, v, sep)
-    if block_mask is None:
-        block_mask = glm_flex_block_mask(sep.to(q.device), q.shape[2])
-    return run_flex(q, k, v, block_mask)

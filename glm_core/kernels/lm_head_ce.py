@@ -81,7 +81,7 @@ def partb_lm_head_ce(
     compute_dtype = _autocast_dtype(hidden)
     if compute_dtype is not None:
         # Under autocast, eager casts the LM head's matmul inputs to the autocast dtype, and autograd runs the
-        # backward matmuls in that dtype too (fp32 accumulation in the GEMM). The custom Function below is outside
+        # backward matmuls in that dtype too (fp32 accumulation in the GEMM). The custom op below is outside
         # autocast's op table, so the same contract is made explicit: cast hidden rows and weight here (the cast's
         # backward returns fp32 gradients to the fp32 master weights), then run with autocast off so forward and
         # all three backward matmuls use the autocast dtype, as eager's do.
