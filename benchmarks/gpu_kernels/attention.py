@@ -113,6 +113,34 @@ def call_attention(fn: Callable, s: InputSet):
     return fn(*s.leaves, s.args["sep"])
 
 
+ATTENTION_REPEATS = 3  # each fwd / fwd+bwd timing measured 3 times: the median and the spread are reported
+# the candidate that times each backend of the model's attention switch (glm_core.attention_backends)
+BACKEND_CANDIDATE = {"triton": "triton", "sdpa": "sdpa_dense_mask", "flex": "flex_compiled", "math": "eager_math"}
+
+
+def auto_verdict(ctx: Ctx, case: dict[str, Any], dropout_p: float) -> dict[str, Any]:
+    """Which backend the model's ``attention="auto"`` runs for this training case, and its fwd+bwd speed against
+    the best of SDPA and Flex (the acceptance bar: >= 1.0 at every T, dropout on and off)."""
+    from glm_core.attention_backends import resolve_attention
+    from glm_core.kernels import resolve_impl
+
+    dtype = torch.bfloat16
+    backend = resolve_attention(
+        "auto", device=ctx.device, dtype=dtype, kernel_impl=resolve_impl("auto", ctx.device, dtype, "glm_attention"),
+        sep_layout=True, has_past=False, dropout_p=dropout_p, needs_grad=True,
+    )  # fmt: skip
+    cands = case.get("candidates", {})
+    auto_ms = cands.get(BACKEND_CANDIDATE[backend], {}).get("fwdbwd_ms")
+    peers = {
+        n: cands[n]["fwdbwd_ms"] for n in ("sdpa_dense_mask", "flex_compiled") if cands.get(n, {}).get("fwdbwd_ms")
+    }
+    out: dict[str, Any] = {"auto_backend": backend, "auto_fwdbwd_ms": auto_ms}
+    if auto_ms and peers:
+        best = min(peers, key=peers.get)
+        out.update(auto_best_sdpa_flex=best, auto_vs_best_sdpa_flex=peers[best] / auto_ms)
+    return out
+
+
 def run_attention(ctx: Ctx, rec: dict[str, Any]) -> None:
     dtype = torch.bfloat16
     d = ctx.plan.attn_head_dim
@@ -159,12 +187,14 @@ def run_attention(ctx: Ctx, rec: dict[str, Any]) -> None:
                     Candidate("triton", attn_triton_dropout, role="ours"),
                     Candidate("sdpa_dense_mask", attn_sdpa_dense_dropout, role="eager"),
                 ]
-            time_candidates(ctx, case, sets, cands, ("fwd", "fwdbwd"), "attention")
+            repeats = ATTENTION_REPEATS if ctx.cuda else 1  # the smoke checks the path, not the spread
+            time_candidates(ctx, case, sets, cands, ("fwd", "fwdbwd"), "attention", repeats=repeats)
             for entry in case["candidates"].values():
                 for mode in ("fwd", "fwdbwd"):
                     if entry.get(f"{mode}_ms"):
                         entry[f"{mode}_tflops"] = case["flop"][mode] / (entry[f"{mode}_ms"] / 1e3) / 1e12
             case["summary"] = summarize_case(case, "fwdbwd")
+            case["summary"].update(auto_verdict(ctx, case, p))
             causal = case["candidates"].get("sdpa_causal", {}).get("fwdbwd_ms")
             ours = case["candidates"].get("triton", {}).get("fwdbwd_ms")
             if causal and ours:

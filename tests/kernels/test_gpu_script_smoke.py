@@ -99,14 +99,18 @@ def test_our_kernels_were_timed_in_every_case(smoke_run):
             assert case["summary"]["vs_eager"] > 0, key
 
 
-def test_training_step_ran_eager_and_triton(smoke_run):
+def test_training_step_ran_every_variant(smoke_run):
     _, data, _ = smoke_run
     results = data["sections"]["train_step"]["results"]
-    for engine in ("eager", "triton"):
-        assert results[engine].get("tokens_per_s", 0) > 0, (engine, results[engine])
+    for engine in ("eager", "triton", "compile", "compile_best", "fsdp2_compile_best"):
+        r = results[engine]
+        assert r.get("tokens_per_s", 0) > 0, (engine, r)
+        assert r["tflops_6n"] > 0 and r["tflops_executed"] > 0, (engine, r)
+        assert all(isinstance(loss, float) and loss == loss for loss in r["loss_first_last"]), (engine, r)
     assert set(results["triton"]["kernels_used"].values()) == {"triton"}
     assert set(results["eager"]["kernels_used"].values()) == {"torch"}
-    assert "skipped" in results["compile"]
+    assert results["fsdp2_compile_best"]["variant"]["fsdp"] and results["compile"]["variant"]["compile"]
+    assert results["eager"]["optimizer"] == "foreach"  # fused AdamW is CUDA-only
 
 
 def test_ratio_table_is_printed_last(smoke_run):
