@@ -15,6 +15,9 @@ from benchmarks.gpu_train_step import DEFAULT_ENGINES, VARIANTS
 ENGINE_COST_S = {"eager": 25.0, "triton": 35.0, "compile": 90.0, "compile_best": 90.0, "fsdp2_compile_best": 100.0}
 
 
+SMOKE_SKIP = "skipped (CPU smoke: python -m benchmarks.gpu_train_step --smoke runs the compiled variants)"
+
+
 def best_attention(ctx: Ctx, seq: int) -> str:
     """The training attention the attention section measured fastest at ``seq`` with dropout on (fwd+bwd):
     ``triton`` or ``sdpa``; ``auto`` when that section has no such figure."""
@@ -34,7 +37,8 @@ def best_attention(ctx: Ctx, seq: int) -> str:
 
 def run_train_step(ctx: Ctx, rec: dict[str, Any]) -> None:
     """:func:`benchmarks.gpu_train_step.run` once per variant (so the budget can drop the compiled ones). GPU: the
-    plan's preset; CPU smoke: a tiny GLM, 2 steps, compiled by ``aot_eager`` (inductor would take minutes)."""
+    plan's preset; CPU smoke: a tiny GLM, 2 steps, eager and Triton (interpreted) only: the compiled variants would
+    not fit the smoke's 90 s, ``python -m benchmarks.gpu_train_step --smoke`` runs them."""
     from benchmarks.gpu_train_step import run as run_train_variants
     from benchmarks.gpu_train_step import smoke_config
 
@@ -45,6 +49,9 @@ def run_train_step(ctx: Ctx, rec: dict[str, Any]) -> None:
     engines = DEFAULT_ENGINES
     for engine in engines:
         compiled = VARIANTS[engine].compile
+        if compiled and not ctx.cuda:
+            results[engine] = {"engine": engine, "skipped": SMOKE_SKIP}
+            continue
         remaining = ctx.budget.remaining_s()
         later = sum(ENGINE_COST_S[e] for e in engines[engines.index(engine) + 1 :] if not VARIANTS[e].compile)
         # eager and triton are the baseline and the result: they run unless nothing is left (the watchdog guards
@@ -66,8 +73,8 @@ def run_train_step(ctx: Ctx, rec: dict[str, Any]) -> None:
             else:
                 out = run_train_variants(plan.train_preset, plan.train_batch, plan.train_seq, steps,
                                          plan.train_warmup, (engine,), attention, config=smoke_config(),
-                                         device=torch.device("cpu"), compile_backend="aot_eager")  # fmt: skip
-                out["results"][engine]["note"] = "CPU smoke: tiny model, aot_eager; timings meaningless"
+                                         device=torch.device("cpu"))  # fmt: skip
+                out["results"][engine]["note"] = "CPU smoke: tiny model, Triton interpreted; timings meaningless"
             results[engine] = out["results"][engine]
         except Exception as exc:
             results[engine] = {"engine": engine, "error": short_error(exc)}
