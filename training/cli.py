@@ -54,6 +54,7 @@ from training.guard import RunInterrupted, finite_or_none, json_safe
 from training.loop import LOG_FILE, append_log, train
 from training.options import (
     add_attention_argument,
+    add_packing_argument,
     add_safety_arguments,
     add_speed_arguments,
     check_attention_option,
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--val-split", default="val", help="split evaluated on, for evaluation-package tasks")
     ft.add_argument("--max-length", type=int, default=None, help="default 256 (recipe: the task's)")
     add_recipe_arguments(ft)
+    add_packing_argument(ft)
     ft.add_argument(
         "--append-eop",
         choices=("auto", "yes", "no"),
@@ -439,6 +441,7 @@ def run(
             seed=args.seed,
             name=name,
             loss=loss,
+            pack_length=args.pack_length,
         )
         evaluate = (
             None if (args.no_eval or not val_items) else ClozeEvaluator(val_items, tokenizer, name=name, metric=metric)

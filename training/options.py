@@ -19,6 +19,7 @@ DEFAULT_DIST_TIMEOUT_MINUTES = 30.0
 
 __all__ = [
     "add_attention_argument",
+    "add_packing_argument",
     "add_safety_arguments",
     "add_speed_arguments",
     "check_attention_option",
@@ -160,3 +161,16 @@ def compile_layers(model: GLMModel, backend: str = "inductor") -> None:
     """
     for layer in model.transformer.layers:
         layer.compile(backend=backend)
+
+
+DEFAULT_PACK_LENGTH = 0  # padding: packing measured slower on the CPU (BENCHMARKS.md, fine-tuning packing)
+
+
+def add_packing_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pack-length",
+        type=int,
+        default=DEFAULT_PACK_LENGTH,
+        help="pack each micro-batch's cloze inputs several to a row of at most this many tokens, the attention never "
+        "crossing them (0: one input per padded row, the default)",
+    )
