@@ -61,6 +61,7 @@ from training.options import (
     check_kernels_option,
     checkpoint_layers,
     compile_layers,
+    pack_length_option,
 )
 from training.recipes import BestModel, add_recipe_arguments, resolve_recipe, steps_for_epochs
 from training.reporting import REPORT_BACKENDS, ReportConfig, default_backend
@@ -441,7 +442,7 @@ def run(
             seed=args.seed,
             name=name,
             loss=loss,
-            pack_length=args.pack_length,
+            pack_length=pack_length_option(args.pack_length, ctx.device),
         )
         evaluate = (
             None if (args.no_eval or not val_items) else ClozeEvaluator(val_items, tokenizer, name=name, metric=metric)

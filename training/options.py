@@ -20,6 +20,7 @@ DEFAULT_DIST_TIMEOUT_MINUTES = 30.0
 __all__ = [
     "add_attention_argument",
     "add_packing_argument",
+    "pack_length_option",
     "add_safety_arguments",
     "add_speed_arguments",
     "check_attention_option",
@@ -163,14 +164,24 @@ def compile_layers(model: GLMModel, backend: str = "inductor") -> None:
         layer.compile(backend=backend)
 
 
-DEFAULT_PACK_LENGTH = 0  # padding: packing measured slower on the CPU (BENCHMARKS.md, fine-tuning packing)
+CPU_PACK_LENGTH = 128  # measured faster than padding on the CPU (BENCHMARKS.md, "Fine-tuning: sequence packing")
 
 
 def add_packing_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--pack-length",
         type=int,
-        default=DEFAULT_PACK_LENGTH,
+        default=None,
         help="pack each micro-batch's cloze inputs several to a row of at most this many tokens, the attention never "
-        "crossing them (0: one input per padded row, the default)",
+        f"crossing them; 0: one input per padded row (default: {CPU_PACK_LENGTH} on the CPU, where it measured "
+        "faster; 0 on CUDA, where it is unmeasured and the packed rows' explicit mask keeps attention on math)",
     )
+
+
+def pack_length_option(pack_length: int | None, device: torch.device) -> int:
+    """``--pack-length`` as given, else the measured default for ``device`` (see :func:`add_packing_argument`)."""
+    if pack_length is None:
+        return CPU_PACK_LENGTH if device.type == "cpu" else 0
+    if pack_length < 0:
+        raise ConfigError(f"--pack-length must be >= 0 (0: no packing), got {pack_length}")
+    return pack_length

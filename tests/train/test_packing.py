@@ -97,3 +97,14 @@ def test_packed_fine_tuning_loss_equals_padded_on_the_demo_task(tokenizer):
         for length in (0, 256)
     ]
     assert losses[0] == pytest.approx(losses[1], abs=1e-4)
+
+
+def test_packing_is_the_default_on_the_cpu_only():
+    from glm_core.errors import ConfigError
+    from training.options import CPU_PACK_LENGTH, pack_length_option
+
+    assert pack_length_option(None, torch.device("cpu")) == CPU_PACK_LENGTH > 0
+    assert pack_length_option(None, torch.device("cuda")) == 0
+    assert pack_length_option(0, torch.device("cpu")) == 0
+    with pytest.raises(ConfigError, match="--pack-length"):
+        pack_length_option(-1, torch.device("cpu"))
