@@ -132,7 +132,7 @@ def time_variant(
     from training.distributed import DistContext, model_call, wrap_model
     from training.loop import build_optimizer
     from training.options import compile_layers
-    from training.tasks import _part_b_loss, host_checked
+    from training.tasks import host_checked, part_b_loss
 
     variant = VARIANTS[name]
     attention = best_attention if variant.attention == "best" else variant.attention
@@ -151,7 +151,7 @@ def time_variant(
     def one_step(i: int) -> torch.Tensor:
         batch = {k: v.to(device, non_blocking=True) for k, v in host[i % len(host)].items()}
         with autocast:
-            loss = model_call(wrapped, _part_b_loss, batch)
+            loss = model_call(wrapped, part_b_loss, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(wrapped.parameters(), 1.0)
         optimizer.step()

@@ -29,7 +29,7 @@ class TrainingTask(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-def _part_b_loss(glm: GLMModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def part_b_loss(glm: GLMModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The step's loss on a batch :func:`host_checked` has validated: no host sync, nothing to break a graph."""
     return glm.loss(
         batch["input_ids"],
@@ -81,7 +81,7 @@ class PretrainTask:
         # numpy arrays (built in the loop) or tensors (from DataLoader workers, pinned on CUDA), checked on the host
         host = host_checked(unwrap(model), batch)
         tensors = {k: v.to(device, non_blocking=True) for k, v in host.items()}
-        mean = model_call(model, _part_b_loss, tensors)
+        mean = model_call(model, part_b_loss, tensors)
         return mean * self.count(batch)  # spec §5: token CE over Part B; summed here, normalised by the global count
 
     def describe(self) -> dict[str, Any]:

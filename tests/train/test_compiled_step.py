@@ -25,7 +25,7 @@ from glm_core.config import GLMConfig
 from glm_core.errors import InputError
 from glm_core.model import GLMModel, build_model
 from training.options import compile_layers
-from training.tasks import PretrainTask, _part_b_loss, host_checked
+from training.tasks import PretrainTask, host_checked, part_b_loss
 
 REPO = Path(__file__).resolve().parents[2]
 SEQ = 32
@@ -59,7 +59,7 @@ def _glm_tiny(**kwargs: object) -> GLMModel:
 def test_the_training_loss_has_no_graph_break(batches):
     model = _glm_tiny()
     tensors = host_checked(model, batches[0])
-    explained = torch._dynamo.explain(_part_b_loss)(model, tensors)
+    explained = torch._dynamo.explain(part_b_loss)(model, tensors)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
 
@@ -84,7 +84,7 @@ def test_rows_from_the_host_give_the_nonzero_loss(batches):
     model = _glm_tiny()
     tensors = host_checked(model, batches[1])
     with torch.no_grad():
-        by_rows = _part_b_loss(model, tensors)
+        by_rows = part_b_loss(model, tensors)
         by_mask = model.loss(
             tensors["input_ids"], tensors["position_ids"], tensors["sep"], tensors["targets"], tensors["loss_mask"]
         )
@@ -112,10 +112,10 @@ def test_compiled_loss_and_gradients_equal_eager(batches, region):
     compiled = copy.deepcopy(eager)
     if region == "layers":
         compile_layers(compiled, backend="aot_eager")  # what glm-train --compile does, with inductor
-        step = _part_b_loss
+        step = part_b_loss
     else:
-        step = torch.compile(_part_b_loss, backend="aot_eager", fullgraph=True)  # fullgraph: a break would raise
-    want_losses, want_grads = _train_steps(eager, batches, _part_b_loss)
+        step = torch.compile(part_b_loss, backend="aot_eager", fullgraph=True)  # fullgraph: a break would raise
+    want_losses, want_grads = _train_steps(eager, batches, part_b_loss)
     got_losses, got_grads = _train_steps(compiled, batches, step)
     np.testing.assert_allclose(got_losses, want_losses, rtol=0, atol=1e-5)
     for want, got in zip(want_grads, got_grads, strict=True):
