@@ -57,6 +57,8 @@ def run_train_step(ctx: Ctx, rec: dict[str, Any]) -> None:
         # eager and triton are the baseline and the result: they run unless nothing is left (the watchdog guards
         # the end); a compiled variant only when its whole estimated cost fits
         need = ENGINE_COST_S[engine] if (compiled and ctx.cuda) else 10.0
+        if compiled:  # optional: never at the expense of the later sections' essential time
+            need += ctx.budget.reserve_after("train_step", ctx.sections)
         if remaining < need:
             results[engine] = {"engine": engine, "skipped": "skipped (time budget)"}
             log(f"  train step {engine}: skipped (time budget; {remaining:.0f}s left)")
