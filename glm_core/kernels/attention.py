@@ -388,11 +388,12 @@ if _HAVE_TRITON:
         stride_kb, stride_kh, stride_kt, stride_kd,
         stride_vb, stride_vh, stride_vt, stride_vd,
         stride_ob, stride_oh, stride_ot, stride_od,
-        H, T, qk_scale_log2, dropout_threshold, dropout_scale, seed,
+        H, T, qk_scale_log2, dropout_threshold, dropout_scale, SEED,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         DROPOUT: tl.constexpr, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
         ROUND_BF16: tl.constexpr, WHILE_LOOPS: tl.constexpr,
     ):  # fmt: skip
+        seed = tl.load(SEED)  # int64 on the device: no host round trip for the dropout seed
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -538,11 +539,12 @@ if _HAVE_TRITON:
         stride_dob, stride_doh, stride_dot, stride_dod,
         stride_dkb, stride_dkh, stride_dkt, stride_dkd,
         stride_dvb, stride_dvh, stride_dvt, stride_dvd,
-        H, T, qk_scale_log2, sm_scale, dropout_threshold, dropout_scale, seed,
+        H, T, qk_scale_log2, sm_scale, dropout_threshold, dropout_scale, SEED,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         DROPOUT: tl.constexpr, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
         ROUND_BF16: tl.constexpr, WHILE_LOOPS: tl.constexpr,
     ):  # fmt: skip
+        seed = tl.load(SEED)  # int64 on the device: no host round trip for the dropout seed
         pid_n = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -667,11 +669,12 @@ if _HAVE_TRITON:
         stride_vb, stride_vh, stride_vt, stride_vd,
         stride_dob, stride_doh, stride_dot, stride_dod,
         stride_dqb, stride_dqh, stride_dqt, stride_dqd,
-        H, T, qk_scale_log2, sm_scale, dropout_threshold, dropout_scale, seed,
+        H, T, qk_scale_log2, sm_scale, dropout_threshold, dropout_scale, SEED,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         DROPOUT: tl.constexpr, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
         ROUND_BF16: tl.constexpr, WHILE_LOOPS: tl.constexpr,
     ):  # fmt: skip
+        seed = tl.load(SEED)  # int64 on the device: no host round trip for the dropout seed
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -752,7 +755,7 @@ class _KernelArgs:
     """Scalars shared by the forward and backward launches of one call."""
 
     dropout_p: float  # 0.0 when dropout is off
-    seed: int
+    seed: torch.Tensor  # int64 [1] on the inputs' device (read by the kernels, never by the host)
     allow_tf32: bool
     block: int | None  # tile size override (tests); None = _launch_config's choice
 
@@ -843,9 +846,9 @@ def _triton_backward(
 
 
 # The kernel as torch custom ops: torch.compile keeps them as opaque nodes of its graph (shapes from the fake
-# implementations), and the backward op is the forward op's autograd formula. The dropout seed travels as an int64
-# tensor [1] on the host: drawn from torch's CPU generator inside the graph, read by the op itself, never a
-# ``.item()`` in traced code and never a device sync.
+# implementations), and the backward op is the forward op's autograd formula. The dropout seed is an int64 tensor [1]
+# on the inputs' device, drawn there by torch's generator and read by the kernels themselves: never an ``.item()``,
+# never a host sync, and checkpointed recomputation (which restores the RNG state) draws the same seed again.
 @torch.library.custom_op("glm::attention_fwd", mutates_args=())
 def attention_fwd(
     q: torch.Tensor,
@@ -893,7 +896,7 @@ def _attention_bwd_fake(q, k, v, sep, out, lse, dout, seed, dropout_p, allow_tf3
 
 
 def _op_args(seed: torch.Tensor, dropout_p: float, allow_tf32: bool, block: int) -> _KernelArgs:
-    return _KernelArgs(dropout_p=dropout_p, seed=int(seed.reshape(-1)[0]), allow_tf32=allow_tf32, block=block or None)
+    return _KernelArgs(dropout_p=dropout_p, seed=seed.reshape(1), allow_tf32=allow_tf32, block=block or None)
 
 
 def _attention_setup(ctx, inputs, output) -> None:  # noqa: ANN001 - custom-op autograd protocol
@@ -946,7 +949,7 @@ def glm_attention(
 
     Triton: fp16/bf16/fp32, D in :data:`SUPPORTED_HEAD_DIMS`, differentiable through
     :func:`attention_fwd` / :func:`attention_bwd` (torch custom ops) with a deterministic backward. The dropout mask is a function of
-    ``seed`` (drawn from torch's default CPU generator when None) and equals
+    ``seed`` (drawn from torch's generator of the inputs' device when None) and equals
     :func:`glm_attention_dropout_mask`. ``allow_tf32`` lets fp32 dots use TF32 (GPU; ~2e-3 error);
     ``block`` overrides every tile size (tests).
 
@@ -971,10 +974,10 @@ def glm_attention(
 
     sep = sep.to(device=q.device)  # the kernels read one sep per program
     if not use_dropout:
-        seed_t = torch.zeros(1, dtype=torch.int64)
+        seed_t = torch.zeros(1, dtype=torch.int64, device=q.device)
     elif seed is None:
-        seed_t = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64)  # torch's CPU generator: no device sync
+        seed_t = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=q.device)  # the device's generator
     else:
-        seed_t = torch.tensor([seed], dtype=torch.int64)
+        seed_t = torch.tensor([seed], dtype=torch.int64, device=q.device)
     out, _ = attention_fwd(q, k, v, sep, seed_t, dropout_p if use_dropout else 0.0, allow_tf32, block or 0)
     return out

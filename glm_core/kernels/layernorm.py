@@ -120,10 +120,10 @@ def add_dropout_layernorm_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton path of :func:`add_dropout_layernorm` without dispatch checks (callers use the public function)."""
     p = float(dropout_p) if training else 0.0
-    if p > 0.0 and seed is None:
-        seed_t = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64)  # torch's CPU generator: no device sync
+    if p > 0.0 and seed is None:  # the device's generator: no host sync, the same draw when recomputed
+        seed_t = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=x.device)
     else:
-        seed_t = torch.tensor([int(seed or 0)], dtype=torch.int64)
+        seed_t = torch.tensor([int(seed or 0)], dtype=torch.int64, device=x.device)
     y, new_residual, _, _ = layernorm_fwd(x, residual, weight, bias, float(eps), p, seed_t)
     if not _stores_s(x, residual, p):  # no residual, no dropout: new_residual is x itself (plain LayerNorm)
         new_residual = x
@@ -183,7 +183,8 @@ def _vec4(hidden: int) -> bool:
 
 
 # The kernel as torch custom ops, kept whole by torch.compile (fake implementations give the shapes; the backward
-# op is the forward op's autograd formula). The dropout seed is an int64 tensor [1] on the host (see attention.py).
+# op is the forward op's autograd formula). The dropout seed is an int64 tensor [1] on the inputs' device, read by the
+# kernels (see attention.py).
 @torch.library.custom_op("glm::add_dropout_layernorm_fwd", mutates_args=())
 def layernorm_fwd(
     x: torch.Tensor,
@@ -210,7 +211,7 @@ def layernorm_fwd(
     block_m = launch.block_rows(block_n)
     _ln_fwd_kernel[(triton.cdiv(rows, block_m),)](
         x2, r2 if r2 is not None else x2, weight, bias, y, s, mean, rstd,
-        rows, hidden, eps, p, _drop_threshold(p), int(seed.reshape(-1)[0]),
+        rows, hidden, eps, p, _drop_threshold(p), seed.reshape(1),
         HAS_RESIDUAL=r2 is not None, HAS_DROPOUT=p > 0.0, VEC4=_vec4(hidden), STORE_S=store_s,
         ROUND_BF16=round_bf16_in_interpreter(out_dtype),
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=launch.num_warps(block_m, block_n),
@@ -263,7 +264,7 @@ def layernorm_bwd(
     _ln_bwd_kernel[(programs,)](
         dy, ds_out if ds_out is not None else dy, s, weight, mean, rstd,
         dx, dres if dres is not None else dx, partials[0], partials[1],
-        rows, hidden, p, _drop_threshold(p), int(seed.reshape(-1)[0]),
+        rows, hidden, p, _drop_threshold(p), seed.reshape(1),
         TILES_PER_PROGRAM=tiles_per_program,
         HAS_DS_OUT=ds_out is not None, HAS_RESIDUAL=has_residual,
         HAS_DROPOUT=p > 0.0, VEC4=_vec4(hidden),
@@ -341,11 +342,12 @@ if triton is not None:
     @triton.jit
     def _ln_fwd_kernel(
         X, R, W, B, Y, S, MEAN, RSTD,
-        rows, hidden, eps, p, drop_threshold, seed,
+        rows, hidden, eps, p, drop_threshold, SEED,
         HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, VEC4: tl.constexpr, STORE_S: tl.constexpr,
         ROUND_BF16: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
+        seed = tl.load(SEED)  # int64 on the device: no host round trip for the dropout seed
         row_ids = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
         cols = tl.arange(0, BLOCK_N)  # [BLOCK_N]
         in_rows = row_ids < rows
@@ -379,11 +381,12 @@ if triton is not None:
     @triton.jit
     def _ln_bwd_kernel(
         DY, DS_OUT, S, W, MEAN, RSTD, DX, DRES, DW_PARTIAL, DB_PARTIAL,
-        rows, hidden, p, drop_threshold, seed,
+        rows, hidden, p, drop_threshold, SEED,
         TILES_PER_PROGRAM: tl.constexpr,
         HAS_DS_OUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, VEC4: tl.constexpr,
         ROUND_BF16_DX: tl.constexpr, ROUND_BF16_DRES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
+        seed = tl.load(SEED)  # int64 on the device: no host round trip for the dropout seed
         pid = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK_N)
         w = tl.load(W + cols, mask=cols < hidden, other=0.0).to(tl.float32)
