@@ -116,3 +116,27 @@ def test_fsdp_shards_every_whole_layer_with_the_precision_policy(one_process_gro
     torch.testing.assert_close(
         grad.full_tensor(), reference.transformer.layers[0].mlp.dense_h_to_4h.weight.grad, rtol=0.05, atol=tolerance
     )
+
+
+def test_the_fsdp1_fallback_wraps_each_layer_with_the_same_precision(monkeypatch):
+    """FSDP1 needs an accelerator, so on the CPU its plan is checked: one unit per GLMLayer, bf16 compute, fp32
+    reduction, original parameters kept (the optimizer's weight-decay groups need their names)."""
+    import torch.distributed.fsdp as fsdp
+
+    from training.distributed import ModelCall, _shard_fsdp1, fsdp_mixed_precision
+
+    seen: dict = {}
+
+    def fake_fsdp(module, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        seen.update(kwargs, module=module)
+        return module
+
+    monkeypatch.setattr(fsdp, "FullyShardedDataParallel", fake_fsdp)
+    model = build_model(CONFIG, seed=0)
+    wrapped = _shard_fsdp1(ModelCall(model), model, fsdp_mixed_precision("bf16"))
+    policy = seen["auto_wrap_policy"]
+    assert wrapped is seen["module"] and seen["use_orig_params"] is True
+    assert policy._module_classes == {GLMLayer}
+    mixed = seen["mixed_precision"]
+    assert (mixed.param_dtype, mixed.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert fsdp_mixed_precision("fp32") is None and fsdp_mixed_precision("fp16") is None
