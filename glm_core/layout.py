@@ -52,6 +52,7 @@ __all__ = [
     "collate",
     "corrupt",
     "find_mask_position",
+    "pack",
     "sample_document_span",
     "sample_sentence_spans",
     "sample_spans",
@@ -870,4 +871,53 @@ def collate(samples: Sequence[GLMInput], pad_id: int, max_len: int | None = None
         if need_matrix:
             matrix = s.attention_mask if s.attention_mask is not None else _sep_rule_matrix(s.sep, n)
             batch["attention_mask"][i, :n, :n] = matrix
+    return batch
+
+
+def pack(samples: Sequence[GLMInput], pad_id: int, max_len: int) -> dict[str, np.ndarray]:
+    """Several samples per row (first fit, in order) instead of one per padded row: fewer pad tokens computed.
+
+    Each sample keeps its own ``position_ids``, ``targets`` and ``loss_mask``; who sees whom is an explicit
+    ``attention_mask [R, S, S]`` (spec §2.1 form 3), block-diagonal: each sample's own sep rule (or its own matrix)
+    inside its block, nothing across blocks, so no sample attends to another. ``sep`` is 0 for every row (the
+    matrix rules). ``S`` is the fullest row's length (<= ``max_len``); a sample longer than ``max_len`` is refused.
+
+    Also returns ``segment [R, S]`` (the sample index of each token, -1 on pads), ``sample_sep_index [N]`` (flat index
+    ``row * S + start + sep`` of each sample's sep position: where single-token cloze is scored) and ``lengths``
+    (tokens per row).
+    """
+    if not samples:
+        raise LayoutError("cannot pack an empty list of samples")
+    for s in samples:
+        _check_length(len(s), max_len, "sample")
+    fills: list[int] = []
+    placed: list[tuple[int, int]] = []  # (row, start) per sample
+    for s in samples:
+        row = next((r for r, fill in enumerate(fills) if fill + len(s) <= max_len), len(fills))
+        if row == len(fills):
+            fills.append(0)
+        placed.append((row, fills[row]))
+        fills[row] += len(s)
+    rows, width = len(fills), max(fills)
+    batch = {
+        "input_ids": np.full((rows, width), pad_id, dtype=np.int64),
+        "position_ids": np.zeros((rows, 2, width), dtype=np.int64),
+        "sep": np.zeros(rows, dtype=np.int64),
+        "targets": np.full((rows, width), pad_id, dtype=np.int64),
+        "loss_mask": np.zeros((rows, width), dtype=np.float32),
+        "attention_mask": np.zeros((rows, width, width), dtype=np.int64),
+        "segment": np.full((rows, width), -1, dtype=np.int64),
+        "sample_sep_index": np.zeros(len(samples), dtype=np.int64),
+        "lengths": np.asarray(fills, dtype=np.int64),
+    }
+    for index, (s, (row, start)) in enumerate(zip(samples, placed, strict=True)):
+        end = start + len(s)
+        batch["input_ids"][row, start:end] = s.input_ids
+        batch["position_ids"][row, :, start:end] = s.position_ids
+        batch["targets"][row, start:end] = s.targets
+        batch["loss_mask"][row, start:end] = s.loss_mask
+        matrix = s.attention_mask if s.attention_mask is not None else _sep_rule_matrix(s.sep, len(s))
+        batch["attention_mask"][row, start:end, start:end] = matrix
+        batch["segment"][row, start:end] = index
+        batch["sample_sep_index"][index] = row * width + start + s.sep
     return batch

@@ -12,6 +12,7 @@ two are numerically equivalent (spec §2.2) and :meth:`GLMModel.forward_mems` ke
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ from glm_core.model_common import (
     GLMOutput,
     PastKeyValues,
     SepLike,
+    as_sep,
     check_past,
     check_step_inputs,
     gelu_tanh,
@@ -140,6 +142,45 @@ class GLMLayer(nn.Module):
         self.mlp = GLMMLP(config)
         self.output_dropout = config.output_dropout_prob
 
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, S, h]
+        visible: object,  # what the attention backend needs (see GLMAttention.forward)
+        sep: torch.Tensor,  # [B]
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        impl_attn: str,
+        impl_ln: str,
+        impl_mlp: str,
+        use_cache: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """One whole layer through ``__call__``, so a layer is the unit that FSDP shards, ``torch.compile`` compiles
+        (regional compilation: one graph reused by every layer) and activation checkpointing recomputes."""
+        p_out = self.output_dropout if self.training else 0.0
+        attn_in = _layernorm(x, self.input_layernorm, impl_ln)
+        attn_out, present = self.attention(attn_in, visible, sep, past, impl_attn, use_cache)
+        ln = self.post_attention_layernorm
+        if impl_ln == "triton":
+            from glm_core.kernels import add_dropout_layernorm
+
+            # fused: x' = x + dropout(attn_out); mlp_in = LN_post(x')
+            mlp_in, x = add_dropout_layernorm(
+                attn_out, x, ln.weight, ln.bias, eps=ln.eps, dropout_p=p_out, training=self.training, impl="triton"
+            )
+        else:
+            x = x + F.dropout(attn_out, p=p_out, training=self.training)
+            mlp_in = ln(x)
+        mlp_out = self.mlp(mlp_in, impl_mlp)
+        x = x + F.dropout(mlp_out, p=p_out, training=self.training)
+        return x, present
+
+
+def _layernorm(x: torch.Tensor, ln: nn.LayerNorm, impl: str) -> torch.Tensor:
+    if impl == "triton":
+        from glm_core.kernels import add_dropout_layernorm
+
+        return add_dropout_layernorm(x, None, ln.weight, ln.bias, eps=ln.eps, impl="triton")[0]
+    return ln(x)
+
 
 class GLMStack(nn.Module):
     def __init__(self, config: GLMConfig) -> None:
@@ -158,7 +199,7 @@ class GLMModel(nn.Module):
         self,
         config: GLMConfig,
         kernels: str = "torch",
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: bool | Iterable[int] = False,
         attention: str = "auto",
     ) -> None:
         super().__init__()
@@ -167,7 +208,8 @@ class GLMModel(nn.Module):
         self.config = config
         self.kernels = kernels
         self.attention = check_attention(attention)
-        self.gradient_checkpointing = gradient_checkpointing
+        self.checkpoint_layers: frozenset[int] = frozenset()
+        self.set_activation_checkpointing(gradient_checkpointing)
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)  # [V, h], also the LM head
         self.transformer = GLMStack(config)
         self.kernels_used: dict[str, str] = {}
@@ -208,14 +250,70 @@ class GLMModel(nn.Module):
         """Pick the attention backend: ``auto | math | sdpa | flex | triton`` (glm_core.attention_backends)."""
         self.attention = check_attention(attention)
 
+    def set_activation_checkpointing(self, layers: bool | Iterable[int]) -> None:
+        """Which layers recompute their activations in the backward instead of keeping them (training only).
+
+        ``True``: every layer, ``False``: none, else the layer indices (0-based), e.g. every other layer to trade
+        half the recomputation for half the activation memory.
+        """
+        count = self.config.num_layers
+        if layers is True:
+            chosen: Iterable[int] = range(count)
+        elif layers is False or layers is None:
+            chosen = ()
+        else:
+            chosen = list(layers)
+            bad = [i for i in chosen if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count]
+            if bad:
+                raise InputError(f"activation checkpointing layers must lie in [0, {count}), got {bad}")
+        self.checkpoint_layers = frozenset(chosen)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """True when at least one layer is checkpointed (:meth:`set_activation_checkpointing`)."""
+        return bool(self.checkpoint_layers)
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool | Iterable[int]) -> None:
+        self.set_activation_checkpointing(value)
+
     # ------------------------------------------------------------ validation
+    def check_batch(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        sep: SepLike,
+        loss_mask: torch.Tensor | None = None,
+        past_len: int = 0,
+    ) -> None:
+        """Validate a batch where it lives before the step (host tensors: no device sync), so the step itself can
+        run with ``validate=False`` and hold no data-dependent branch: nothing for ``torch.compile`` to break on.
+
+        Raises :class:`~glm_core.errors.InputError` for what :meth:`forward` and :meth:`loss` would refuse.
+        """
+        self._check_inputs(input_ids, position_ids, sep, past_len)
+        if loss_mask is not None and not bool((loss_mask > 0).any()):
+            raise InputError("loss_mask selects no token: nothing to train on (Part B is empty)")
+
     def _check_inputs(
         self,
         input_ids: torch.Tensor,
         position_ids: torch.Tensor | None,
         sep: SepLike,
         past_len: int,
+        validate: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalise ``position_ids`` and ``sep``; with ``validate`` also check shapes, dtypes and value ranges.
+
+        The value checks read the tensors (``bool(x.any())``): a host sync on an accelerator and a graph break
+        under ``torch.compile``. ``validate=False`` skips every check; the caller has run :meth:`check_batch`.
+        """
+        if not validate:
+            B, S = input_ids.shape
+            if position_ids is None:
+                pos = torch.arange(past_len, past_len + S, device=input_ids.device).expand(B, S)
+                position_ids = torch.stack([pos, torch.zeros_like(pos)], dim=1)
+            return position_ids.long(), as_sep(sep, B, input_ids.device)
         return check_step_inputs(self.config, input_ids, position_ids, sep, past_len)
 
     def _check_past(self, past: PastKeyValues, batch: int) -> None:
@@ -231,16 +329,19 @@ class GLMModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         use_cache: bool = True,
         return_logits: bool = True,
+        validate: bool = True,
     ) -> GLMOutput:
         """One GLM step. ``sep=None`` means 0 (pure causal, the HF default of spec §2.1).
 
         ``attention_mask``: optional explicit 0/1 matrix ``[B, 1, S, K]`` (K >= P+S; its last P+S columns are used,
         spec §2.1 form 3) for layouts the ``sep`` rule cannot express, e.g. packed multiple choice (spec §2.4-4).
+        ``validate=False``: skip the input checks (the caller ran :meth:`check_batch`); the training step does, so
+        it holds no host sync and ``torch.compile`` takes it whole.
         """
         past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
         if past_key_values is not None:
             self._check_past(past_key_values, input_ids.shape[0])
-        position_ids, sep_t = self._check_inputs(input_ids, position_ids, sep, past_len)
+        position_ids, sep_t = self._check_inputs(input_ids, position_ids, sep, past_len, validate)
         B, S = input_ids.shape
         param = self.word_embeddings.weight
         device, dtype = param.device, param.dtype
@@ -284,27 +385,16 @@ class GLMModel(nn.Module):
         presents: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i, layer in enumerate(self.transformer.layers):
             past = None if past_key_values is None else past_key_values[i]
-            if self.gradient_checkpointing and self.training:
-                x, present = checkpoint(
-                    self._layer_forward,
-                    layer,
-                    x,
-                    visible,
-                    sep_t,
-                    past,
-                    backend,
-                    impl_ln,
-                    impl_mlp,
-                    use_cache,
-                    use_reentrant=False,
-                )
+            args = (x, visible, sep_t, past, backend, impl_ln, impl_mlp, use_cache)
+            if self.training and i in self.checkpoint_layers:
+                x, present = checkpoint(layer, *args, use_reentrant=False)
             else:
-                x, present = self._layer_forward(layer, x, visible, sep_t, past, backend, impl_ln, impl_mlp, use_cache)
+                x, present = layer(*args)
             if present is not None:
                 presents.append(present)
 
         ln = self.transformer.final_layernorm
-        hidden = self._layernorm(x, ln, impl_ln)  # [B, S, h]
+        hidden = _layernorm(x, ln, impl_ln)  # [B, S, h]
         logits = self.lm_logits(hidden) if return_logits else None
         return GLMOutput(
             logits=logits,
@@ -317,44 +407,6 @@ class GLMModel(nn.Module):
         """spec §1.2 step 3: logits = H · Eᵀ (tied, no bias), float32 at the boundary."""
         return F.linear(hidden, self.word_embeddings.weight).float()
 
-    @staticmethod
-    def _layernorm(x: torch.Tensor, ln: nn.LayerNorm, impl: str) -> torch.Tensor:
-        if impl == "triton":
-            from glm_core.kernels import add_dropout_layernorm
-
-            return add_dropout_layernorm(x, None, ln.weight, ln.bias, eps=ln.eps, impl="triton")[0]
-        return ln(x)
-
-    def _layer_forward(
-        self,
-        layer: GLMLayer,
-        x: torch.Tensor,
-        visible: object,
-        sep: torch.Tensor,
-        past: tuple[torch.Tensor, torch.Tensor] | None,
-        impl_attn: str,
-        impl_ln: str,
-        impl_mlp: str,
-        use_cache: bool,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        p_out = layer.output_dropout if self.training else 0.0
-        attn_in = self._layernorm(x, layer.input_layernorm, impl_ln)
-        attn_out, present = layer.attention(attn_in, visible, sep, past, impl_attn, use_cache)
-        ln = layer.post_attention_layernorm
-        if impl_ln == "triton":
-            from glm_core.kernels import add_dropout_layernorm
-
-            # fused: x' = x + dropout(attn_out); mlp_in = LN_post(x')
-            mlp_in, x = add_dropout_layernorm(
-                attn_out, x, ln.weight, ln.bias, eps=ln.eps, dropout_p=p_out, training=self.training, impl="triton"
-            )
-        else:
-            x = x + F.dropout(attn_out, p=p_out, training=self.training)
-            mlp_in = ln(x)
-        mlp_out = layer.mlp(mlp_in, impl_mlp)
-        x = x + F.dropout(mlp_out, p=p_out, training=self.training)
-        return x, present
-
     # ------------------------------------------------------------------ loss
     def loss(
         self,
@@ -363,12 +415,17 @@ class GLMModel(nn.Module):
         sep: SepLike,
         targets: torch.Tensor,
         loss_mask: torch.Tensor,
+        rows: torch.Tensor | None = None,
+        validate: bool = True,
     ) -> torch.Tensor:
         """Mean token cross-entropy over Part-B rows (``loss_mask > 0``) only (spec §5).
 
-        Only the scored rows go through the tied LM head, so full logits are never built for Part A.
+        Only the scored rows go through the tied LM head, so full logits are never built for Part A. ``rows``: the
+        flat indices (into ``B*S``) of those rows, computed on the host with the batch (the training tasks do);
+        without it they are found here with a data-dependent ``nonzero`` (a host sync, a graph break).
+        ``validate=False``: the caller ran :meth:`check_batch`; with ``rows`` the loss then holds no host sync.
         """
-        out = self.forward(input_ids, position_ids, sep=sep, use_cache=False, return_logits=False)
+        out = self.forward(input_ids, position_ids, sep=sep, use_cache=False, return_logits=False, validate=validate)
         hidden = out.hidden_states.reshape(-1, self.config.hidden_size)  # [B*S, h]
         impl = self._impl("partb_lm_head_ce", hidden.device, hidden.dtype)
         self.kernels_used["lm_head_ce"] = impl
@@ -377,12 +434,23 @@ class GLMModel(nn.Module):
         if impl == "triton":
             from glm_core.kernels import partb_lm_head_ce
 
-            return partb_lm_head_ce(hidden, self.word_embeddings.weight, flat_targets, flat_mask, impl="triton")
-        rows = flat_mask > 0
-        if not bool(rows.any()):
-            raise InputError("loss_mask selects no token: nothing to train on (Part B is empty)")
-        logits = self.lm_logits(hidden[rows])  # [N_B, V] float32
-        return F.cross_entropy(logits, flat_targets[rows])
+            return partb_lm_head_ce(
+                hidden,
+                self.word_embeddings.weight,
+                flat_targets,
+                flat_mask,
+                impl="triton",
+                rows=rows,
+                validate=validate,
+            )
+        if rows is None:
+            selected = flat_mask > 0
+            if validate and not bool(selected.any()):
+                raise InputError("loss_mask selects no token: nothing to train on (Part B is empty)")
+            rows = selected.nonzero().squeeze(1)
+        rows = rows.to(device=hidden.device, dtype=torch.long)
+        logits = self.lm_logits(hidden.index_select(0, rows))  # [N_B, V] float32
+        return F.cross_entropy(logits, flat_targets.index_select(0, rows))
 
     # ------------------------------------------------ original hidden-state mems
     @torch.no_grad()

@@ -5,11 +5,11 @@
     python -m training finetune --model runs/tiny/final --task demo --data-dir evaluation/data --out runs/ft
     python -m training pretokenize corpus.txt runs/corpus-tok --model glm-tiny    # then pretrain --data runs/corpus-tok
 
-One loop serves both: AdamW (no weight decay on biases and LayerNorms), linear warmup + cosine decay, gradient
-clipping, gradient accumulation, bf16/fp16 autocast (fp16 with a ``torch.amp.GradScaler``), gradient checkpointing,
-``--kernels auto|triton|torch``, ``--attention auto|math|sdpa|flex|triton``. The loss of a step is normalised by the **global** count (Part-B tokens, or
-examples), so 1 process x 2 micro-batches and 2 processes x 1 micro-batch compute the same update (the same numbers
-only with dropout 0: each rank draws its own dropout masks).
+One loop serves both: AdamW (fused on CUDA; no weight decay on biases and LayerNorms), warmup + cosine decay, gradient
+clipping and accumulation, bf16/fp16 autocast on fp32 master weights (fp16 with a GradScaler), activation checkpointing
+per layer, ``--compile`` (each layer), ``--kernels``, ``--attention`` (:mod:`training.options`). The loss of a step is
+normalised by the **global** count (Part-B tokens, or examples), so 1 process x 2 micro-batches and 2 processes x 1
+micro-batch compute the same update (the same numbers only with dropout 0: each rank draws its own dropout masks).
 
 Checkpoints (``OUT/checkpoints/step_XXXXXXX``) are sharded DCP directories (:mod:`training.checkpointing`), written
 every ``--save-every`` steps or ``--save-every-minutes``, at the end, and on SIGTERM / SIGINT before the run stops
@@ -52,7 +52,17 @@ from training.distributed import init_distributed
 from training.evaluation_hook import EvaluateFactory, evaluation_factory
 from training.guard import RunInterrupted, finite_or_none, json_safe
 from training.loop import LOG_FILE, append_log, train
-from training.options import add_attention_argument, add_safety_arguments, check_attention_option
+from training.options import (
+    add_attention_argument,
+    add_packing_argument,
+    add_safety_arguments,
+    add_speed_arguments,
+    check_attention_option,
+    check_kernels_option,
+    checkpoint_layers,
+    compile_layers,
+    pack_length_option,
+)
 from training.recipes import BestModel, add_recipe_arguments, resolve_recipe, steps_for_epochs
 from training.reporting import REPORT_BACKENDS, ReportConfig, default_backend
 from training.resume import (
@@ -61,6 +71,7 @@ from training.resume import (
     packaged_data_dir,
     refuse_existing_run,
     resolve_resumed_schedule,
+    resume_path,
 )
 from training.run_record import run_record
 from training.superglue import TaskLoader, evaluation_task_loader
@@ -100,9 +111,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="the three dropout probabilities (pretrain: the model's; finetune 0.1)",
     )
-    p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default="auto")
     add_attention_argument(p)
+    add_speed_arguments(p)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP (under torchrun)")
     p.add_argument("--seed", type=int, default=1234)
@@ -218,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--val-split", default="val", help="split evaluated on, for evaluation-package tasks")
     ft.add_argument("--max-length", type=int, default=None, help="default 256 (recipe: the task's)")
     add_recipe_arguments(ft)
+    add_packing_argument(ft)
     ft.add_argument(
         "--append-eop",
         choices=("auto", "yes", "no"),
@@ -327,32 +339,6 @@ def _check_fit(config: GLMConfig, tokenizer: Any, seq_length: int) -> None:
         )
 
 
-def _check_kernels(kernels: str, device: torch.device, precision: str) -> None:
-    if kernels != "triton":
-        return
-    from glm_core.kernels import OPS, resolve_impl
-
-    dtype = PRECISIONS[precision]
-    for op in OPS:
-        resolve_impl("triton", device, dtype, op)  # raises KernelUnavailableError with the reason
-
-
-def _resume_path(args: argparse.Namespace) -> Path | None:
-    if args.resume is None:
-        return None
-    if args.resume == "auto":
-        found = find_latest_checkpoint(args.out)
-        if found is None and not (Path(args.out) / LOG_FILE).exists():
-            return None  # nothing to resume yet: a requeued job's first start
-        if found is None:
-            raise CheckpointError(f"--resume auto: {args.out} holds a run but no checkpoint under its checkpoints/")
-        return found
-    path = Path(args.resume)
-    if not (path / STATE_FILE).is_file():
-        raise CheckpointError(f"{path}: not a training checkpoint (no {STATE_FILE}); expected OUT/checkpoints/step_N")
-    return path
-
-
 def run(
     args: argparse.Namespace,
     evaluate_factory: EvaluateFactory | None = None,
@@ -368,7 +354,7 @@ def run(
     if (args.steps is None) == (epochs is None):
         expected = "--steps or --epochs (one of them)" if args.command == "finetune" else "--steps"
         raise ConfigError(f"glm-train {args.command} needs {expected}")
-    resume = _resume_path(args)
+    resume = resume_path(args.resume, args.out)
     check_run_outputs(args)
     if args.command == "finetune" and args.data_dir is None:
         args.data_dir = str(packaged_data_dir())  # the packaged tasks, whatever the working directory
@@ -379,8 +365,9 @@ def run(
     tokenizer = _load_tokenizer(args, weights_dir)
     seq_length = args.seq_length if args.command == "pretrain" else args.max_length
     _check_fit(config, tokenizer, seq_length)
-    _check_kernels(args.kernels, ctx.device, args.precision)
+    check_kernels_option(args.kernels, ctx.device, PRECISIONS[args.precision])
     check_attention_option(args.attention, ctx.device, PRECISIONS[args.precision], config.attention_dropout_prob)
+    layers = checkpoint_layers(args.activation_checkpointing, args.gradient_checkpointing, config.num_layers)
     report = ReportConfig(args.report_to, args.peak_tflops, project=args.wandb_project, run_name=args.run_name)
 
     if args.command == "pretrain":
@@ -455,6 +442,7 @@ def run(
             seed=args.seed,
             name=name,
             loss=loss,
+            pack_length=pack_length_option(args.pack_length, ctx.device),
         )
         evaluate = (
             None if (args.no_eval or not val_items) else ClozeEvaluator(val_items, tokenizer, name=name, metric=metric)
@@ -482,7 +470,7 @@ def run(
         config,
         seed=args.seed,
         kernels=args.kernels,
-        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing=layers,
         attention=args.attention,
     )
     if weights_dir is not None and resume is None:
@@ -490,6 +478,8 @@ def run(
 
         loaded = load_model(weights_dir, config=config, kernels=args.kernels)
         model.load_state_dict(loaded.state_dict())
+    if args.compile:
+        compile_layers(model)
     final_dir = Path(args.final_dir) if args.final_dir else Path(args.out) / "final"
     result = train(
         model,

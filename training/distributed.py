@@ -97,26 +97,64 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier(device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
 
-def wrap_model(model: GLMModel, ctx: DistContext, fsdp: bool) -> nn.Module:
-    """The module the loop trains: :class:`ModelCall` around ``model``, sharded with FSDP2 or replicated with DDP.
+def wrap_model(model: GLMModel, ctx: DistContext, fsdp: bool, precision: str = "fp32") -> nn.Module:
+    """The module the loop trains: :class:`ModelCall` around ``model``, sharded with FSDP or replicated with DDP.
 
-    ``model`` must already be on ``ctx.device``.
+    ``model`` must already be on ``ctx.device``. FSDP shards every whole layer (:func:`fsdp_units`) and the root; with
+    ``precision="bf16"`` the layers compute in bf16 on fp32 master weights and reduce the gradients in fp32
+    (:func:`fsdp_mixed_precision`). FSDP2 (``fully_shard``) where torch has it, FSDP1 only where it does not.
     """
     wrapped: nn.Module = ModelCall(model)
     if fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        # GLMModel runs a layer through _layer_forward (never GLMLayer.__call__), so the units FSDP can hook are the
-        # attention and MLP modules; LayerNorms, embeddings and position tables belong to the root unit.
-        for layer in model.transformer.layers:
-            fully_shard(layer.attention)
-            fully_shard(layer.mlp)
-        fully_shard(wrapped)
+        wrapped = shard_model(wrapped, precision)
     elif ctx.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(wrapped, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
     return wrapped
+
+
+def fsdp_units(model: GLMModel) -> list[nn.Module]:
+    """The modules sharded as one unit each, root excluded: every whole :class:`~glm_core.model.GLMLayer` (its
+    weights are gathered once per layer, its gradients reduced once); embeddings and the final LayerNorm stay with
+    the root unit."""
+    return list(model.transformer.layers)
+
+
+def fsdp_mixed_precision(precision: str) -> dict[str, torch.dtype] | None:
+    """FSDP's dtypes for a run's ``precision``: bf16 parameters for the compute, fp32 gradient reduction; ``None``
+    (everything fp32, or autocast alone decides) otherwise."""
+    if precision != "bf16":
+        return None
+    return {"param_dtype": torch.bfloat16, "reduce_dtype": torch.float32}
+
+
+def shard_model(wrapped: nn.Module, precision: str) -> nn.Module:
+    """FSDP2 ``fully_shard`` per layer, then the root; FSDP1 with one unit per layer where FSDP2 is missing."""
+    glm = unwrap(wrapped)
+    dtypes = fsdp_mixed_precision(precision)
+    try:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    except ImportError:  # torch < 2.6: FSDP1 only
+        return _shard_fsdp1(wrapped, glm, dtypes)
+    kwargs: dict[str, Any] = {}
+    if dtypes is not None:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(**dtypes)
+    for unit in fsdp_units(glm):
+        fully_shard(unit, **kwargs)
+    fully_shard(wrapped, **kwargs)
+    return wrapped
+
+
+def _shard_fsdp1(wrapped: nn.Module, glm: GLMModel, dtypes: dict[str, torch.dtype] | None) -> nn.Module:
+    from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    layer_type = type(fsdp_units(glm)[0]) if fsdp_units(glm) else nn.Module
+    mixed = MixedPrecision(**dtypes) if dtypes is not None else None
+    return FullyShardedDataParallel(
+        wrapped, auto_wrap_policy=ModuleWrapPolicy({layer_type}), mixed_precision=mixed, use_orig_params=True
+    )
 
 
 MODEL_PREFIX = "glm."  # ModelCall's parameter names: "glm." + the GLMModel's

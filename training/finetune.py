@@ -36,7 +36,7 @@ from torch import nn
 
 from glm_core.data_files import iter_jsonl
 from glm_core.errors import ConfigError, DataError
-from glm_core.layout import GLMInput, build_candidate_sequences, build_single_token_cloze, collate
+from glm_core.layout import GLMInput, build_candidate_sequences, build_single_token_cloze, collate, pack
 from glm_core.model import GLMModel
 from training.distributed import model_call
 
@@ -159,8 +159,15 @@ class ClozeScorer:
         )
         return ClozeItem(samples, choice_ids, example.label)
 
-    def scores(self, model: nn.Module, encoded: Sequence[ClozeItem], device: torch.device) -> torch.Tensor:
-        """``[N, C_max]`` float32 scores, :data:`SCORE_PAD` where an example has fewer choices."""
+    def scores(
+        self, model: nn.Module, encoded: Sequence[ClozeItem], device: torch.device, pack_length: int = 0
+    ) -> torch.Tensor:
+        """``[N, C_max]`` float32 scores, :data:`SCORE_PAD` where an example has fewer choices.
+
+        ``pack_length > 0``: the inputs are packed several to a row of at most that many tokens
+        (:func:`glm_core.layout.pack`, attention never crossing samples) instead of one per padded row; the scores
+        are the same up to rounding (the rows hold other sums), fewer pad tokens are computed.
+        """
         if not encoded:
             raise DataError("no examples to score")
         width = max(len(e.choice_ids) for e in encoded)
@@ -171,7 +178,10 @@ class ClozeScorer:
             flat = [e.samples[0] for e in encoded]
         else:
             flat = [s for e in encoded for s in e.samples]
-        batch = collate(flat, self.tokens.pad)
+        if pack_length > 0:
+            batch = pack(flat, self.tokens.pad, max(pack_length, max(len(s) for s in flat)))
+        else:
+            batch = collate(flat, self.tokens.pad)
         tensors = {k: torch.from_numpy(v).to(device) for k, v in batch.items() if k != "lengths"}
         if single:
             verbalizers = torch.full((len(encoded), width), 0, dtype=torch.long)
@@ -205,25 +215,47 @@ def _length_divisors(encoded: Sequence[ClozeItem]) -> list[float]:
     return out
 
 
+def _hidden(glm: GLMModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Final hidden states ``[R, S, h]`` of a collated batch (sep rule) or a packed one (explicit block mask)."""
+    mask = batch.get("attention_mask")
+    out = glm(
+        batch["input_ids"],
+        batch["position_ids"],
+        sep=batch["sep"],
+        attention_mask=None if mask is None else mask[:, None],
+        use_cache=False,
+        return_logits=False,
+    )
+    return out.hidden_states
+
+
 def _single_token_scores(glm: GLMModel, batch: dict[str, torch.Tensor], verbalizers: torch.Tensor) -> torch.Tensor:
     """spec §2.4-1: raw logits at the sop position (``sep``) at the verbalizer ids."""
-    out = glm(batch["input_ids"], batch["position_ids"], sep=batch["sep"], use_cache=False, return_logits=False)
-    rows = torch.arange(batch["input_ids"].shape[0], device=batch["sep"].device)
-    hidden = out.hidden_states[rows, batch["sep"]]  # [N, h]
+    hidden_states = _hidden(glm, batch)
+    if "sample_sep_index" in batch:  # packed: each sample's sop position in the flattened rows
+        hidden = hidden_states.reshape(-1, hidden_states.shape[-1])[batch["sample_sep_index"]]  # [N, h]
+    else:
+        rows = torch.arange(batch["input_ids"].shape[0], device=batch["sep"].device)
+        hidden = hidden_states[rows, batch["sep"]]  # [N, h]
     logits = glm.lm_logits(hidden)  # [N, V] float32
     return torch.gather(logits, 1, verbalizers)  # [N, C]
 
 
 def _candidate_log_likelihood(glm: GLMModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """spec §2.4-2: sum of log-softmax of each sequence's targets over its scored (loss_mask) tokens."""
-    out = glm(batch["input_ids"], batch["position_ids"], sep=batch["sep"], use_cache=False, return_logits=False)
-    mask = batch["loss_mask"] > 0  # [M, S]
-    hidden = out.hidden_states[mask]  # [T, h]
+    hidden_states = _hidden(glm, batch)
+    mask = batch["loss_mask"] > 0  # [R, S]
+    hidden = hidden_states[mask]  # [T, h]
     logp = F.log_softmax(glm.lm_logits(hidden), dim=-1)  # [T, V]
     token_scores = torch.gather(logp, 1, batch["targets"][mask][:, None])[:, 0]  # [T]
-    row_of_token = torch.nonzero(mask)[:, 0]  # [T]
-    sums = torch.zeros(mask.shape[0], dtype=token_scores.dtype, device=token_scores.device)
-    return sums.index_add(0, row_of_token, token_scores)  # [M]
+    if "segment" in batch:  # packed: the sample each token belongs to
+        sample_of_token = batch["segment"][mask]
+        count = batch["sample_sep_index"].shape[0]
+    else:
+        sample_of_token = torch.nonzero(mask)[:, 0]  # [T]
+        count = mask.shape[0]
+    sums = torch.zeros(count, dtype=token_scores.dtype, device=token_scores.device)
+    return sums.index_add(0, sample_of_token, token_scores)  # [M]
 
 
 # ------------------------------------------------------------------------------------------------------- training
@@ -268,11 +300,14 @@ class ClozeTask:
         seed: int = 0,
         name: str = "cloze",
         loss: str = "ce",
+        pack_length: int = 0,
     ) -> None:
         if not items:
             raise DataError("fine-tuning needs at least one training example")
         if loss not in LOSSES:
             raise ConfigError(f"unknown fine-tuning loss {loss!r}; expected one of {', '.join(LOSSES)}")
+        if isinstance(pack_length, bool) or not isinstance(pack_length, int) or pack_length < 0:
+            raise ConfigError(f"--pack-length must be an integer >= 0 (0: no packing), got {pack_length!r}")
         if len({item.single_token for item in items}) > 1:
             raise DataError("a fine-tuning task mixes single-token and multi-token items; expected one kind")
         self.encoded = list(items)
@@ -284,6 +319,7 @@ class ClozeTask:
         self.seed = seed
         self.name = name
         self.loss = loss
+        self.pack_length = pack_length  # > 0: the micro-batch's inputs packed into rows of this many tokens
 
     def _example_index(self, global_index: int) -> int:
         epoch, i = divmod(global_index, len(self.encoded))
@@ -302,7 +338,7 @@ class ClozeTask:
 
     def loss_sum(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
         encoded = [self.encoded[int(i)] for i in batch["index"]]
-        scores = self.scorer.scores(model, encoded, device)  # [N, C]
+        scores = self.scorer.scores(model, encoded, device, self.pack_length)  # [N, C]
         labels = torch.tensor([e.label for e in encoded], device=scores.device)
         return cloze_losses(scores.float(), labels, self.loss).sum()  # spec §6.1: CE (or mix) over the choice scores
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from glm_core.errors import CheckpointError, ConfigError
 from glm_core.outputs import check_output
-from training.checkpointing import find_latest_checkpoint, read_train_state
+from training.checkpointing import STATE_FILE, find_latest_checkpoint, read_train_state
 from training.config import TrainConfig
 
 RESUME_MUST_MATCH = ("model_config", "task", "train")
@@ -125,3 +125,21 @@ def check_run_outputs(args: Any) -> None:
     check_output(args.out, overwrite=True, flag="--out", make_parents=True, error=ConfigError)
     if getattr(args, "final_dir", None):
         check_output(args.final_dir, overwrite=True, flag="--final-dir", make_parents=True, error=ConfigError)
+
+
+def resume_path(resume: str | None, out: str) -> Path | None:
+    """The checkpoint ``--resume`` names: ``auto`` is the newest under ``out`` (``None`` when ``out`` holds no run
+    yet: a requeued job's first start), else the directory given, which must be a training checkpoint."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = find_latest_checkpoint(out)
+        if found is None and not (Path(out) / LOG_FILE).exists():
+            return None
+        if found is None:
+            raise CheckpointError(f"--resume auto: {out} holds a run but no checkpoint under its checkpoints/")
+        return found
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"{path}: not a training checkpoint (no {STATE_FILE}); expected OUT/checkpoints/step_N")
+    return path

@@ -10,10 +10,15 @@ after every section):
    and bf16 8192^3 matmul TFLOP/s — every %BW below is against *this* measured bandwidth (spec §2.1).
 2. ``correctness``: every kernel in fp32/fp16/bf16, forward and every gradient against float64, with the spec §5.3
    tolerance table (``tests/kernels/tolerances.py``); pass/fail per (op, dtype); failures are printed loudly.
-3. ``layernorm``, ``bias_gelu``, ``attention``, ``lm_head_ce``: ``triton.testing.do_bench`` medians (compilation
+3. ``attention``: fwd and fwd+bwd at T = 512, 1024, 2048, dropout off and on, each timing repeated 3 times (median
+   and spread); the backend ``auto`` picks and its ratio to the best of SDPA and Flex.
+4. ``train_step``: :func:`benchmarks.gpu_train_step.run` (GLM-Large, B=32, T=512, bf16 autocast, dropout on,
+   sampler batches): eager, Triton kernels, compiled, compiled with the best attention of section 3, that with
+   FSDP2 on one GPU; tokens/s, MFU by the 6N convention and by executed FLOPs.
+5. ``layernorm``, ``bias_gelu``, ``lm_head_ce``: the kernel against eager and ``torch.compile`` of eager (what decides
+   whether a kernel stays in ``auto``). Sections 3 and 5 time with ``triton.testing.do_bench`` medians (compilation
    excluded by a warm-up call), >= 4 rotating random input buffers totalling more than the L2 cache.
-4. ``train_step``: :func:`benchmarks.gpu_train_step.run` (GLM-Large, B=32, T=512, bf16 autocast, dropout on).
-5. A compact ratio table, printed last; the full results in ``DIR/gpu_kernels.json``.
+6. A compact ratio table, printed last; the full results in ``DIR/gpu_kernels.json``.
 
 Time budget (spec §5.2: <= 7 minutes): optional peers (``torch.compile``, FlexAttention, the compiled training
 step) run only while the remaining time covers their estimated cost plus the essential work still ahead; otherwise

@@ -65,6 +65,10 @@ def _attention_module():
     return importlib.import_module("glm_core.kernels.attention")
 
 
+def _peers_module():
+    return importlib.import_module("glm_core.kernels.attention_peers")
+
+
 def attn_triton(s: InputSet):
     return _attention_module().glm_attention(*s.leaves, s.args["sep"], impl="triton")
 
@@ -79,22 +83,21 @@ def attn_eager_math(s: InputSet):
 
 
 def attn_sdpa_dense(s: InputSet):
-    return _attention_module().glm_attention_sdpa(*s.leaves, s.args["sep"], 0.0)
+    return _peers_module().glm_attention_sdpa(*s.leaves, s.args["sep"], 0.0)
 
 
 def attn_sdpa_dense_dropout(s: InputSet):
-    return _attention_module().glm_attention_sdpa(*s.leaves, s.args["sep"], DROPOUT_P)
+    return _peers_module().glm_attention_sdpa(*s.leaves, s.args["sep"], DROPOUT_P)
 
 
 def build_attn_flex(sep: torch.Tensor, seq: int) -> Callable[[InputSet], Any]:
     """FlexAttention (compiled once per shape inside ``glm_attention_flex``). The BlockMask is built here, outside
     the timed region: a training step builds it once per batch and reuses it in every layer (spec §4.2.1)."""
-    attn = _attention_module()
-    return functools.partial(_attn_flex, attn.glm_flex_block_mask(sep, seq))
+    return functools.partial(_attn_flex, _peers_module().glm_flex_block_mask(sep, seq))
 
 
 def _attn_flex(block_mask: Any, s: InputSet):
-    return _attention_module().glm_attention_flex(*s.leaves, s.args["sep"], block_mask=block_mask)
+    return _peers_module().glm_attention_flex(*s.leaves, s.args["sep"], block_mask=block_mask)
 
 
 def attn_two_call(s: InputSet):
@@ -108,6 +111,34 @@ def attn_sdpa_causal(s: InputSet):
 
 def call_attention(fn: Callable, s: InputSet):
     return fn(*s.leaves, s.args["sep"])
+
+
+ATTENTION_REPEATS = 3  # each fwd / fwd+bwd timing measured 3 times: the median and the spread are reported
+# the candidate that times each backend of the model's attention switch (glm_core.attention_backends)
+BACKEND_CANDIDATE = {"triton": "triton", "sdpa": "sdpa_dense_mask", "flex": "flex_compiled", "math": "eager_math"}
+
+
+def auto_verdict(ctx: Ctx, case: dict[str, Any], dropout_p: float) -> dict[str, Any]:
+    """Which backend the model's ``attention="auto"`` runs for this training case, and its fwd+bwd speed against
+    the best of SDPA and Flex (the acceptance bar: >= 1.0 at every T, dropout on and off)."""
+    from glm_core.attention_backends import resolve_attention
+    from glm_core.kernels import resolve_impl
+
+    dtype = torch.bfloat16
+    backend = resolve_attention(
+        "auto", device=ctx.device, dtype=dtype, kernel_impl=resolve_impl("auto", ctx.device, dtype, "glm_attention"),
+        sep_layout=True, has_past=False, dropout_p=dropout_p, needs_grad=True,
+    )  # fmt: skip
+    cands = case.get("candidates", {})
+    auto_ms = cands.get(BACKEND_CANDIDATE[backend], {}).get("fwdbwd_ms")
+    peers = {
+        n: cands[n]["fwdbwd_ms"] for n in ("sdpa_dense_mask", "flex_compiled") if cands.get(n, {}).get("fwdbwd_ms")
+    }
+    out: dict[str, Any] = {"auto_backend": backend, "auto_fwdbwd_ms": auto_ms}
+    if auto_ms and peers:
+        best = min(peers, key=peers.get)
+        out.update(auto_best_sdpa_flex=best, auto_vs_best_sdpa_flex=peers[best] / auto_ms)
+    return out
 
 
 def run_attention(ctx: Ctx, rec: dict[str, Any]) -> None:
@@ -156,12 +187,14 @@ def run_attention(ctx: Ctx, rec: dict[str, Any]) -> None:
                     Candidate("triton", attn_triton_dropout, role="ours"),
                     Candidate("sdpa_dense_mask", attn_sdpa_dense_dropout, role="eager"),
                 ]
-            time_candidates(ctx, case, sets, cands, ("fwd", "fwdbwd"), "attention")
+            repeats = ATTENTION_REPEATS if ctx.cuda else 1  # the smoke checks the path, not the spread
+            time_candidates(ctx, case, sets, cands, ("fwd", "fwdbwd"), "attention", repeats=repeats)
             for entry in case["candidates"].values():
                 for mode in ("fwd", "fwdbwd"):
                     if entry.get(f"{mode}_ms"):
                         entry[f"{mode}_tflops"] = case["flop"][mode] / (entry[f"{mode}_ms"] / 1e3) / 1e12
             case["summary"] = summarize_case(case, "fwdbwd")
+            case["summary"].update(auto_verdict(ctx, case, p))
             causal = case["candidates"].get("sdpa_causal", {}).get("fwdbwd_ms")
             ours = case["candidates"].get("triton", {}).get("fwdbwd_ms")
             if causal and ours:

@@ -84,7 +84,9 @@ def build_ratio_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     train = sections.get("train_step", {}).get("results", {})
     for engine, r in train.items():
         if r.get("tokens_per_s"):
-            mfu = f"MFU {100 * r['mfu']:.1f}%" if r.get("mfu") else "MFU n/a"
+            mfu = "MFU n/a"
+            if r.get("mfu"):
+                mfu = f"MFU {100 * r['mfu']:.1f}% (6N), {100 * (r.get('mfu_executed') or 0):.1f}% (executed)"
             notes = f"{r['tokens_per_s']:.0f} tokens/s, {mfu}"
             if r.get("speedup_vs_compile"):
                 notes += f", vs compile {r['speedup_vs_compile']:.2f}x"

@@ -244,10 +244,13 @@ def time_candidates(
     modes: tuple[str, ...],
     section: str,
     measure_memory: bool = False,
+    repeats: int = 1,
 ) -> None:
     """Time every candidate on the rotating ``sets`` in each of ``modes`` ("fwd", "bwd", "fwdbwd"); results go to
     ``case["candidates"][name]`` as ``<mode>_ms``. "bwd" is timed directly (graphs of every buffer kept,
-    ``retain_graph``) and falls back to fwdbwd - fwd where that is impossible."""
+    ``retain_graph``) and falls back to fwdbwd - fwd where that is impossible. ``repeats`` > 1 measures each mode
+    that many times: ``<mode>_ms`` is then their median, ``<mode>_runs_ms`` the runs and ``<mode>_spread`` their
+    (max - min) / median."""
     rotation = Rotation(sets)
     results = case.setdefault("candidates", {})
     reserve = ctx.budget.reserve_after(section, ctx.sections)
@@ -277,6 +280,12 @@ def time_candidates(
             for mode in modes:
                 if f"{mode}_ms" not in entry:  # a bwd fallback (fwdbwd - fwd) may have measured fwdbwd already
                     entry[f"{mode}_ms"] = _time_mode(ctx, fn, rotation, sets, mode, entry)
+                if repeats > 1:
+                    runs = [entry[f"{mode}_ms"]]
+                    runs += [_time_mode(ctx, fn, rotation, sets, mode, entry) for _ in range(repeats - 1)]
+                    entry[f"{mode}_runs_ms"] = runs
+                    entry[f"{mode}_ms"] = statistics.median(runs)
+                    entry[f"{mode}_spread"] = (max(runs) - min(runs)) / entry[f"{mode}_ms"]
             if measure_memory:
                 entry["peak_extra_mem_mb"] = _peak_extra_memory_mb(ctx, fn, sets[0])
             log(f"    {cand.name:<22} " + "  ".join(f"{m} {entry[f'{m}_ms']:.4f} ms" for m in modes))
@@ -370,6 +379,11 @@ def summarize_case(case: dict[str, Any], mode: str, ours: str = "triton") -> dic
         best = min(timed, key=timed.get)
         out["best_peer"] = best
         out["vs_best_peer"] = timed[best] / mine
+    compiled_ms = cands.get("torch_compile", {}).get(key)
+    if mine and compiled_ms:
+        # what decides whether a kernel stays in ``auto``: it must beat what torch.compile generates from eager
+        out["vs_torch_compile"] = compiled_ms / mine
+        out["kernel_wins_over_compiled"] = compiled_ms > mine
     return out
 
 

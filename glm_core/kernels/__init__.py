@@ -1,7 +1,9 @@
 """Fused training kernels and the one place that decides whether a Triton kernel or plain torch runs.
 
-Each op lives in its own module with a Triton forward + backward behind a ``torch.autograd.Function`` and a
-plain-torch reference of the same signature (DESIGN.md, spec fused_ops §5.1):
+Each op lives in its own module with a Triton forward + backward registered as torch custom ops
+(``torch.library.custom_op`` named ``glm::<op>_fwd`` / ``glm::<op>_bwd``, each with a fake implementation, the
+backward op registered as the forward's autograd formula: ``torch.compile`` keeps them as nodes of its graph instead
+of breaking on them) and a plain-torch reference of the same signature (DESIGN.md, spec fused_ops §5.1):
 
 - :func:`add_dropout_layernorm` (``layernorm.py``): ``r' = r + dropout(x)``, ``y = LayerNorm(r')``.
 - :func:`bias_gelu` (``gelu.py``): ``gelu_tanh(x + b)``, the fc1 epilogue.

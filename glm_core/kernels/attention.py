@@ -1,5 +1,6 @@
-"""Fused GLM attention for training: a Flash-style Triton kernel (forward + deterministic backward),
-its plain-torch reference, and the peers a benchmark compares it with.
+"""Fused GLM attention for training: a Flash-style Triton kernel (forward + deterministic backward,
+registered as the torch custom ops ``glm::attention_fwd`` / ``glm::attention_bwd``) and its
+plain-torch reference; the peers a benchmark compares it with live in ``attention_peers.py``.
 
 GLM's mask (spec glm_reference §2.1, fused_ops §4.1): key ``j`` is visible to query ``i`` of sample
 ``b`` iff ``j < sep[b] or j <= i``, i.e. iff ``j < max(sep[b], i + 1)``. Every query row sees a
@@ -17,8 +18,8 @@ Public API
   (a bit-exact mirror of Triton's Philox ``tl.randint4x``), so tests and the reference use the
   kernel's own mask; :func:`dropout_threshold` is the 16-bit threshold it compares against.
 - :func:`glm_visibility_mask` — the dense ``[B, 1, T, T]`` bool mask (reference and SDPA only).
-- :func:`glm_attention_sdpa`, :func:`glm_attention_flex` — benchmark peers (SDPA with a dense bool
-  mask; FlexAttention with ``or_masks(causal, prefix)``).
+- :func:`glm_core.kernels.attention_peers.glm_attention_sdpa`, ``glm_attention_flex`` — benchmark
+  peers (SDPA with a dense bool mask; FlexAttention with a ``BlockMask``).
 
 Kernel notes
 ------------
@@ -55,7 +56,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from glm_core.attention_backends import flex_block_mask, run_flex
 from glm_core.errors import InputError
 from glm_core.kernels import interpreter_enabled, resolve_impl
 from glm_core.kernels.interpreter import round_bf16_in_interpreter
@@ -74,14 +74,12 @@ else:
 
 __all__ = [
     "SUPPORTED_HEAD_DIMS",
-    "GLMAttentionFunction",
+    "attention_bwd",
+    "attention_fwd",
     "glm_attention",
     "glm_attention_dropout_mask",
-    "glm_attention_flex",
     "glm_attention_reference",
-    "glm_attention_sdpa",
     "dropout_threshold",
-    "glm_flex_block_mask",
     "glm_visibility_mask",
 ]
 
@@ -390,11 +388,12 @@ if _HAVE_TRITON:
         stride_kb, stride_kh, stride_kt, stride_kd,
         stride_vb, stride_vh, stride_vt, stride_vd,
         stride_ob, stride_oh, stride_ot, stride_od,
-        H, T, qk_scale_log2, dropout_threshold, dropout_scale, seed,
+        H, T, qk_scale_log2, dropout_threshold, dropout_scale, SEED,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         DROPOUT: tl.constexpr, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
         ROUND_BF16: tl.constexpr, WHILE_LOOPS: tl.constexpr,
     ):  # fmt: skip
+        seed = tl.load(SEED)  # int64 on the device: no host round trip for the dropout seed
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -540,11 +539,12 @@ if _HAVE_TRITON:
         stride_dob, stride_doh, stride_dot, stride_dod,
         stride_dkb, stride_dkh, stride_dkt, stride_dkd,
         stride_dvb, stride_dvh, stride_dvt, stride_dvd,
-        H, T, qk_scale_log2, sm_scale, dropout_threshold, dropout_scale, seed,
+        H, T, qk_scale_log2, sm_scale, dropout_threshold, dropout_scale, SEED,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         DROPOUT: tl.constexpr, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
         ROUND_BF16: tl.constexpr, WHILE_LOOPS: tl.constexpr,
     ):  # fmt: skip
+        seed = tl.load(SEED)  # int64 on the device: no host round trip for the dropout seed
         pid_n = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -669,11 +669,12 @@ if _HAVE_TRITON:
         stride_vb, stride_vh, stride_vt, stride_vd,
         stride_dob, stride_doh, stride_dot, stride_dod,
         stride_dqb, stride_dqh, stride_dqt, stride_dqd,
-        H, T, qk_scale_log2, sm_scale, dropout_threshold, dropout_scale, seed,
+        H, T, qk_scale_log2, sm_scale, dropout_threshold, dropout_scale, SEED,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         DROPOUT: tl.constexpr, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
         ROUND_BF16: tl.constexpr, WHILE_LOOPS: tl.constexpr,
     ):  # fmt: skip
+        seed = tl.load(SEED)  # int64 on the device: no host round trip for the dropout seed
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -754,7 +755,7 @@ class _KernelArgs:
     """Scalars shared by the forward and backward launches of one call."""
 
     dropout_p: float  # 0.0 when dropout is off
-    seed: int
+    seed: torch.Tensor  # int64 [1] on the inputs' device (read by the kernels, never by the host)
     allow_tf32: bool
     block: int | None  # tile size override (tests); None = _launch_config's choice
 
@@ -844,21 +845,74 @@ def _triton_backward(
     return dq, dk, dv
 
 
-class GLMAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper: Triton forward (saves O and the log-sum-exp), Triton backward."""
+# The kernel as torch custom ops: torch.compile keeps them as opaque nodes of its graph (shapes from the fake
+# implementations), and the backward op is the forward op's autograd formula. The dropout seed is an int64 tensor [1]
+# on the inputs' device, drawn there by torch's generator and read by the kernels themselves: never an ``.item()``,
+# never a host sync, and checkpointed recomputation (which restores the RNG state) draws the same seed again.
+@torch.library.custom_op("glm::attention_fwd", mutates_args=())
+def attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sep: torch.Tensor,
+    seed: torch.Tensor,
+    dropout_p: float,
+    allow_tf32: bool,
+    block: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out [B, H, T, D], lse [B*H, T] fp32)``; ``block`` 0: the launch configuration's own tiles."""
+    return _triton_forward(q, k, v, sep, _op_args(seed, dropout_p, allow_tf32, block))
 
-    @staticmethod
-    def forward(ctx, q, k, v, sep, args: _KernelArgs):  # noqa: ANN001, ANN205 - autograd protocol
-        out, lse = _triton_forward(q, k, v, sep, args)
-        ctx.save_for_backward(q, k, v, sep, out, lse)
-        ctx.kernel_args = args
-        return out
 
-    @staticmethod
-    def backward(ctx, dout):  # noqa: ANN001, ANN205 - autograd protocol
-        q, k, v, sep, out, lse = ctx.saved_tensors
-        dq, dk, dv = _triton_backward(q, k, v, sep, out, lse, dout, ctx.kernel_args)
-        return dq, dk, dv, None, None
+@attention_fwd.register_fake
+def _attention_fwd_fake(q, k, v, sep, seed, dropout_p, allow_tf32, block):  # noqa: ANN001, ANN202
+    batch, heads, seq_len, head_dim = q.shape
+    out = q.new_empty((batch, heads, seq_len, head_dim))
+    return out, q.new_empty((batch * heads, seq_len), dtype=torch.float32)
+
+
+@torch.library.custom_op("glm::attention_bwd", mutates_args=())
+def attention_bwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sep: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dout: torch.Tensor,
+    seed: torch.Tensor,
+    dropout_p: float,
+    allow_tf32: bool,
+    block: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)``, deterministic; the dropout mask regenerated from ``seed``."""
+    return _triton_backward(q, k, v, sep, out, lse, dout, _op_args(seed, dropout_p, allow_tf32, block))
+
+
+@attention_bwd.register_fake
+def _attention_bwd_fake(q, k, v, sep, out, lse, dout, seed, dropout_p, allow_tf32, block):  # noqa: ANN001, ANN202
+    shape = tuple(q.shape)
+    return q.new_empty(shape), q.new_empty(shape), q.new_empty(shape)
+
+
+def _op_args(seed: torch.Tensor, dropout_p: float, allow_tf32: bool, block: int) -> _KernelArgs:
+    return _KernelArgs(dropout_p=dropout_p, seed=seed.reshape(1), allow_tf32=allow_tf32, block=block or None)
+
+
+def _attention_setup(ctx, inputs, output) -> None:  # noqa: ANN001 - custom-op autograd protocol
+    q, k, v, sep, seed, dropout_p, allow_tf32, block = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, sep, seed, out, lse)
+    ctx.scalars = (dropout_p, allow_tf32, block)
+
+
+def _attention_backward(ctx, dout, dlse):  # noqa: ANN001, ANN202 - custom-op autograd protocol
+    q, k, v, sep, seed, out, lse = ctx.saved_tensors
+    dq, dk, dv = attention_bwd(q, k, v, sep, out, lse, dout.contiguous(), seed, *ctx.scalars)
+    return dq, dk, dv, None, None, None, None, None
+
+
+attention_fwd.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
 def _kernel_support(q: torch.Tensor) -> tuple[bool, str]:
@@ -894,8 +948,8 @@ def glm_attention(
     picks the kernel on CUDA only).
 
     Triton: fp16/bf16/fp32, D in :data:`SUPPORTED_HEAD_DIMS`, differentiable through
-    :class:`GLMAttentionFunction` with a deterministic backward. The dropout mask is a function of
-    ``seed`` (drawn from torch's default CPU generator when None) and equals
+    :func:`attention_fwd` / :func:`attention_bwd` (torch custom ops) with a deterministic backward. The dropout mask is a function of
+    ``seed`` (drawn from torch's generator of the inputs' device when None) and equals
     :func:`glm_attention_dropout_mask`. ``allow_tf32`` lets fp32 dots use TF32 (GPU; ~2e-3 error);
     ``block`` overrides every tile size (tests).
 
@@ -919,53 +973,11 @@ def glm_attention(
         return glm_attention_reference(q, k, v, sep, dropout_p=dropout_p if use_dropout else 0.0)
 
     sep = sep.to(device=q.device)  # the kernels read one sep per program
-    if use_dropout and seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-    args = _KernelArgs(
-        dropout_p=dropout_p if use_dropout else 0.0,
-        seed=seed if use_dropout else 0,
-        allow_tf32=allow_tf32,
-        block=block,
-    )
-    return GLMAttentionFunction.apply(q, k, v, sep, args)
-
-
-# ---------------------------------------------------------------------------------------------
-# Benchmark peers (spec §4.2, §5.1 item 3)
-# ---------------------------------------------------------------------------------------------
-
-
-def glm_attention_sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sep: torch.Tensor, dropout_p: float = 0.0
-) -> torch.Tensor:
-    """SDPA with a dense ``[B, 1, T, T]`` bool mask: the "eager-ish" peer (spec §4.2).
-
-    ``dropout_p`` is applied as given (pass 0.0 for evaluation); torch's RNG, not the kernel's mask.
-    """
-    _check_qkv(q, k, v, sep)
-    visible = glm_visibility_mask(sep.to(q.device), q.shape[2])  # [B, 1, T, T]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout_p)
-
-
-def glm_flex_block_mask(sep: torch.Tensor, seq_len: int, block_size: int = 128):  # noqa: ANN201
-    """FlexAttention BlockMask for GLM (spec §4.2.1): causal or prefix (``kv_idx < sep[b]``), no past.
-
-    The model's own builder (:func:`glm_core.attention_backends.flex_block_mask`); build once per batch and reuse
-    it for every layer.
-    """
-    return flex_block_mask(sep, seq_len, 0, block_size)
-
-
-def glm_attention_flex(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sep: torch.Tensor, block_mask=None
-) -> torch.Tensor:  # noqa: ANN001
-    """FlexAttention peer (no dropout: FlexAttention has none, spec §4.2.1, §6.5).
-
-    On CUDA it runs ``torch.compile(flex_attention)`` (compiled once per process, per shape). On CPU
-    it runs the eager forward only (no CPU backward in torch, spec §3.3) — for checking the mask.
-    Pass ``block_mask`` from :func:`glm_flex_block_mask` to reuse it across layers.
-    """
-    _check_qkv(q, k, v, sep)
-    if block_mask is None:
-        block_mask = glm_flex_block_mask(sep.to(q.device), q.shape[2])
-    return run_flex(q, k, v, block_mask)
+    if not use_dropout:
+        seed_t = torch.zeros(1, dtype=torch.int64, device=q.device)
+    elif seed is None:
+        seed_t = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=q.device)  # the device's generator
+    else:
+        seed_t = torch.tensor([seed], dtype=torch.int64, device=q.device)
+    out, _ = attention_fwd(q, k, v, sep, seed_t, dropout_p if use_dropout else 0.0, allow_tf32, block or 0)
+    return out

@@ -46,7 +46,7 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "tanh", im
     which = resolve_impl(impl, x.device, x.dtype, OP_NAME)
     if which == "torch":
         return bias_gelu_torch(x, bias, approximate)
-    return _BiasGelu.apply(x, bias, approximate == "tanh")
+    return bias_gelu_fwd(x, bias, approximate == "tanh")
 
 
 def bias_gelu_torch(x: torch.Tensor, bias: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
@@ -72,44 +72,76 @@ def _tiles(cols: int) -> tuple[int, int]:
     return launch.block_rows(block_n), block_n
 
 
-class _BiasGelu(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, bias, approx_tanh):
-        cols = bias.shape[0]
-        x2 = x.reshape(-1, cols).contiguous()  # [M, N]
-        rows = x2.shape[0]
-        y = torch.empty_like(x2)
-        block_m, block_n = _tiles(cols)
-        grid = (triton.cdiv(rows, block_m), triton.cdiv(cols, block_n))
-        _bias_gelu_fwd_kernel[grid](
-            x2, bias, y, rows, cols,
-            APPROX_TANH=approx_tanh, ROUND_BF16=round_bf16_in_interpreter(y.dtype),
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=launch.num_warps(block_m, block_n),
-        )  # fmt: skip
-        ctx.save_for_backward(x2, bias)
-        ctx.approx_tanh, ctx.x_shape = approx_tanh, x.shape
-        return y.view(x.shape)
+# The kernels are registered as torch custom ops (glm_core.kernels.ops): opaque nodes that torch.compile keeps in its
+# graph, each with a fake (shape-only) implementation for tracing and the backward op as its autograd formula.
+@torch.library.custom_op("glm::bias_gelu_fwd", mutates_args=())
+def bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor, approx_tanh: bool) -> torch.Tensor:
+    """``gelu(x + bias)`` by the Triton forward kernel; ``x`` viewed as ``[rows, bias.numel()]``."""
+    cols = bias.shape[0]
+    x2 = x.reshape(-1, cols).contiguous()  # [M, N]
+    rows = x2.shape[0]
+    y = torch.empty_like(x2)
+    block_m, block_n = _tiles(cols)
+    grid = (triton.cdiv(rows, block_m), triton.cdiv(cols, block_n))
+    _bias_gelu_fwd_kernel[grid](
+        x2, bias, y, rows, cols,
+        APPROX_TANH=approx_tanh, ROUND_BF16=round_bf16_in_interpreter(y.dtype),
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=launch.num_warps(block_m, block_n),
+    )  # fmt: skip
+    return y.view(x.shape)
 
-    @staticmethod
-    def backward(ctx, dy):
-        x2, bias = ctx.saved_tensors
-        rows, cols = x2.shape
-        dy = dy.reshape(rows, cols).contiguous()
-        dx = torch.empty_like(x2)
-        block_m, block_n = _tiles(cols)
-        row_tiles, col_blocks = triton.cdiv(rows, block_m), triton.cdiv(cols, block_n)
-        tiles_per_program = launch.tiles_per_program(row_tiles, col_blocks, x2.device)
-        row_groups = triton.cdiv(row_tiles, tiles_per_program)
-        dbias_partial = torch.empty((row_groups, cols), dtype=torch.float32, device=x2.device)
-        _bias_gelu_bwd_kernel[(row_groups, col_blocks)](
-            x2, bias, dy, dx, dbias_partial, rows, cols,
-            APPROX_TANH=ctx.approx_tanh, ROUND_BF16=round_bf16_in_interpreter(dx.dtype),
-            TILES_PER_PROGRAM=tiles_per_program, BLOCK_M=block_m, BLOCK_N=block_n,
-            num_warps=launch.num_warps(block_m, block_n),
-        )  # fmt: skip
-        # stage 2 of the fp32 reduction (spec §6 item 8)
-        dbias = dbias_partial.sum(dim=0).to(bias.dtype)
-        return dx.view(ctx.x_shape), dbias, None
+
+@bias_gelu_fwd.register_fake
+def _bias_gelu_fwd_fake(x: torch.Tensor, bias: torch.Tensor, approx_tanh: bool) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("glm::bias_gelu_bwd", mutates_args=())
+def bias_gelu_bwd(
+    x: torch.Tensor, bias: torch.Tensor, dy: torch.Tensor, approx_tanh: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dx, dbias)`` by the Triton backward kernel (recomputes ``z = x + bias``; two-stage fp32 dbias)."""
+    cols = bias.shape[0]
+    x2 = x.reshape(-1, cols).contiguous()
+    rows = x2.shape[0]
+    dy = dy.reshape(rows, cols).contiguous()
+    dx = torch.empty_like(x2)
+    block_m, block_n = _tiles(cols)
+    row_tiles, col_blocks = triton.cdiv(rows, block_m), triton.cdiv(cols, block_n)
+    tiles_per_program = launch.tiles_per_program(row_tiles, col_blocks, x2.device)
+    row_groups = triton.cdiv(row_tiles, tiles_per_program)
+    dbias_partial = torch.empty((row_groups, cols), dtype=torch.float32, device=x2.device)
+    _bias_gelu_bwd_kernel[(row_groups, col_blocks)](
+        x2, bias, dy, dx, dbias_partial, rows, cols,
+        APPROX_TANH=approx_tanh, ROUND_BF16=round_bf16_in_interpreter(dx.dtype),
+        TILES_PER_PROGRAM=tiles_per_program, BLOCK_M=block_m, BLOCK_N=block_n,
+        num_warps=launch.num_warps(block_m, block_n),
+    )  # fmt: skip
+    # stage 2 of the fp32 reduction (spec §6 item 8)
+    dbias = dbias_partial.sum(dim=0).to(bias.dtype)
+    return dx.view(x.shape), dbias
+
+
+@bias_gelu_bwd.register_fake
+def _bias_gelu_bwd_fake(
+    x: torch.Tensor, bias: torch.Tensor, dy: torch.Tensor, approx_tanh: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty_like(bias)
+
+
+def _bias_gelu_setup(ctx, inputs, output) -> None:  # noqa: ANN001 - custom-op autograd protocol
+    x, bias, approx_tanh = inputs
+    ctx.save_for_backward(x, bias)
+    ctx.approx_tanh = approx_tanh
+
+
+def _bias_gelu_backward(ctx, dy):  # noqa: ANN001, ANN202 - custom-op autograd protocol
+    x, bias = ctx.saved_tensors
+    dx, dbias = bias_gelu_bwd(x, bias, dy, ctx.approx_tanh)
+    return dx, dbias, None
+
+
+bias_gelu_fwd.register_autograd(_bias_gelu_backward, setup_context=_bias_gelu_setup)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -120,10 +120,12 @@ def add_dropout_layernorm_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton path of :func:`add_dropout_layernorm` without dispatch checks (callers use the public function)."""
     p = float(dropout_p) if training else 0.0
-    if p > 0.0 and seed is None:
-        seed = _draw_seed()
-    y, new_residual = _AddDropoutLayerNorm.apply(x, residual, weight, bias, float(eps), p, int(seed or 0))
-    if new_residual is None:  # no residual, no dropout: new_residual is x itself (plain LayerNorm)
+    if p > 0.0 and seed is None:  # the device's generator: no host sync, the same draw when recomputed
+        seed_t = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=x.device)
+    else:
+        seed_t = torch.tensor([int(seed or 0)], dtype=torch.int64, device=x.device)
+    y, new_residual, _, _ = layernorm_fwd(x, residual, weight, bias, float(eps), p, seed_t)
+    if not _stores_s(x, residual, p):  # no residual, no dropout: new_residual is x itself (plain LayerNorm)
         new_residual = x
     return y, new_residual
 
@@ -180,73 +182,129 @@ def _vec4(hidden: int) -> bool:
     return PHILOX_4_DRAWS_PER_CALL and hidden % 4 == 0
 
 
-def _draw_seed() -> int:
-    # from torch's CPU generator, so torch.manual_seed makes runs reproducible; no device sync
-    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+# The kernel as torch custom ops, kept whole by torch.compile (fake implementations give the shapes; the backward
+# op is the forward op's autograd formula). The dropout seed is an int64 tensor [1] on the inputs' device, read by the
+# kernels (see attention.py).
+@torch.library.custom_op("glm::add_dropout_layernorm_fwd", mutates_args=())
+def layernorm_fwd(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    p: float,
+    seed: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(y, s, mean, rstd)``: ``s = residual + dropout(x)`` (an empty ``[0]`` when it is ``x`` itself: no residual,
+    no dropout, no dtype change), ``mean``/``rstd`` fp32 per row for the backward."""
+    hidden = x.shape[-1]
+    out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    x2 = x.reshape(-1, hidden).contiguous()  # [M, N]
+    r2 = None if residual is None else residual.reshape(-1, hidden).contiguous()
+    rows = x2.shape[0]
+    store_s = _stores_s(x, residual, p)
+    y = torch.empty((rows, hidden), dtype=out_dtype, device=x.device)
+    s = torch.empty((rows, hidden), dtype=out_dtype, device=x.device) if store_s else x2
+    mean = torch.empty(rows, dtype=torch.float32, device=x.device)
+    rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
+    block_n = triton.next_power_of_2(hidden)  # whole rows: the statistics need every column
+    block_m = launch.block_rows(block_n)
+    _ln_fwd_kernel[(triton.cdiv(rows, block_m),)](
+        x2, r2 if r2 is not None else x2, weight, bias, y, s, mean, rstd,
+        rows, hidden, eps, p, _drop_threshold(p), seed.reshape(1),
+        HAS_RESIDUAL=r2 is not None, HAS_DROPOUT=p > 0.0, VEC4=_vec4(hidden), STORE_S=store_s,
+        ROUND_BF16=round_bf16_in_interpreter(out_dtype),
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=launch.num_warps(block_m, block_n),
+    )  # fmt: skip
+    return y.view(x.shape), (s.view(x.shape) if store_s else x.new_empty((0,))), mean, rstd
 
 
-class _AddDropoutLayerNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, residual, weight, bias, eps, p, seed):
-        hidden = x.shape[-1]
-        out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
-        x2 = x.reshape(-1, hidden).contiguous()  # [M, N]
-        r2 = None if residual is None else residual.reshape(-1, hidden).contiguous()
-        rows = x2.shape[0]
-        store_s = residual is not None or p > 0.0 or out_dtype != x.dtype
-        y = torch.empty((rows, hidden), dtype=out_dtype, device=x.device)
-        s = torch.empty((rows, hidden), dtype=out_dtype, device=x.device) if store_s else x2
-        mean = torch.empty(rows, dtype=torch.float32, device=x.device)
-        rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
-        block_n = triton.next_power_of_2(hidden)  # whole rows: the statistics need every column
-        block_m = launch.block_rows(block_n)
-        _ln_fwd_kernel[(triton.cdiv(rows, block_m),)](
-            x2, r2 if r2 is not None else x2, weight, bias, y, s, mean, rstd,
-            rows, hidden, eps, p, _drop_threshold(p), seed,
-            HAS_RESIDUAL=r2 is not None, HAS_DROPOUT=p > 0.0, VEC4=_vec4(hidden), STORE_S=store_s,
-            ROUND_BF16=round_bf16_in_interpreter(out_dtype),
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=launch.num_warps(block_m, block_n),
-        )  # fmt: skip
-        ctx.save_for_backward(s, weight, mean, rstd)
-        ctx.has_residual = residual is not None
-        ctx.residual_dtype = None if residual is None else residual.dtype
-        ctx.p, ctx.seed, ctx.x_dtype, ctx.x_shape = p, seed, x.dtype, x.shape
-        ctx.set_materialize_grads(False)
-        y = y.view(x.shape)
-        return y, (s.view(x.shape) if store_s else None)
+def _stores_s(x: torch.Tensor, residual: torch.Tensor | None, p: float) -> bool:
+    """Whether the forward writes ``s``; otherwise ``s`` is ``x`` (plain LayerNorm) and is not returned."""
+    return residual is not None or p > 0.0
 
-    @staticmethod
-    def backward(ctx, dy, ds_out):
-        s, weight, mean, rstd = ctx.saved_tensors
-        rows, hidden = s.shape
-        device = s.device
-        if dy is None:
-            dy = torch.zeros((rows, hidden), dtype=s.dtype, device=device)
-        dy = dy.reshape(rows, hidden).contiguous()
-        ds_out = None if ds_out is None else ds_out.reshape(rows, hidden).contiguous()
-        dx = torch.empty((rows, hidden), dtype=ctx.x_dtype, device=device)
-        dres = torch.empty((rows, hidden), dtype=ctx.residual_dtype, device=device) if ctx.has_residual else None
-        block_n = triton.next_power_of_2(hidden)
-        block_m = launch.block_rows(block_n)
-        tiles_per_program = launch.tiles_per_program(triton.cdiv(rows, block_m), 1, device)
-        programs = triton.cdiv(rows, block_m * tiles_per_program)
-        partials = torch.empty((2, programs, hidden), dtype=torch.float32, device=device)  # dW, dB per program
-        _ln_bwd_kernel[(programs,)](
-            dy, ds_out if ds_out is not None else dy, s, weight, mean, rstd,
-            dx, dres if dres is not None else dx, partials[0], partials[1],
-            rows, hidden, ctx.p, _drop_threshold(ctx.p), ctx.seed,
-            TILES_PER_PROGRAM=tiles_per_program,
-            HAS_DS_OUT=ds_out is not None, HAS_RESIDUAL=ctx.has_residual,
-            HAS_DROPOUT=ctx.p > 0.0, VEC4=_vec4(hidden),
-            ROUND_BF16_DX=round_bf16_in_interpreter(dx.dtype),
-            ROUND_BF16_DRES=dres is not None and round_bf16_in_interpreter(dres.dtype),
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=launch.num_warps(block_m, block_n),
-        )  # fmt: skip
-        # stage 2 of the fp32 reduction: sum the per-program partials, then cast (spec §6 item 8)
-        dweight, dbias = partials.sum(dim=1).to(weight.dtype)
-        dx = dx.view(ctx.x_shape)
-        dres = None if dres is None else dres.view(ctx.x_shape)
-        return dx, dres, dweight, dbias, None, None, None
+
+@layernorm_fwd.register_fake
+def _layernorm_fwd_fake(x, residual, weight, bias, eps, p, seed):  # noqa: ANN001, ANN202
+    out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    rows = x.numel() // x.shape[-1]
+    s_shape = tuple(x.shape) if _stores_s(x, residual, p) else (0,)
+    stats = x.new_empty((rows,), dtype=torch.float32)
+    return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(s_shape, dtype=out_dtype), stats, stats.new_empty(rows)
+
+
+@torch.library.custom_op("glm::add_dropout_layernorm_bwd", mutates_args=())
+def layernorm_bwd(
+    dy: torch.Tensor,
+    ds_out: torch.Tensor | None,
+    s: torch.Tensor,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    p: float,
+    seed: torch.Tensor,
+    has_residual: bool,
+    x_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dx, dresidual, dweight, dbias)``; ``dresidual`` is an empty ``[0]`` without a residual."""
+    shape = s.shape
+    hidden = shape[-1]
+    s = s.reshape(-1, hidden)
+    rows = s.shape[0]
+    device = s.device
+    dy = dy.reshape(rows, hidden).contiguous()
+    ds_out = None if ds_out is None else ds_out.reshape(rows, hidden).contiguous()
+    dx = torch.empty((rows, hidden), dtype=x_dtype, device=device)
+    dres = torch.empty((rows, hidden), dtype=s.dtype, device=device) if has_residual else None
+    block_n = triton.next_power_of_2(hidden)
+    block_m = launch.block_rows(block_n)
+    tiles_per_program = launch.tiles_per_program(triton.cdiv(rows, block_m), 1, device)
+    programs = triton.cdiv(rows, block_m * tiles_per_program)
+    partials = torch.empty((2, programs, hidden), dtype=torch.float32, device=device)  # dW, dB per program
+    _ln_bwd_kernel[(programs,)](
+        dy, ds_out if ds_out is not None else dy, s, weight, mean, rstd,
+        dx, dres if dres is not None else dx, partials[0], partials[1],
+        rows, hidden, p, _drop_threshold(p), seed.reshape(1),
+        TILES_PER_PROGRAM=tiles_per_program,
+        HAS_DS_OUT=ds_out is not None, HAS_RESIDUAL=has_residual,
+        HAS_DROPOUT=p > 0.0, VEC4=_vec4(hidden),
+        ROUND_BF16_DX=round_bf16_in_interpreter(dx.dtype),
+        ROUND_BF16_DRES=dres is not None and round_bf16_in_interpreter(dres.dtype),
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=launch.num_warps(block_m, block_n),
+    )  # fmt: skip
+    # stage 2 of the fp32 reduction: sum the per-program partials, then cast (spec §6 item 8)
+    dweight, dbias = (partials[0].sum(dim=0).to(weight.dtype), partials[1].sum(dim=0).to(weight.dtype))
+    dres_out = s.new_empty((0,)) if dres is None else dres.view(shape)
+    return dx.view(shape), dres_out, dweight, dbias
+
+
+@layernorm_bwd.register_fake
+def _layernorm_bwd_fake(dy, ds_out, s, weight, mean, rstd, p, seed, has_residual, x_dtype):  # noqa: ANN001, ANN202
+    dres = s.new_empty(s.shape) if has_residual else s.new_empty((0,))
+    return s.new_empty(s.shape, dtype=x_dtype), dres, weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+
+
+def _layernorm_setup(ctx, inputs, output) -> None:  # noqa: ANN001 - custom-op autograd protocol
+    x, residual, weight, bias, eps, p, seed = inputs
+    _, s, mean, rstd = output
+    store_s = _stores_s(x, residual, p)
+    ctx.save_for_backward(s if store_s else x, weight, mean, rstd, seed)
+    ctx.store_s, ctx.has_residual, ctx.p, ctx.x_dtype = store_s, residual is not None, p, x.dtype
+    ctx.set_materialize_grads(False)
+
+
+def _layernorm_backward(ctx, dy, ds_out, dmean, drstd):  # noqa: ANN001, ANN202 - custom-op autograd protocol
+    s, weight, mean, rstd, seed = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros_like(s)
+    ds_out = ds_out if ctx.store_s else None  # without s the residual stream is x itself: autograd routes it
+    dx, dres, dweight, dbias = layernorm_bwd(
+        dy, ds_out, s, weight, mean, rstd, ctx.p, seed, ctx.has_residual, ctx.x_dtype
+    )
+    return dx, (dres if ctx.has_residual else None), dweight, dbias, None, None, None
+
+
+layernorm_fwd.register_autograd(_layernorm_backward, setup_context=_layernorm_setup)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -284,11 +342,12 @@ if triton is not None:
     @triton.jit
     def _ln_fwd_kernel(
         X, R, W, B, Y, S, MEAN, RSTD,
-        rows, hidden, eps, p, drop_threshold, seed,
+        rows, hidden, eps, p, drop_threshold, SEED,
         HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, VEC4: tl.constexpr, STORE_S: tl.constexpr,
         ROUND_BF16: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
+        seed = tl.load(SEED)  # int64 on the device: no host round trip for the dropout seed
         row_ids = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
         cols = tl.arange(0, BLOCK_N)  # [BLOCK_N]
         in_rows = row_ids < rows
@@ -322,11 +381,12 @@ if triton is not None:
     @triton.jit
     def _ln_bwd_kernel(
         DY, DS_OUT, S, W, MEAN, RSTD, DX, DRES, DW_PARTIAL, DB_PARTIAL,
-        rows, hidden, p, drop_threshold, seed,
+        rows, hidden, p, drop_threshold, SEED,
         TILES_PER_PROGRAM: tl.constexpr,
         HAS_DS_OUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, VEC4: tl.constexpr,
         ROUND_BF16_DX: tl.constexpr, ROUND_BF16_DRES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
+        seed = tl.load(SEED)  # int64 on the device: no host round trip for the dropout seed
         pid = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK_N)
         w = tl.load(W + cols, mask=cols < hidden, other=0.0).to(tl.float32)

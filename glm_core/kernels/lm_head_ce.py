@@ -54,6 +54,8 @@ def partb_lm_head_ce(
     chunk_vocab: int | None = None,
     impl: str = "auto",
     return_count: bool = False,
+    rows: torch.Tensor | None = None,
+    validate: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, int]:
     """Mean cross-entropy of ``hidden @ weight.T`` against ``targets`` over the rows with ``loss_mask > 0``.
 
@@ -61,20 +63,25 @@ def partb_lm_head_ce(
     (the leading shape of ``hidden``). ``chunk_vocab``: vocabulary columns per LM-head chunk (Triton path;
     default: :func:`default_chunk_vocab`, a ~128 MiB ``[n, chunk_vocab]`` logits buffer). ``impl``: "auto" | "triton" | "torch". Returns the scalar loss (fp32; float64 for
     float64 inputs), and with ``return_count`` also the number of scored rows.
+
+    ``rows``: the flat indices of the scored rows, computed on the host with the batch; without it a ``nonzero``
+    finds them here (a host sync). ``validate=False`` skips the target range check (a host sync too): the caller
+    has checked the batch. With both, the op holds no host sync and ``torch.compile`` keeps it in one graph.
     """
     _check_inputs(hidden, weight, targets, loss_mask, chunk_vocab)
     hidden_size, vocab = hidden.shape[-1], weight.shape[0]
-    rows = torch.nonzero(loss_mask.reshape(-1) > 0).squeeze(1)  # [n]; one host sync, needed for the gather
+    if rows is None:
+        rows = torch.nonzero(loss_mask.reshape(-1) > 0).squeeze(1)  # [n]; a host sync, needed for the gather
     count = rows.numel()
-    hidden_b = hidden.reshape(-1, hidden_size)[rows]  # [n, h] Part-B rows only (spec §6 item 10)
-    targets_b = targets.reshape(-1)[rows]  # [n]
-    if count > 0 and bool(((targets_b < 0) | (targets_b >= vocab)).any()):
+    hidden_b = hidden.reshape(-1, hidden_size).index_select(0, rows)  # [n, h] Part-B rows only (spec §6 item 10)
+    targets_b = targets.reshape(-1).index_select(0, rows)  # [n]
+    if validate and count > 0 and bool(((targets_b < 0) | (targets_b >= vocab)).any()):
         raise InputError(f"targets of scored rows must lie in [0, {vocab}) (the vocabulary size)")
 
     compute_dtype = _autocast_dtype(hidden)
     if compute_dtype is not None:
         # Under autocast, eager casts the LM head's matmul inputs to the autocast dtype, and autograd runs the
-        # backward matmuls in that dtype too (fp32 accumulation in the GEMM). The custom Function below is outside
+        # backward matmuls in that dtype too (fp32 accumulation in the GEMM). The custom op below is outside
         # autocast's op table, so the same contract is made explicit: cast hidden rows and weight here (the cast's
         # backward returns fp32 gradients to the fp32 master weights), then run with autocast off so forward and
         # all three backward matmuls use the autocast dtype, as eager's do.
@@ -90,7 +97,7 @@ def partb_lm_head_ce(
         if chunk_vocab is None:
             chunk_vocab = default_chunk_vocab(count, hidden.element_size())
         with torch.autocast(hidden.device.type, enabled=False):
-            loss = _PartBLMHeadCE.apply(hidden_b, weight, targets_b, min(int(chunk_vocab), vocab))
+            loss = lm_head_ce_fwd(hidden_b, weight, targets_b, min(int(chunk_vocab), vocab))[0]
     return (loss, count) if return_count else loss
 
 
@@ -169,54 +176,93 @@ def _chunks(vocab: int, chunk_vocab: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk_vocab, vocab)) for start in range(0, vocab, chunk_vocab)]
 
 
-class _PartBLMHeadCE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden_b, weight, targets_b, chunk_vocab):
-        n = hidden_b.shape[0]
-        vocab = weight.shape[0]
-        device = hidden_b.device
-        targets_b = targets_b.contiguous()
-        running_max = torch.empty(n, dtype=torch.float32, device=device)
-        running_sum = torch.empty(n, dtype=torch.float32, device=device)
-        target_logit = torch.zeros(n, dtype=torch.float32, device=device)
-        block_v = _block_v(chunk_vocab)
-        for index, (start, end) in enumerate(_chunks(vocab, chunk_vocab)):
-            logits = torch.mm(hidden_b, weight[start:end].T)  # [n, c]: the only vocabulary-sized buffer
-            _ce_lse_chunk_kernel[(n,)](
-                logits, targets_b, running_max, running_sum, target_logit, start, end - start,
-                FIRST_CHUNK=index == 0, NUM_BLOCKS=triton.cdiv(chunk_vocab, block_v), BLOCK_V=block_v,
-                num_warps=8 if block_v >= 2048 else 4,
-            )  # fmt: skip
-        lse = running_max + torch.log(running_sum)  # [n]
-        ctx.save_for_backward(hidden_b, weight, targets_b, lse)
-        ctx.chunk_vocab = chunk_vocab
-        return (lse - target_logit).sum() / n
+# The kernel as torch custom ops, kept whole by torch.compile (fake implementations give the shapes; the backward
+# op is the forward op's autograd formula).
+@torch.library.custom_op("glm::partb_lm_head_ce_fwd", mutates_args=())
+def lm_head_ce_fwd(
+    hidden_b: torch.Tensor, weight: torch.Tensor, targets_b: torch.Tensor, chunk_vocab: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean loss fp32 [], lse [n] fp32)`` over the gathered rows, one ``[n, chunk_vocab]`` logits chunk at a time."""
+    n = hidden_b.shape[0]
+    vocab = weight.shape[0]
+    device = hidden_b.device
+    targets_b = targets_b.contiguous()
+    running_max = torch.empty(n, dtype=torch.float32, device=device)
+    running_sum = torch.empty(n, dtype=torch.float32, device=device)
+    target_logit = torch.zeros(n, dtype=torch.float32, device=device)
+    block_v = _block_v(chunk_vocab)
+    for index, (start, end) in enumerate(_chunks(vocab, chunk_vocab)):
+        logits = torch.mm(hidden_b, weight[start:end].T)  # [n, c]: the only vocabulary-sized buffer
+        _ce_lse_chunk_kernel[(n,)](
+            logits, targets_b, running_max, running_sum, target_logit, start, end - start,
+            FIRST_CHUNK=index == 0, NUM_BLOCKS=triton.cdiv(chunk_vocab, block_v), BLOCK_V=block_v,
+            num_warps=8 if block_v >= 2048 else 4,
+        )  # fmt: skip
+    lse = running_max + torch.log(running_sum)  # [n]
+    return (lse - target_logit).sum() / n, lse
 
-    @staticmethod
-    def backward(ctx, grad_loss):
-        hidden_b, weight, targets_b, lse = ctx.saved_tensors
-        n = hidden_b.shape[0]
-        vocab = weight.shape[0]
-        need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_scale = (grad_loss.float() / n).reshape(1)  # stays on the device: no host sync
-        grad_hidden = torch.zeros(hidden_b.shape, dtype=torch.float32, device=hidden_b.device) if need_dh else None
-        grad_weight = torch.empty_like(weight) if need_dw else None
-        block_v = _block_v(ctx.chunk_vocab)
-        for start, end in _chunks(vocab, ctx.chunk_vocab):
-            logits = torch.mm(hidden_b, weight[start:end].T)  # [n, c], recomputed
-            _ce_grad_chunk_kernel[(n,)](
-                logits, targets_b, lse, grad_scale, start, end - start,
-                NUM_BLOCKS=triton.cdiv(ctx.chunk_vocab, block_v),
-                ROUND_BF16=round_bf16_in_interpreter(logits.dtype), BLOCK_V=block_v,
-                num_warps=8 if block_v >= 2048 else 4,
-            )  # fmt: skip
-            # logits now holds d loss / d logits of this chunk
-            if need_dw:
-                torch.mm(logits.T, hidden_b, out=grad_weight[start:end])  # [c, h], written once
-            if need_dh:
-                grad_hidden += torch.mm(logits, weight[start:end])  # [n, h], fp32 accumulation
-        d_hidden = None if grad_hidden is None else grad_hidden.to(hidden_b.dtype)
-        return d_hidden, grad_weight, None, None
+
+@lm_head_ce_fwd.register_fake
+def _lm_head_ce_fwd_fake(hidden_b, weight, targets_b, chunk_vocab):  # noqa: ANN001, ANN202
+    n = hidden_b.shape[0]
+    return hidden_b.new_empty((), dtype=torch.float32), hidden_b.new_empty((n,), dtype=torch.float32)
+
+
+@torch.library.custom_op("glm::partb_lm_head_ce_bwd", mutates_args=())
+def lm_head_ce_bwd(
+    hidden_b: torch.Tensor,
+    weight: torch.Tensor,
+    targets_b: torch.Tensor,
+    lse: torch.Tensor,
+    grad_loss: torch.Tensor,
+    chunk_vocab: int,
+    need_dh: bool,
+    need_dw: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(d hidden_b, d weight)``, logits recomputed chunk by chunk; a gradient not needed is an empty ``[0]``."""
+    n = hidden_b.shape[0]
+    vocab = weight.shape[0]
+    grad_scale = (grad_loss.float() / n).reshape(1)  # stays on the device: no host sync
+    grad_hidden = torch.zeros(hidden_b.shape, dtype=torch.float32, device=hidden_b.device) if need_dh else None
+    grad_weight = torch.empty_like(weight) if need_dw else weight.new_empty((0,))
+    block_v = _block_v(chunk_vocab)
+    for start, end in _chunks(vocab, chunk_vocab):
+        logits = torch.mm(hidden_b, weight[start:end].T)  # [n, c], recomputed
+        _ce_grad_chunk_kernel[(n,)](
+            logits, targets_b, lse, grad_scale, start, end - start,
+            NUM_BLOCKS=triton.cdiv(chunk_vocab, block_v),
+            ROUND_BF16=round_bf16_in_interpreter(logits.dtype), BLOCK_V=block_v,
+            num_warps=8 if block_v >= 2048 else 4,
+        )  # fmt: skip
+        # logits now holds d loss / d logits of this chunk
+        if need_dw:
+            torch.mm(logits.T, hidden_b, out=grad_weight[start:end])  # [c, h], written once
+        if grad_hidden is not None:
+            grad_hidden += torch.mm(logits, weight[start:end])  # [n, h], fp32 accumulation
+    d_hidden = hidden_b.new_empty((0,)) if grad_hidden is None else grad_hidden.to(hidden_b.dtype)
+    return d_hidden, grad_weight
+
+
+@lm_head_ce_bwd.register_fake
+def _lm_head_ce_bwd_fake(hidden_b, weight, targets_b, lse, grad_loss, chunk_vocab, need_dh, need_dw):  # noqa: ANN001, ANN202
+    d_hidden = hidden_b.new_empty(hidden_b.shape) if need_dh else hidden_b.new_empty((0,))
+    return d_hidden, (weight.new_empty(weight.shape) if need_dw else weight.new_empty((0,)))
+
+
+def _lm_head_ce_setup(ctx, inputs, output) -> None:  # noqa: ANN001 - custom-op autograd protocol
+    hidden_b, weight, targets_b, chunk_vocab = inputs
+    ctx.save_for_backward(hidden_b, weight, targets_b, output[1])
+    ctx.chunk_vocab = chunk_vocab
+
+
+def _lm_head_ce_backward(ctx, grad_loss, grad_lse):  # noqa: ANN001, ANN202 - custom-op autograd protocol
+    hidden_b, weight, targets_b, lse = ctx.saved_tensors
+    need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    d_hidden, d_weight = lm_head_ce_bwd(hidden_b, weight, targets_b, lse, grad_loss, ctx.chunk_vocab, need_dh, need_dw)
+    return (d_hidden if need_dh else None), (d_weight if need_dw else None), None, None
+
+
+lm_head_ce_fwd.register_autograd(_lm_head_ce_backward, setup_context=_lm_head_ce_setup)
 
 
 # --------------------------------------------------------------------------------------------------------------------

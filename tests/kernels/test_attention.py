@@ -20,11 +20,10 @@ from glm_core.kernels.attention import (
     dropout_threshold,
     glm_attention,
     glm_attention_dropout_mask,
-    glm_attention_flex,
     glm_attention_reference,
-    glm_attention_sdpa,
     glm_visibility_mask,
 )
+from glm_core.kernels.attention_peers import glm_attention_flex, glm_attention_sdpa
 from tests.kernels.tolerances import assert_close_to_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -103,10 +103,51 @@ def test_training_step_ran_eager_and_triton(smoke_run):
     _, data, _ = smoke_run
     results = data["sections"]["train_step"]["results"]
     for engine in ("eager", "triton"):
-        assert results[engine].get("tokens_per_s", 0) > 0, (engine, results[engine])
+        r = results[engine]
+        assert r.get("tokens_per_s", 0) > 0, (engine, r)
+        assert r["tflops_6n"] > 0 and r["tflops_executed"] > 0, (engine, r)
     assert set(results["triton"]["kernels_used"].values()) == {"triton"}
     assert set(results["eager"]["kernels_used"].values()) == {"torch"}
-    assert "skipped" in results["compile"]
+    assert all("skipped" in results[e] for e in ("compile", "compile_best", "fsdp2_compile_best"))
+
+
+@pytest.mark.slow  # ~27 s on 2 cores: dynamo + AOT autograd traces of two models, the sampler's corpus
+def test_train_step_script_runs_every_compiled_variant_at_tiny_shapes():
+    """``python -m benchmarks.gpu_train_step --smoke``: the compiled variants (``aot_eager`` on the CPU) and FSDP2 on
+    a one-process gloo group, on sampler batches; each trains (finite losses) and reports both MFU conventions."""
+    engines = ("compile", "fsdp2_compile_best")  # compile_best is compile's path with another attention setting
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_train_step", "--smoke", "--engines", ",".join(engines)],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])["results"]
+    for engine in engines:
+        r = results[engine]
+        assert r.get("tokens_per_s", 0) > 0, (engine, r)
+        assert r["tflops_6n"] > 0 and r["tflops_executed"] > 0, (engine, r)
+        assert all(loss == loss and loss > 0 for loss in r["loss_first_last"]), (engine, r)
+    assert results["fsdp2_compile_best"]["variant"] == {"kernels": "auto", "attention": "auto", "compile": True,
+                                                        "fsdp": True}  # fmt: skip
+    assert results["compile"]["optimizer"] == "foreach"  # fused AdamW is CUDA-only
+
+
+def test_executed_flops_count_the_visible_pairs_and_the_part_b_head():
+    """A worked example: h=4, L=2, V=10, one sample of T=3 with sep=2: visible pairs 2+2+3 = 7 (dense mask count),
+    one Part-B row; forward = L·(24h²·T + 4h·7) + 2h·V·1, and the step executes 3x that."""
+    import numpy as np
+
+    from benchmarks.gpu_train_step import executed_flops
+    from glm_core.config import GLMConfig
+
+    config = GLMConfig(name="f", tokenizer_family="sentencepiece", vocab_size=10, hidden_size=4, num_layers=2,
+                       num_attention_heads=1, max_sequence_length=8)  # fmt: skip
+    batch = {"input_ids": np.zeros((1, 3)), "sep": np.array([2]), "loss_mask": np.array([[0, 0, 1]])}
+    visible = sum(1 for t in range(3) for j in range(3) if j < 2 or j <= t)
+    assert visible == 7
+    forward = 2 * (24 * 16 * 3 + 4 * 4 * visible) + 2 * 4 * 10 * 1
+    assert executed_flops(config, batch) == 3 * forward
 
 
 def test_ratio_table_is_printed_last(smoke_run):

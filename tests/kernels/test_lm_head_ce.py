@@ -154,9 +154,11 @@ def test_rejects_bad_targets_and_shapes():
 
 # ------------------------------------------------------------------------------------------------ autocast
 class _MatmulDtypes(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records the input dtypes of every matmul (mm / addmm / bmm) dispatched while active."""
+    """Records the input dtypes of every matmul (mm / addmm / bmm) dispatched while active, and of the operands
+    (hidden rows, weight) of the fused op's custom ops, whose matmuls run inside them in those operands' dtype."""
 
     MATMULS = ("aten.mm", "aten.addmm", "aten.bmm")
+    FUSED = ("glm.partb_lm_head_ce_fwd", "glm.partb_lm_head_ce_bwd")
 
     def __init__(self) -> None:
         super().__init__()
@@ -166,6 +168,8 @@ class _MatmulDtypes(torch.utils._python_dispatch.TorchDispatchMode):
         name = str(func.overloadpacket)
         if name in self.MATMULS:
             self.seen.append((name, args[-1].dtype))
+        elif name in self.FUSED:
+            self.seen.extend((name, operand.dtype) for operand in args[:2])
         return func(*args, **(kwargs or {}))
 
 
