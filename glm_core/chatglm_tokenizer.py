@@ -302,16 +302,6 @@ class ChatGLMTokenizer(SpecialIdAccessors):
             return self._sp.id_to_piece(i - self.num_image_tokens)
         return f"<|unused_{i}|>"  # model rows past the tokenizer (the checkpoint's 130,528 > 130,344)
 
-    def convert_ids_to_tokens(self, ids: int | Iterable[int]) -> Any:
-        if isinstance(ids, Iterable):
-            return [self._id_to_token(self._check_id(i)) for i in ids]
-        return self._id_to_token(self._check_id(ids))
-
-    def convert_tokens_to_ids(self, tokens: str | Iterable[str]) -> Any:
-        if isinstance(tokens, str):
-            return self._token_to_id(tokens)
-        return [self._token_to_id(t) for t in tokens]
-
     def _token_to_id(self, token: str) -> int:
         image = re.fullmatch(r"<image_(\d+)>", token)
         if image and int(image.group(1)) < self.num_image_tokens:

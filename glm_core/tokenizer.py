@@ -424,17 +424,6 @@ class GLMTokenizer(SpecialIdAccessors):
             return self._backend.id_to_token(i)
         return f"<|unused_{i}|>"  # a row with no token: free ids below vocab_size or padding up to the 128 multiple
 
-    def convert_ids_to_tokens(self, ids: int | Iterable[int]) -> Any:
-        """Token string(s) for id(s); command ids give their command string (as the original IdToToken)."""
-        if isinstance(ids, Iterable):
-            return [self._id_to_token(self._check_id(i)) for i in ids]
-        return self._id_to_token(self._check_id(ids))
-
-    def convert_tokens_to_ids(self, tokens: str | Iterable[str]) -> Any:
-        if isinstance(tokens, str):
-            return self._token_to_id(tokens)
-        return [self._token_to_id(t) for t in tokens]
-
     def _token_to_id(self, token: str) -> int:
         if token in self._string_to_id:
             return self._string_to_id[token]

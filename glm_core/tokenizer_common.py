@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from glm_core.errors import TokenizerError
@@ -72,7 +73,8 @@ def read_json_object(path: str) -> dict[str, Any]:
 
 
 class SpecialIdAccessors:
-    """Named accessors over ``self.special`` and the vocabulary sizes, the same for every tokenizer."""
+    """Named accessors over ``self.special`` and the vocabulary sizes, and the id/token conversions over each
+    tokenizer's own ``_check_id`` / ``_id_to_token`` / ``_token_to_id``: the same for every tokenizer."""
 
     special: SpecialTokens
     family: str
@@ -81,6 +83,26 @@ class SpecialIdAccessors:
     vocab_size: int
     padded_vocab_size: int
     _string_to_id: dict[str, int]
+
+    def convert_ids_to_tokens(self, ids: int | Iterable[int]) -> Any:
+        """Token string(s) for id(s); command ids give their command string (as the original IdToToken)."""
+        if isinstance(ids, Iterable):
+            return [self._id_to_token(self._check_id(i)) for i in ids]
+        return self._id_to_token(self._check_id(ids))
+
+    def convert_tokens_to_ids(self, tokens: str | Iterable[str]) -> Any:
+        if isinstance(tokens, str):
+            return self._token_to_id(tokens)
+        return [self._token_to_id(t) for t in tokens]
+
+    def _check_id(self, value: Any) -> int:
+        raise NotImplementedError
+
+    def _id_to_token(self, i: int) -> str:
+        raise NotImplementedError
+
+    def _token_to_id(self, token: str) -> int:
+        raise NotImplementedError
 
     @property
     def pad_id(self) -> int:

@@ -24,8 +24,8 @@ from glm_core.layout import (
 )
 from glm_core.special_tokens import chatglm_tokens, special_tokens_for
 from glm_core.tokenizer import GLMTokenizer, train_sentencepiece
+from tests.chatglm_dirs import COMMAND_PIECES, TOKENIZER_CONFIG
 
-COMMAND_PIECES = ["<pad>", "[MASK]", "[gMASK]", "[sMASK]", "<unused_0>", "<sop>", "<eop>", "<ENC>", "<dBLOCK>"]
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",
     "hello world, 你好世界",
@@ -33,20 +33,7 @@ CORPUS = [
     "    return x + 1",
     "blank infilling with autoregressive models",
 ] * 3
-HUB_CONFIG = {
-    "name_or_path": "THUDM/chatglm-6b",
-    "bos_token": "<sop>",
-    "eos_token": "<eop>",
-    "end_token": "</s>",
-    "gmask_token": "[gMASK]",
-    "mask_token": "[MASK]",
-    "pad_token": "<pad>",
-    "unk_token": "<unk>",
-    "remove_space": False,
-    "do_lower_case": False,
-    "tokenizer_class": "ChatGLMTokenizer",
-    "num_image_tokens": 0,
-}
+HUB_CONFIG = {**TOKENIZER_CONFIG, "name_or_path": "THUDM/chatglm-6b"}
 TEXTS = [
     "hello world",
     "def f(x):\n    return x + 1\n",
