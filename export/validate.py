@@ -422,18 +422,39 @@ def incremental_logits(backend: Any, ids: np.ndarray, pos: np.ndarray, sep: np.n
     return np.concatenate(chunks, axis=1)
 
 
+def lean_session_options() -> Any:
+    """ONNX Runtime session options that keep one copy of the weights: the backend's defaults (spinning threads,
+    every graph optimisation) without pre-packing, which copies each fp32/fp16 ``MatMul`` weight into MLAS's packed
+    layout (measured: the pre-packed copy is as large as the weights; benchmarks/export_rss.py). External data of
+    the CPU provider is memory-mapped by ONNX Runtime either way (the data file aligns large tensors for it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
 def run_checks(
-    model_dir: str | os.PathLike[str], reference: str | os.PathLike[str], device: str = "cpu", reduced: bool = False
+    model_dir: str | os.PathLike[str],
+    reference: str | os.PathLike[str],
+    device: str = "cpu",
+    reduced: bool = False,
+    lean: bool = False,
 ) -> dict[str, Any]:
     """Compare the model directory against the reference; returns every figure and ``passed``.
 
     ``reduced``: only the :data:`REDUCED_GRID` cases and no greedy generation (see the module docstring).
+    ``lean``: a session without pre-packed weights (:func:`lean_session_options`; the exporter asks for it for large
+    fp32/fp16 models, never for quantized ones, whose kernels compute from their pre-packed blocks).
     """
     import onnx
 
     from evaluation.backends.onnx import OnnxBackend
 
-    backend = OnnxBackend(model_dir, providers=device)  # refuses a bad model directory first
+    options = lean_session_options() if lean else None
+    backend = OnnxBackend(model_dir, providers=device, session_options=options)  # refuses a bad model directory
     try:
         data = np.load(reference)
         meta = json.loads(bytes(data["meta"]).decode("utf-8"))
@@ -452,6 +473,7 @@ def run_checks(
         "quantize": quant,
         "tolerance": None if tol is None else tol.__dict__,
         "checks": "reduced" if reduced else "full",
+        "prepacking": not lean,
     }
     failures: list[str] = []
 
@@ -677,6 +699,7 @@ def validate_in_subprocess(
     device: str = "cpu",
     timeout: float | None = None,
     reduced: bool = False,
+    lean: bool = False,
 ) -> dict[str, Any]:
     """Run :func:`run_checks` in a fresh interpreter (``python -m export.validate``); return its report."""
     repo_root = str(Path(__file__).resolve().parent.parent)
@@ -697,6 +720,8 @@ def validate_in_subprocess(
     ]
     if reduced:
         cmd.append("--reduced")
+    if lean:
+        cmd.append("--no-prepacking")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -717,9 +742,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report", required=True, help="where to write the JSON report")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--reduced", action="store_true", help="reduced grid, no greedy generation")
+    parser.add_argument(
+        "--no-prepacking", action="store_true", help="a session without pre-packed MatMul weights (less memory)"
+    )
     args = parser.parse_args(argv)
     try:
-        report = run_checks(args.model_dir, args.reference, args.device, reduced=args.reduced)
+        report = run_checks(args.model_dir, args.reference, args.device, reduced=args.reduced, lean=args.no_prepacking)
     except GLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
