@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -426,8 +427,9 @@ class StageValidator:
     """Validates the model directory of each stage against the one PyTorch reference, each in its own process.
 
     ``reduce_intermediate``: intermediate stages get validate.py's reduced checks (large models, see
-    REDUCED_CHECKS_ABOVE_BYTES); the final model always gets every check. ``lean``: the validation session does not
-    pre-pack fp32/fp16 MatMul weights (a second copy of them; see validate.py).
+    REDUCED_CHECKS_ABOVE_BYTES); the final model always gets every check. ``lean``: validation sessions without the
+    memory arena; ``prepacking``: with their MatMul weights pre-packed (a second copy of fp32/fp16 weights; see
+    validate.lean_session_options).
     """
 
     reference: Path
@@ -435,6 +437,7 @@ class StageValidator:
     device: str
     reduce_intermediate: bool
     lean: bool = False
+    prepacking: bool = True
     stages: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
 
@@ -444,7 +447,14 @@ class StageValidator:
         reduced = self.reduce_intermediate and not final
         report_path = self.work / f"validation-{after}.json"
         figures = validate_in_subprocess(
-            model_dir, self.reference, report_path, self.device, VALIDATION_TIMEOUT_S, reduced=reduced, lean=self.lean
+            model_dir,
+            self.reference,
+            report_path,
+            self.device,
+            VALIDATION_TIMEOUT_S,
+            reduced=reduced,
+            lean=self.lean,
+            prepacking=self.prepacking,
         )
         figures = {"after": after, **figures}
         self.stages.append(figures)
@@ -528,6 +538,18 @@ def validate_intermediate_stages(
         with clock.stage(f"validate:{stage.name}"):
             validator.check(stage.name, stage.label, target, final=False)
         shutil.rmtree(target)
+
+
+def return_freed_memory() -> None:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``): a checkpoint's tensors of a few MB each
+    come from the heap once glibc raised its mmap threshold, and stay resident after they are freed otherwise."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def versions() -> dict[str, str]:
@@ -614,6 +636,7 @@ def export(options: ExportOptions) -> dict[str, Any]:
                 report["parameters"] = config.num_parameters()
                 report["weight_bytes"] = nbytes
                 maker = TensorMaker(module_tensors(module), recipes)
+                weights_alive = weakref.ref(next(model.parameters()))
             with clock.stage("passes"), exporter_quiet(options.verbose):
                 stages, passes = build_stages(skeleton, recipes, maker, plan, options, config, staging.work)
                 if plan:
@@ -633,6 +656,8 @@ def export(options: ExportOptions) -> dict[str, Any]:
                 # The weights' only copy goes before the validation session opens (its peak is not added to ours).
                 del maker, module, model, stages, skeleton
                 release_exporter_caches()
+                report["weights_freed_before_validation"] = weights_alive() is None
+                return_freed_memory()
                 has_tokenizer = tokenizer is not None
                 glm_config = write_glm_config(
                     staging.path, config, options, final.precision, special, has_tokenizer, data_files

@@ -236,7 +236,7 @@ def make_reference(
         if P:
             prefix = rng.integers(0, V, size=(B, P), dtype=np.int64)
             prefix_pos, prefix_sep = positions(B, 0, P), np.full(B, P // 2, dtype=np.int64)
-            _, past = step.step(prefix, prefix_pos, prefix_sep, None)
+            past = _prefill(model, step, prefix, prefix_pos, prefix_sep)
             if case["own_past"]:
                 arrays.update({f"{key}.prefix.ids": prefix, f"{key}.prefix.pos": prefix_pos})
                 arrays[f"{key}.prefix.sep"] = prefix_sep
@@ -295,6 +295,28 @@ def make_reference(
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     np.savez(path, **arrays)
     return meta
+
+
+def _prefill(model: Any, step: Any, ids: np.ndarray, pos: np.ndarray, sep: np.ndarray) -> Any:
+    """The cache of a prefix. Its logits are not needed: a model that can skip them (``return_logits=False``) does,
+    which keeps the reference's peak memory off ``B x P x V`` floats (0.6 GB for the near-full past of a
+    50k-vocabulary model)."""
+    import inspect
+
+    import torch
+
+    if "return_logits" not in inspect.signature(model.forward).parameters:
+        return step.step(ids, pos, sep, None)[1]
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model(
+            torch.as_tensor(ids, device=device),
+            torch.as_tensor(pos, device=device),
+            sep=torch.as_tensor(sep, device=device),
+            use_cache=True,
+            return_logits=False,
+        )
+    return out.past_key_values
 
 
 class _Recorder:
@@ -422,16 +444,20 @@ def incremental_logits(backend: Any, ids: np.ndarray, pos: np.ndarray, sep: np.n
     return np.concatenate(chunks, axis=1)
 
 
-def lean_session_options() -> Any:
-    """ONNX Runtime session options that keep one copy of the weights: the backend's defaults (spinning threads,
-    every graph optimisation) without pre-packing, which copies each fp32/fp16 ``MatMul`` weight into MLAS's packed
-    layout (measured: the pre-packed copy is as large as the weights; benchmarks/export_rss.py). External data of
-    the CPU provider is memory-mapped by ONNX Runtime either way (the data file aligns large tensors for it)."""
+def lean_session_options(prepacking: bool) -> Any:
+    """ONNX Runtime session options for validating a large model in bounded memory: the backend's defaults
+    (spinning threads, every graph optimisation) without the CPU memory arena, which keeps the largest activations
+    of every call (the near-full-past prefill's ``B x P x V`` logits) for the session's lifetime, and optionally
+    without pre-packing, which copies each fp32/fp16 ``MatMul`` weight into MLAS's packed layout (measured: about
+    half the weights' bytes again; benchmarks/export_rss.py). Quantized graphs keep pre-packing: their kernels
+    compute from the pre-packed blocks, and the packed int4 weights are small."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    options.add_session_config_entry("session.disable_prepacking", "1")
+    if not prepacking:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    options.enable_cpu_mem_arena = False
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return options
 
@@ -442,18 +468,20 @@ def run_checks(
     device: str = "cpu",
     reduced: bool = False,
     lean: bool = False,
+    prepacking: bool = True,
 ) -> dict[str, Any]:
     """Compare the model directory against the reference; returns every figure and ``passed``.
 
     ``reduced``: only the :data:`REDUCED_GRID` cases and no greedy generation (see the module docstring).
-    ``lean``: a session without pre-packed weights (:func:`lean_session_options`; the exporter asks for it for large
-    fp32/fp16 models, never for quantized ones, whose kernels compute from their pre-packed blocks).
+    ``lean`` / ``prepacking``: a session without the memory arena and, with ``prepacking=False``, without
+    pre-packed weights (:func:`lean_session_options`; the exporter asks for both for large fp32/fp16 models, for
+    the first only for quantized ones).
     """
     import onnx
 
     from evaluation.backends.onnx import OnnxBackend
 
-    options = lean_session_options() if lean else None
+    options = lean_session_options(prepacking) if lean else None
     backend = OnnxBackend(model_dir, providers=device, session_options=options)  # refuses a bad model directory
     try:
         data = np.load(reference)
@@ -473,7 +501,8 @@ def run_checks(
         "quantize": quant,
         "tolerance": None if tol is None else tol.__dict__,
         "checks": "reduced" if reduced else "full",
-        "prepacking": not lean,
+        "prepacking": prepacking,
+        "memory_arena": not lean,
     }
     failures: list[str] = []
 
@@ -700,6 +729,7 @@ def validate_in_subprocess(
     timeout: float | None = None,
     reduced: bool = False,
     lean: bool = False,
+    prepacking: bool = True,
 ) -> dict[str, Any]:
     """Run :func:`run_checks` in a fresh interpreter (``python -m export.validate``); return its report."""
     repo_root = str(Path(__file__).resolve().parent.parent)
@@ -721,6 +751,8 @@ def validate_in_subprocess(
     if reduced:
         cmd.append("--reduced")
     if lean:
+        cmd.append("--lean")
+    if not prepacking:
         cmd.append("--no-prepacking")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
@@ -742,12 +774,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report", required=True, help="where to write the JSON report")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--reduced", action="store_true", help="reduced grid, no greedy generation")
+    parser.add_argument("--lean", action="store_true", help="a session without the CPU memory arena (less memory)")
     parser.add_argument(
-        "--no-prepacking", action="store_true", help="a session without pre-packed MatMul weights (less memory)"
+        "--no-prepacking", action="store_true", help="with --lean: no pre-packed MatMul weights (less memory)"
     )
     args = parser.parse_args(argv)
     try:
-        report = run_checks(args.model_dir, args.reference, args.device, reduced=args.reduced, lean=args.no_prepacking)
+        report = run_checks(
+            args.model_dir,
+            args.reference,
+            args.device,
+            reduced=args.reduced,
+            lean=args.lean,
+            prepacking=not args.no_prepacking,
+        )
     except GLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

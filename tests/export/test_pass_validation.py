@@ -31,8 +31,8 @@ def _record_validations(monkeypatch) -> list[tuple[str, bool, bool]]:
     validate = export.validate.validate_in_subprocess
     calls: list[tuple[str, bool, bool]] = []  # (stage directory, reduced, passed)
 
-    def recording(model_dir, reference, report_path, device="cpu", timeout=None, reduced=False, lean=False):
-        figures = validate(model_dir, reference, report_path, device, timeout, reduced=reduced, lean=lean)
+    def recording(model_dir, reference, report_path, device="cpu", timeout=None, reduced=False, **kwargs):
+        figures = validate(model_dir, reference, report_path, device, timeout, reduced=reduced, **kwargs)
         calls.append((Path(model_dir).name, reduced, figures["passed"]))
         return figures
 
