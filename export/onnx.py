@@ -644,9 +644,10 @@ def export(options: ExportOptions) -> dict[str, Any]:
             validator = None
             if options.validate:
                 large = nbytes > REDUCED_CHECKS_ABOVE_BYTES
-                lean = large and stages[-1].precision.quantize == "none"
+                # large models: sessions without the memory arena, and fp32/fp16 ones without pre-packed weights
+                prepacking = not large or stages[-1].precision.quantize != "none"
                 validator = StageValidator(
-                    reference, staging.work, options.device, reduce_intermediate=large, lean=lean
+                    reference, staging.work, options.device, large, lean=large, prepacking=prepacking
                 )
                 validate_intermediate_stages(stages, maker, options, config, special, staging, clock, validator, large)
             final = stages[-1]
