@@ -61,20 +61,25 @@ print(json.dumps({"rss_before_bytes": before, "rss_after_session_bytes": rss(),
 """
 
 
-def tree_rss(pid: int) -> int:
-    """Summed VmRSS of ``pid`` and all its descendants (0 for processes that are gone)."""
-    total, stack = 0, [pid]
+def tree_rss(pid: int) -> tuple[int, int]:
+    """Summed VmRSS and RssAnon of ``pid`` and all its descendants (0 for processes that are gone). The difference
+    is file-backed: the memory-mapped checkpoint and external data, clean pages the kernel can drop."""
+    total, anon, stack = 0, 0, [pid]
     while stack:
         current = stack.pop()
         try:
             with open(f"/proc/{current}/status", encoding="utf-8") as fh:
-                total += next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:")), 0)
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                    elif line.startswith("RssAnon:"):
+                        anon += int(line.split()[1]) * 1024
             for task in os.listdir(f"/proc/{current}/task"):
                 with open(f"/proc/{current}/task/{task}/children", encoding="utf-8") as fh:
                     stack += [int(c) for c in fh.read().split()]
         except (OSError, ValueError):
             continue
-    return total
+    return total, anon
 
 
 def disk_bytes(directory: Path) -> int:
@@ -95,9 +100,10 @@ def measure(cmd: list[str], watch: Path) -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        peak_tree, peak_disk = 0, 0
+        peak_tree, peak_anon, peak_disk = 0, 0, 0
         while proc.poll() is None:
-            peak_tree = max(peak_tree, tree_rss(proc.pid))
+            total, anon = tree_rss(proc.pid)
+            peak_tree, peak_anon = max(peak_tree, total), max(peak_anon, anon)
             peak_disk = max(peak_disk, disk_bytes(watch))
             time.sleep(SAMPLE_S)
         err.seek(0)
@@ -106,6 +112,7 @@ def measure(cmd: list[str], watch: Path) -> dict[str, Any]:
     return {
         "rc": proc.returncode,
         "peak_tree_rss_bytes": peak_tree,
+        "peak_tree_anon_rss_bytes": peak_anon,
         "max_single_process_rss_bytes": after * 1024 if after > before else None,
         "peak_disk_bytes": peak_disk,
         "wall_s": round(time.perf_counter() - start, 1),
