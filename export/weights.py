@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,5 +368,18 @@ def computed_in_fp32(model: nn.Module) -> Iterator[nn.Module]:
 
 
 class _Upcast(nn.Module):
+    """``tensor.float()``, reusing the last upcast copy while anything still holds it: GLM's forward keeps the word
+    embeddings it read first (for their device and dtype) until it returns, and reads them again for the lookup and
+    the tied LM head; without the reuse that is three fp32 copies of the largest matrix at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: weakref.ref[torch.Tensor] | None = None
+
     def forward(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.float()
+        held = self._last() if self._last is not None else None
+        if held is not None:
+            return held
+        upcast = tensor.float()
+        self._last = weakref.ref(upcast)
+        return upcast
