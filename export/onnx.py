@@ -7,9 +7,9 @@ the graph (spec onnx_export §6: each pass re-validated): the traced graph again
 after each pass against the gates of its precision at that point; the first stage that fails names itself. Any
 failure, validation included, prints one line, exits with status 2 and leaves nothing at ``--out``.
 
-Large models (see export/README.md): the torch model is the only full copy of the weights held while tracing; the
-exported program is written straight to disk (external data above protobuf's 2 GB limit) and freed before any
-pass reloads it.
+Large models (see export/README.md, Memory): the checkpoint, loaded in its own dtype, is the only copy of the
+weights; the graph is traced on a weightless twin of the export module, the passes rewrite the weightless graph,
+and the model file is written once, one tensor at a time (export/weights.py).
 """
 
 from __future__ import annotations
@@ -274,11 +274,6 @@ def special_tokens_of(config: Any, tokenizer: Any) -> Any:
     special = special_tokens_for(config.tokenizer_family)
     ids = [i for i in special.to_dict().values() if isinstance(i, int)]
     return special if max(ids) < config.vocab_size else None
-
-
-def weight_bytes(module: Any) -> int:
-    tensors = list(module.parameters()) + list(module.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 @contextlib.contextmanager
