@@ -57,6 +57,8 @@ EXTERNAL_MIN_BYTES = 1024
 # Large tensors start at a multiple of this in the data file, so ONNX Runtime can memory-map them.
 ALIGNMENT = 64 * 1024
 _ALIGN_ABOVE = 1024 * 1024
+# MatMulNBits block size of --quantize int4 (export/passes/quantize.py writes the nodes, this module the data).
+INT4_BLOCK_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -221,8 +223,6 @@ class TensorMaker:
             return as_initializer_dtype(self.fp32(recipe), tensor.data_type)
         key = f"{recipe.source}|{recipe.transpose}"
         if self._kept is None or self._kept[0] != key:
-            from export.passes.quantize import int4_blocks
-
             packed, scales = int4_blocks(self.fp32(Recipe(recipe.source, recipe.transpose)))
             self._kept = (key, {"int4.weight": packed, "int4.scales": scales})
         parts = self._kept[1]
@@ -242,6 +242,22 @@ def as_initializer_dtype(array: np.ndarray, data_type: int) -> np.ndarray:
 
         return convert_np_to_float16(array)
     return array.astype(onnx.helper.tensor_dtype_to_np_dtype(data_type))
+
+
+def int4_blocks(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``MatMulNBits`` data of one ``[K, N]`` fp32 weight: packed ``[N, K/32, 16]`` uint8 and scales ``[N, K/32]``
+    (block 32, symmetric), with ONNX Runtime's own kernel, as ``MatMulNBitsQuantizer`` computes them."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+
+    rows, cols = weight.shape
+    blocks = -(-rows // INT4_BLOCK_SIZE)
+    if blocks * INT4_BLOCK_SIZE != rows:
+        weight = np.pad(weight, ((0, blocks * INT4_BLOCK_SIZE - rows), (0, 0)))
+    packed = np.zeros((cols, blocks, INT4_BLOCK_SIZE // 2), dtype=np.uint8)
+    scales = np.zeros((cols, blocks), dtype=weight.dtype)
+    zero_points = np.zeros((cols, (blocks + 1) // 2), dtype=np.uint8)
+    quantize_matmul_4bits(packed, weight, scales, zero_points, INT4_BLOCK_SIZE, cols, rows, True)
+    return packed, scales
 
 
 # ------------------------------------------------------------------------------------------------ writing

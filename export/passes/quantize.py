@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from export.weights import Recipes
+from export.weights import INT4_BLOCK_SIZE, Recipes, int4_blocks
 
-INT4_BLOCK_SIZE = 32
+__all__ = ["INT4_ACCURACY_LEVEL", "INT4_BLOCK_SIZE", "int4_blocks", "quantize_int4", "quantize_int8"]
 INT4_ACCURACY_LEVEL = 4
 
 
@@ -46,22 +46,6 @@ def quantize_int8(model: onnx.ModelProto, work_dir: Path) -> tuple[onnx.ModelPro
     quantized = onnx.load(str(out))
     counts = Counter(n.op_type for n in quantized.graph.node)
     return quantized, {"matmuls_with_weights": before, "MatMulInteger": counts.get("MatMulInteger", 0)}
-
-
-def int4_blocks(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``MatMulNBits`` data of one ``[K, N]`` fp32 weight: packed ``[N, K/32, 16]`` uint8 and scales ``[N, K/32]``
-    (block 32, symmetric), with ONNX Runtime's own kernel, as ``MatMulNBitsQuantizer`` computes them."""
-    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
-
-    rows, cols = weight.shape
-    blocks = -(-rows // INT4_BLOCK_SIZE)
-    if blocks * INT4_BLOCK_SIZE != rows:
-        weight = np.pad(weight, ((0, blocks * INT4_BLOCK_SIZE - rows), (0, 0)))
-    packed = np.zeros((cols, blocks, INT4_BLOCK_SIZE // 2), dtype=np.uint8)
-    scales = np.zeros((cols, blocks), dtype=weight.dtype)
-    zero_points = np.zeros((cols, (blocks + 1) // 2), dtype=np.uint8)
-    quantize_matmul_4bits(packed, weight, scales, zero_points, INT4_BLOCK_SIZE, cols, rows, True)
-    return packed, scales
 
 
 def quantize_int4(model: onnx.ModelProto, recipes: Recipes) -> tuple[onnx.ModelProto, dict[str, Any]]:
