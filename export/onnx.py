@@ -7,26 +7,25 @@ the graph (spec onnx_export §6: each pass re-validated): the traced graph again
 after each pass against the gates of its precision at that point; the first stage that fails names itself. Any
 failure, validation included, prints one line, exits with status 2 and leaves nothing at ``--out``.
 
-Large models (see export/README.md): the torch model is the only full copy of the weights held while tracing; the
-exported program is written straight to disk (external data above protobuf's 2 GB limit) and freed before any
-pass reloads it.
+Large models (see export/README.md, Memory): the checkpoint, loaded in its own dtype, is the only copy of the
+weights; the graph is traced on a weightless twin of the export module, the passes rewrite the weightless graph,
+and the model file is written once, one tensor at a time (export/weights.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import io
 import json
 import logging
-import os
 import platform
 import resource
 import shutil
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,6 +50,9 @@ VALIDATION_TIMEOUT_S = 3600
 # loads a fresh ONNX Runtime session, and only the shipped model needs every figure.
 REDUCED_CHECKS_ABOVE_BYTES = 1024**3
 TRACE_STAGE = "trace"
+# Large models validate an intermediate stage only when its weights are at most this factor of the shipped model's
+# (fusion changes a few small constants; an fp32 graph before --dtype fp16 or --quantize is twice or more).
+INTERMEDIATE_SLACK = 1.01
 
 
 @dataclass
@@ -225,7 +227,8 @@ def preflight(options: ExportOptions) -> None:
 
 # ---------------------------------------------------------------------------------------------------- stages
 def load_checkpoint(ckpt: str, random_weights: bool = False) -> tuple[Any, Any, list[str]]:
-    """(fp32 model, tokenizer or None, notes). Random-weight presets produce a note, not a silent model."""
+    """(model in the checkpoint's dtype, tokenizer or None, notes). Random-weight presets (fp32) produce a note, not
+    a silent model."""
     from glm_core.checkpoint import load_model
     from glm_core.hub import resolve_model_path
 
@@ -233,7 +236,8 @@ def load_checkpoint(ckpt: str, random_weights: bool = False) -> tuple[Any, Any, 
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load_model(ckpt, dtype="fp32", random_weights=random_weights)
+        # the checkpoint's own dtype: the only copy of the weights (export/weights.py makes each fp32 tensor)
+        model = load_model(ckpt, dtype="auto", random_weights=random_weights)
     notes += [str(w.message) for w in caught if "random weights" in str(w.message)]
     tokenizer = None
     directory = checkpoint_directory(ckpt)
@@ -270,11 +274,6 @@ def special_tokens_of(config: Any, tokenizer: Any) -> Any:
     special = special_tokens_for(config.tokenizer_family)
     ids = [i for i in special.to_dict().values() if isinstance(i, int)]
     return special if max(ids) < config.vocab_size else None
-
-
-def weight_bytes(module: Any) -> int:
-    tensors = list(module.parameters()) + list(module.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 @contextlib.contextmanager
@@ -340,9 +339,10 @@ def plan_passes(options: ExportOptions) -> list[GraphPass]:
 
 
 def apply_pass(
-    graph_pass: GraphPass, model: Any, options: ExportOptions, num_layers: int, work: Path
+    graph_pass: GraphPass, model: Any, recipes: Any, maker: Any, options: ExportOptions, num_layers: int, work: Path
 ) -> tuple[Any, dict[str, Any]]:
-    """Run one pass on an in-memory ``onnx.ModelProto``; returns the new model and the pass's figures."""
+    """Run one pass on a weightless graph (export/weights.py: its large initializers are written later, from the
+    export module); returns the new graph and the pass's figures. ``recipes`` is updated for new initializers."""
     if graph_pass.name == "fusion":
         from export.passes.fusion import fuse_for_ort
 
@@ -354,12 +354,26 @@ def apply_pass(
     if graph_pass.name == "int8":
         from export.passes.quantize import quantize_int8
 
-        return quantize_int8(model, work)
+        return quantize_int8(materialise(model, maker, work / "int8-input"), work)
     if graph_pass.name == "int4":
         from export.passes.quantize import quantize_int4
 
-        return quantize_int4(model)
+        return quantize_int4(model, recipes)
     raise ExportError(f"unknown graph pass {graph_pass.name!r}")
+
+
+def materialise(skeleton: Any, maker: Any, directory: Path) -> Any:
+    """The graph with every weight loaded (for onnxruntime's dynamic int8 quantizer, which needs them all): written
+    to ``directory``, read back, the files removed."""
+    import onnx
+
+    from export.weights import write_model
+
+    directory.mkdir(exist_ok=True)
+    write_model(skeleton, maker, directory, external=True)
+    model = onnx.load(str(directory / "model.onnx"))
+    shutil.rmtree(directory)
+    return model
 
 
 def write_glm_config(
@@ -410,14 +424,19 @@ class StageValidator:
     """Validates the model directory of each stage against the one PyTorch reference, each in its own process.
 
     ``reduce_intermediate``: intermediate stages get validate.py's reduced checks (large models, see
-    REDUCED_CHECKS_ABOVE_BYTES); the final model always gets every check.
+    REDUCED_CHECKS_ABOVE_BYTES); the final model always gets every check. ``lean``: validation sessions without the
+    memory arena; ``prepacking``: with their MatMul weights pre-packed (a second copy of fp32/fp16 weights; see
+    validate.lean_session_options).
     """
 
     reference: Path
     work: Path
     device: str
     reduce_intermediate: bool
+    lean: bool = False
+    prepacking: bool = True
     stages: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def check(self, after: str, label: str, model_dir: Path, final: bool) -> dict[str, Any]:
         from export.validate import validate_in_subprocess
@@ -425,7 +444,14 @@ class StageValidator:
         reduced = self.reduce_intermediate and not final
         report_path = self.work / f"validation-{after}.json"
         figures = validate_in_subprocess(
-            model_dir, self.reference, report_path, self.device, VALIDATION_TIMEOUT_S, reduced=reduced
+            model_dir,
+            self.reference,
+            report_path,
+            self.device,
+            VALIDATION_TIMEOUT_S,
+            reduced=reduced,
+            lean=self.lean,
+            prepacking=self.prepacking,
         )
         figures = {"after": after, **figures}
         self.stages.append(figures)
@@ -436,58 +462,91 @@ class StageValidator:
     def report(self) -> dict[str, Any]:
         """The final model's figures at the top level (as before per-stage validation), plus every stage's."""
         final = self.stages[-1]
-        return {**final, "final": final["after"], "stages": self.stages}
+        return {**final, "final": final["after"], "stages": self.stages, "skipped_stages": self.skipped}
 
 
-def run_pass_stages(
-    plan: list[GraphPass],
-    source: Path,
+@dataclass
+class Stage:
+    """One graph of the export: the traced graph or the graph after a pass, weightless (export/weights.py)."""
+
+    name: str
+    label: str
+    precision: Precision
+    skeleton: Any
+
+
+def build_stages(
+    skeleton: Any, recipes: Any, maker: Any, plan: list[GraphPass], options: ExportOptions, config: Any, work: Path
+) -> tuple[list[Stage], dict[str, Any]]:
+    """The traced graph and the graph after each pass, in order; each pass works on a copy of the previous graph.
+    Graphs without their weights are small, so every stage is kept until it is validated and written."""
+    import onnx
+
+    stages = [Stage(TRACE_STAGE, "trace (the exported graph, before any pass)", Precision(), skeleton)]
+    figures: dict[str, Any] = {}
+    for graph_pass in plan:
+        model = onnx.ModelProto()
+        model.CopyFrom(stages[-1].skeleton)
+        model, figures[graph_pass.name] = apply_pass(
+            graph_pass, model, recipes, maker, options, config.num_layers, work
+        )
+        stages.append(Stage(graph_pass.name, graph_pass.label, graph_pass.after, model))
+    return stages, figures
+
+
+def validate_intermediate_stages(
+    stages: list[Stage],
+    maker: Any,
     options: ExportOptions,
     config: Any,
     special: Any,
     staging: Any,
     clock: StageClock,
-    validator: StageValidator | None,
-) -> tuple[list[str], dict[str, Any]]:
-    """Apply ``plan`` to the graph at ``source``; returns the final model's data files and every pass's figures.
+    validator: StageValidator,
+    large: bool,
+) -> None:
+    """Validate every stage before the last (spec onnx_export §6: each pass re-validated), each written into its own
+    directory of the work dir and removed once validated.
 
-    The last pass writes into the staging directory (validated after ``write``). With validation, every other pass
-    writes its graph into a stage directory of the work dir with its own glm_config.json, validates it, and the
-    next pass reads it back from disk: saving with external data empties the in-memory initializers, and the
-    process holds no graph while the validation process holds its ONNX Runtime session. Without validation the
-    passes run back to back in memory.
+    A large model (``large``: over REDUCED_CHECKS_ABOVE_BYTES of fp32 weights) validates an intermediate stage only
+    when its weights take no more bytes than the shipped model's (INTERMEDIATE_SLACK) (an fp32 graph before ``--dtype fp16`` or
+    ``--quantize`` would double the disk and the validation session's memory); the report lists the skipped ones.
     """
-    import onnx
-
     from export import model_dir as md
+    from export.weights import skeleton_bytes, write_model
 
-    figures: dict[str, Any] = {}
-    data_files: list[str] = []
-    graph = None
-    for index, graph_pass in enumerate(plan):
-        last = index == len(plan) - 1
-        with clock.stage(f"pass:{graph_pass.name}"), exporter_quiet(options.verbose):
-            if graph is None:
-                graph = onnx.load(str(source))  # the only copy of the weights in this process
-                md.drop_glm_metadata(graph)  # this stage's description; the pass's output gets its own
-                if source.parent != staging.path:
-                    shutil.rmtree(source.parent)  # the stage's files are read; keep the disk to two copies
-            graph, figures[graph_pass.name] = apply_pass(graph_pass, graph, options, config.num_layers, staging.work)
-            if not last and validator is None:
-                continue
-            target = staging.path if last else staging.work / graph_pass.name
-            target.mkdir(exist_ok=True)
-            mode = options.external_data if last else "auto"
-            external = md.use_external_data(md.initializer_bytes(graph), mode)
-            data_files = md.save_model_file(graph, target, external)
-            graph = None
-            gc.collect()
-            source = target / md.MODEL_FILE
-        if not last and validator is not None:
-            write_glm_config(target, config, options, graph_pass.after, special, False, data_files)
-            with clock.stage(f"validate:{graph_pass.name}"):
-                validator.check(graph_pass.name, graph_pass.label, target, final=False)
-    return data_files, figures
+    final_bytes = skeleton_bytes(stages[-1].skeleton)
+    for stage in stages[:-1]:
+        size = skeleton_bytes(stage.skeleton)
+        if large and size > final_bytes * INTERMEDIATE_SLACK:
+            validator.skipped.append(
+                {
+                    "after": stage.name,
+                    "reason": f"its weights ({size / 1e9:.2f} GB) exceed the shipped model's ({final_bytes / 1e9:.2f} "
+                    "GB); the shipped model gets every check",
+                }
+            )
+            continue
+        target = staging.work / stage.name
+        target.mkdir()
+        with clock.stage(f"write:{stage.name}"):
+            data_files = write_model(stage.skeleton, maker, target, md.use_external_data(size, "auto"))
+            write_glm_config(target, config, options, stage.precision, special, False, data_files)
+        with clock.stage(f"validate:{stage.name}"):
+            validator.check(stage.name, stage.label, target, final=False)
+        shutil.rmtree(target)
+
+
+def return_freed_memory() -> None:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``): a checkpoint's tensors of a few MB each
+    come from the heap once glibc raised its mmap threshold, and stay resident after they are freed otherwise."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def versions() -> dict[str, str]:
@@ -516,17 +575,31 @@ def peak_rss_bytes() -> int:
 
 # ---------------------------------------------------------------------------------------------------- export
 def export(options: ExportOptions) -> dict[str, Any]:
-    """Run every stage; returns the export report. Raises GLMError on anything a user can fix."""
+    """Run every stage; returns the export report. Raises GLMError on anything a user can fix.
+
+    Memory (export/README.md, Memory): the checkpoint is loaded in its own dtype and is the only copy of the
+    weights; the PyTorch reference computes in fp32 from it (weights upcast one at a time), the graph is traced on
+    a weightless twin of the export module, passes rewrite the weightless graph, and the model file is written once,
+    one tensor at a time. The module is freed before the shipped model's validation opens its ONNX Runtime session.
+    """
     preflight(options)
     from export import model_dir as md
     from export.chatglm_graph import check_export_options, export_module
-    from export.graph import export_program, release_exporter_caches
+    from export.graph import release_exporter_caches
     from export.validate import make_reference
+    from export.weights import (
+        TensorMaker,
+        computed_in_fp32,
+        module_tensors,
+        skeleton_bytes,
+        trace_skeleton,
+        write_model,
+    )
 
     plan = plan_passes(options)
     validations = (1 + len(plan)) if options.validate else 0  # the traced graph, then each pass
-    # load, trace, write, report; the reference; the passes or the inline rewrite; the validations
-    clock = StageClock(total=4 + int(options.validate) + max(len(plan), 1) + validations, verbose=options.verbose)
+    # load, trace, passes, write, report; the reference; the validations
+    clock = StageClock(total=5 + int(options.validate) + validations, verbose=options.verbose)
     report: dict[str, Any] = {"options": {k: str(v) for k, v in options.__dict__.items()}}
     try:
         with md.StagingDir(options.out, options.overwrite) as staging:
@@ -539,7 +612,7 @@ def export(options: ExportOptions) -> dict[str, Any]:
                 special = special_tokens_of(config, tokenizer)
             reference = staging.work / "reference.npz"
             if options.validate:
-                with clock.stage("reference"):
+                with clock.stage("reference"), computed_in_fp32(model):
                     make_reference(
                         model,
                         reference,
@@ -549,54 +622,45 @@ def export(options: ExportOptions) -> dict[str, Any]:
                         directory=checkpoint_directory(options.ckpt),
                         random_weights=options.random_weights,
                     )
-            # With passes, the traced graph is an intermediate stage: its own directory in the work dir.
-            trace_dir = staging.work / TRACE_STAGE if plan else staging.path
-            trace_dir.mkdir(exist_ok=True)
             with clock.stage("trace"), exporter_quiet(options.verbose):
-                wrapper = export_module(model, kv_cache=kv_cache_layout(options))  # GLM's or ChatGLM's, by config
-                head = getattr(wrapper, "lm_head", None)  # GLM's untied copy of the tied head (ChatGLM has none)
-                nbytes = weight_bytes(model) + (0 if head is None else int(head.numel() * head.element_size()))
-                report["parameters"] = config.num_parameters()
-                report["weight_bytes"] = nbytes
+                module = export_module(model, kv_cache=kv_cache_layout(options))  # GLM's or ChatGLM's, by config
                 try:
-                    program = export_program(wrapper, options.opset)
+                    skeleton, recipes = trace_skeleton(module, options.opset)
+                except GLMError:
+                    raise
                 except Exception as exc:  # the exporter raises many types; keep the first line
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     raise ExportError(f"torch.onnx.export failed: {first[:300]}") from exc
-                # Always streamed to disk as external data: an inline save would serialise every weight into one
-                # in-memory protobuf while the torch model is still alive (measured: 4.3x the weight bytes of
-                # peak RSS for glm-large, vs 1.4x this way).
-                raw = trace_dir / md.MODEL_FILE
-                program.save(str(raw), external_data=True)
-                del program, wrapper, model
-                release_exporter_caches()
+                nbytes = skeleton_bytes(skeleton)  # fp32 bytes of every initializer, the untied head included
+                report["parameters"] = config.num_parameters()
+                report["weight_bytes"] = nbytes
+                maker = TensorMaker(module_tensors(module), recipes)
+                weights_alive = weakref.ref(next(model.parameters()))
+            with clock.stage("passes"), exporter_quiet(options.verbose):
+                stages, passes = build_stages(skeleton, recipes, maker, plan, options, config, staging.work)
+                if plan:
+                    report["passes"] = passes
             validator = None
             if options.validate:
-                reduce = nbytes > REDUCED_CHECKS_ABOVE_BYTES
-                validator = StageValidator(reference, staging.work, options.device, reduce_intermediate=reduce)
-            trace_label = "trace (the exported graph, before any pass)"
-            data_files = [md.DATA_FILE]
-            inline = not md.use_external_data(nbytes, options.external_data)
-            if plan:
-                if validator is not None:
-                    write_glm_config(trace_dir, config, options, Precision(), special, False, data_files)
-                    with clock.stage(f"validate:{TRACE_STAGE}"):
-                        validator.check(TRACE_STAGE, trace_label, trace_dir, final=False)
-                data_files, report["passes"] = run_pass_stages(
-                    plan, raw, options, config, special, staging, clock, validator
+                large = nbytes > REDUCED_CHECKS_ABOVE_BYTES
+                # large models: sessions without the memory arena, and fp32/fp16 ones without pre-packed weights
+                prepacking = not large or stages[-1].precision.quantize != "none"
+                validator = StageValidator(
+                    reference, staging.work, options.device, large, lean=large, prepacking=prepacking
                 )
-            elif inline:
-                with clock.stage("inline"):
-                    staged = staging.work / md.MODEL_FILE
-                    os.replace(raw, staged)
-                    os.replace(staging.path / md.DATA_FILE, staging.work / md.DATA_FILE)
-                    md.inline_external_data(staged, staging.path / md.MODEL_FILE)
-                    data_files = []
+                validate_intermediate_stages(stages, maker, options, config, special, staging, clock, validator, large)
+            final = stages[-1]
             with clock.stage("write"):
-                precision = plan[-1].after if plan else Precision()
+                external = md.use_external_data(skeleton_bytes(final.skeleton), options.external_data)
+                data_files = write_model(final.skeleton, maker, staging.path, external)
+                # The weights' only copy goes before the validation session opens (its peak is not added to ours).
+                del maker, module, model, stages, skeleton
+                release_exporter_caches()
+                report["weights_freed_before_validation"] = weights_alive() is None
+                return_freed_memory()
                 has_tokenizer = tokenizer is not None
                 glm_config = write_glm_config(
-                    staging.path, config, options, precision, special, has_tokenizer, data_files
+                    staging.path, config, options, final.precision, special, has_tokenizer, data_files
                 )
                 if tokenizer is not None:
                     tokenizer.save_pretrained(staging.path)
@@ -605,9 +669,8 @@ def export(options: ExportOptions) -> dict[str, Any]:
 
                     check_external_data(staging.path / md.MODEL_FILE)
             if validator is not None:
-                final, label = (plan[-1].name, plan[-1].label) if plan else (TRACE_STAGE, trace_label)
-                with clock.stage(f"validate:{final}"):
-                    validator.check(final, label, staging.path, final=True)
+                with clock.stage(f"validate:{final.name}"):
+                    validator.check(final.name, final.label, staging.path, final=True)
                 report["validation"] = validator.report()
             with clock.stage("report"):
                 report.update(

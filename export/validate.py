@@ -232,22 +232,36 @@ def make_reference(
     for n, case in enumerate(cases + production_cases(max_pos)):
         key = f"grid{n}"
         B, S, P = case["batch"], case["seq"], case["past"]
-        past = None
+        past, prefix = None, None
         if P:
             prefix = rng.integers(0, V, size=(B, P), dtype=np.int64)
             prefix_pos, prefix_sep = positions(B, 0, P), np.full(B, P // 2, dtype=np.int64)
-            _, past = step.step(prefix, prefix_pos, prefix_sep, None)
             if case["own_past"]:
                 arrays.update({f"{key}.prefix.ids": prefix, f"{key}.prefix.pos": prefix_pos})
                 arrays[f"{key}.prefix.sep"] = prefix_sep
             else:
+                past = _prefill(model, step, prefix, prefix_pos, prefix_sep)
                 arrays[f"{key}.past"] = np.stack(to_numpy(past))  # [2L, B, H, P, D]
         ids = rng.integers(0, V, size=(B, S), dtype=np.int64)
         pos = positions(B, P, S)
         sep = np.asarray(case["seps"], dtype=np.int64)
-        logits, present = step.step(ids, pos, sep, past)
+        if case["own_past"]:
+            # One row at a time: the cache of a past that nearly fills the position table is the largest thing the
+            # reference holds (2 x layers x P x hidden floats per row); rows of a step are independent.
+            rows = []
+            for b in range(B):
+                row_past = _prefill(model, step, prefix[b : b + 1], prefix_pos[b : b + 1], prefix_sep[b : b + 1])
+                row_logits, row_present = step.step(ids[b : b + 1], pos[b : b + 1], sep[b : b + 1], row_past)
+                rows.append((row_logits, np.stack(to_numpy(row_present))[:, :, :, P:]))
+                del row_past, row_present
+            logits = np.concatenate([r[0] for r in rows])
+            new_rows = np.concatenate([r[1] for r in rows], axis=1)
+        else:
+            logits, present = step.step(ids, pos, sep, past)
+            new_rows = np.stack(to_numpy(present))[:, :, :, P:]  # the rows this call computed
+            del past, present
         arrays.update({f"{key}.ids": ids, f"{key}.pos": pos, f"{key}.sep": sep, f"{key}.logits": logits})
-        arrays[f"{key}.present"] = np.stack(to_numpy(present))[:, :, :, P:]  # the rows this call computed
+        arrays[f"{key}.present"] = new_rows
         meta["cases"].append({"key": key, **case})
 
     # 2. incremental decoding references: one full pass each
@@ -295,6 +309,28 @@ def make_reference(
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     np.savez(path, **arrays)
     return meta
+
+
+def _prefill(model: Any, step: Any, ids: np.ndarray, pos: np.ndarray, sep: np.ndarray) -> Any:
+    """The cache of a prefix. Its logits are not needed: a model that can skip them (``return_logits=False``) does,
+    which keeps the reference's peak memory off ``B x P x V`` floats (0.6 GB for the near-full past of a
+    50k-vocabulary model)."""
+    import inspect
+
+    import torch
+
+    if "return_logits" not in inspect.signature(model.forward).parameters:
+        return step.step(ids, pos, sep, None)[1]
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model(
+            torch.as_tensor(ids, device=device),
+            torch.as_tensor(pos, device=device),
+            sep=torch.as_tensor(sep, device=device),
+            use_cache=True,
+            return_logits=False,
+        )
+    return out.past_key_values
 
 
 class _Recorder:
@@ -422,18 +458,45 @@ def incremental_logits(backend: Any, ids: np.ndarray, pos: np.ndarray, sep: np.n
     return np.concatenate(chunks, axis=1)
 
 
+def lean_session_options(prepacking: bool) -> Any:
+    """ONNX Runtime session options for validating a large model in bounded memory: the backend's defaults
+    (spinning threads, every graph optimisation) without the CPU memory arena, which keeps the largest activations
+    of every call (the near-full-past prefill's ``B x P x V`` logits) for the session's lifetime, and optionally
+    without pre-packing, which copies each fp32/fp16 ``MatMul`` weight into MLAS's packed layout (measured: about
+    half the weights' bytes again; benchmarks/export_rss.py). Quantized graphs keep pre-packing: their kernels
+    compute from the pre-packed blocks, and the packed int4 weights are small."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    if not prepacking:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    options.enable_cpu_mem_arena = False
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
 def run_checks(
-    model_dir: str | os.PathLike[str], reference: str | os.PathLike[str], device: str = "cpu", reduced: bool = False
+    model_dir: str | os.PathLike[str],
+    reference: str | os.PathLike[str],
+    device: str = "cpu",
+    reduced: bool = False,
+    lean: bool = False,
+    prepacking: bool = True,
 ) -> dict[str, Any]:
     """Compare the model directory against the reference; returns every figure and ``passed``.
 
     ``reduced``: only the :data:`REDUCED_GRID` cases and no greedy generation (see the module docstring).
+    ``lean`` / ``prepacking``: a session without the memory arena and, with ``prepacking=False``, without
+    pre-packed weights (:func:`lean_session_options`; the exporter asks for both for large fp32/fp16 models, for
+    the first only for quantized ones).
     """
     import onnx
 
     from evaluation.backends.onnx import OnnxBackend
 
-    backend = OnnxBackend(model_dir, providers=device)  # refuses a bad model directory first
+    options = lean_session_options(prepacking) if lean else None
+    backend = OnnxBackend(model_dir, providers=device, session_options=options)  # refuses a bad model directory
     try:
         data = np.load(reference)
         meta = json.loads(bytes(data["meta"]).decode("utf-8"))
@@ -452,6 +515,8 @@ def run_checks(
         "quantize": quant,
         "tolerance": None if tol is None else tol.__dict__,
         "checks": "reduced" if reduced else "full",
+        "prepacking": prepacking,
+        "memory_arena": not lean,
     }
     failures: list[str] = []
 
@@ -677,6 +742,8 @@ def validate_in_subprocess(
     device: str = "cpu",
     timeout: float | None = None,
     reduced: bool = False,
+    lean: bool = False,
+    prepacking: bool = True,
 ) -> dict[str, Any]:
     """Run :func:`run_checks` in a fresh interpreter (``python -m export.validate``); return its report."""
     repo_root = str(Path(__file__).resolve().parent.parent)
@@ -697,6 +764,10 @@ def validate_in_subprocess(
     ]
     if reduced:
         cmd.append("--reduced")
+    if lean:
+        cmd.append("--lean")
+    if not prepacking:
+        cmd.append("--no-prepacking")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -717,9 +788,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report", required=True, help="where to write the JSON report")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--reduced", action="store_true", help="reduced grid, no greedy generation")
+    parser.add_argument("--lean", action="store_true", help="a session without the CPU memory arena (less memory)")
+    parser.add_argument(
+        "--no-prepacking", action="store_true", help="with --lean: no pre-packed MatMul weights (less memory)"
+    )
     args = parser.parse_args(argv)
     try:
-        report = run_checks(args.model_dir, args.reference, args.device, reduced=args.reduced)
+        report = run_checks(
+            args.model_dir,
+            args.reference,
+            args.device,
+            reduced=args.reduced,
+            lean=args.lean,
+            prepacking=not args.no_prepacking,
+        )
     except GLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ cache inputs/outputs become float16 (half the cache memory; glm_config.json reco
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import onnx
@@ -18,7 +20,23 @@ FP32_OPS = ("LayerNormalization", "SkipLayerNormalization", "Softmax")
 CPU_FP32_OPS = ("MultiHeadAttention",)
 
 
+@contextlib.contextmanager
+def _shapes_from_dims() -> Iterator[None]:
+    """The converter reads each converted initializer's data only to make its value_info from the array's shape;
+    the weights of a skeleton (export/weights.py) are not written yet, so take the shape from ``dims``."""
+    from onnxruntime.transformers import float16
+
+    original = float16.make_value_info_from_tensor
+    float16.make_value_info_from_tensor = lambda t: onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+    try:
+        yield
+    finally:
+        float16.make_value_info_from_tensor = original
+
+
 def convert_to_fp16(model: onnx.ModelProto, device: str = "cpu") -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Convert the graph; initializers that are not written yet only change type (export/weights.py converts their
+    data the way this converter does when it writes them)."""
     from onnxruntime.transformers import float16
 
     block = list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS)
@@ -26,7 +44,8 @@ def convert_to_fp16(model: onnx.ModelProto, device: str = "cpu") -> tuple[onnx.M
         block += list(CPU_FP32_OPS)
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    converted = float16.convert_float_to_float16(model, keep_io_types=["logits"], op_block_list=block)
+    with _shapes_from_dims():
+        converted = float16.convert_float_to_float16(model, keep_io_types=["logits"], op_block_list=block)
     # The converter appends its Cast nodes at the end of the node list; the checker wants topological order.
     wrapped = OnnxModel(converted)
     wrapped.topological_sort()

@@ -2,8 +2,10 @@
 
 - int8: ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, activations quantized at run time:
   ``DynamicQuantizeLinear`` + ``MatMulInteger``). spec onnx_export §5.2: slower than fp32 on CPUs without VNNI.
-- int4: weight-only ``MatMulNBits`` (``MatMulNBitsQuantizer``, block 32, symmetric, ``accuracy_level=4`` = int8
-  compute), the variant that makes CPU decode faster (spec §5.2). The LM head is untied at export (graph.py), so it
+- int4: weight-only ``MatMulNBits`` (block 32, symmetric, ``accuracy_level=4`` = int8 compute), the variant that
+  makes CPU decode faster (spec §5.2). The nodes and the quantized data are those of onnxruntime's
+  ``MatMulNBitsQuantizer`` (its kernel ``quantize_matmul_4bits`` computes the blocks), but the pass never holds
+  the model's weights: it rewrites the weightless graph, and each weight is quantized when it is written. The LM head is untied at export (graph.py), so it
   is a plain MatMul with an initializer weight and gets quantized too (spec §6 pitfall 7).
 """
 
@@ -13,9 +15,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
-INT4_BLOCK_SIZE = 32
+from export.weights import INT4_BLOCK_SIZE, Recipes, int4_blocks
+
+__all__ = ["INT4_ACCURACY_LEVEL", "INT4_BLOCK_SIZE", "int4_blocks", "quantize_int4", "quantize_int8"]
 INT4_ACCURACY_LEVEL = 4
 
 
@@ -42,25 +48,78 @@ def quantize_int8(model: onnx.ModelProto, work_dir: Path) -> tuple[onnx.ModelPro
     return quantized, {"matmuls_with_weights": before, "MatMulInteger": counts.get("MatMulInteger", 0)}
 
 
-def quantize_int4(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+def quantize_int4(model: onnx.ModelProto, recipes: Recipes) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Replace every ``MatMul`` with a 2-D fp32 initializer weight by ``MatMulNBits`` (the node
+    ``MatMulNBitsQuantizer`` writes: inputs ``A, <B>_Q4, <B>_scales``, attributes K, N, bits, block_size,
+    accuracy_level, name ``<node>_Q4``), without reading any weight: the quantized initializers are pending, with a
+    recipe that quantizes the weight's source when the model is written (export/weights.py). A weight that is
+    already in the skeleton (small) is quantized here. ``recipes`` gets the new names (the earlier stages' graphs
+    keep theirs)."""
+    from export.weights import Recipe, is_pending, pending_tensor
 
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
     before = _matmul_count(model)
-    quantizer = MatMulNBitsQuantizer(
-        model,
-        bits=4,
-        block_size=INT4_BLOCK_SIZE,
-        is_symmetric=True,
-        accuracy_level=INT4_ACCURACY_LEVEL,
-        op_types_to_quantize=("MatMul",),
-    )
-    quantizer.process()
-    quantized = quantizer.model.model
-    counts = Counter(n.op_type for n in quantized.graph.node)
-    return quantized, {
+    nodes: list[onnx.NodeProto] = []
+    quantized: set[str] = set()
+    for node in graph.node:
+        weight = initializers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
+        if weight is None or len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
+            nodes.append(node)
+            continue
+        rows, cols = weight.dims
+        blocks = -(-rows // INT4_BLOCK_SIZE)
+        names = (f"{weight.name}_Q4", f"{weight.name}_scales")
+        if names[0] not in initializers:
+            packed_dims, scale_dims = [cols, blocks, INT4_BLOCK_SIZE // 2], [cols, blocks]
+            if is_pending(weight):
+                source = recipes[weight.name]
+                new = [
+                    pending_tensor(names[0], onnx.TensorProto.UINT8, packed_dims),
+                    pending_tensor(names[1], onnx.TensorProto.FLOAT, scale_dims),
+                ]
+                for tensor, part in zip(new, ("int4.weight", "int4.scales"), strict=True):
+                    recipes[tensor.name] = Recipe(source.source, source.transpose, part)
+            else:
+                packed, scales = int4_blocks(numpy_helper.to_array(weight).astype(np.float32))
+                new = [numpy_helper.from_array(packed, names[0]), numpy_helper.from_array(scales, names[1])]
+            graph.initializer.extend(new)
+            initializers.update({t.name: t for t in new})
+        quantized.add(weight.name)
+        nodes.append(
+            onnx.helper.make_node(
+                "MatMulNBits",
+                inputs=[node.input[0], *names],
+                outputs=[node.output[0]],
+                name=f"{node.name}_Q4" if node.name else "",
+                domain="com.microsoft",
+                K=rows,
+                N=cols,
+                bits=4,
+                block_size=INT4_BLOCK_SIZE,
+                accuracy_level=INT4_ACCURACY_LEVEL,
+            )
+        )
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    _set_opset(model, "com.microsoft", 1)
+    counts = Counter(n.op_type for n in graph.node)
+    return model, {
         "matmuls_with_weights": before,
         "MatMulNBits": counts.get("MatMulNBits", 0),
         "block_size": INT4_BLOCK_SIZE,
         "accuracy_level": INT4_ACCURACY_LEVEL,
         "symmetric": True,
     }
+
+
+def _set_opset(model: onnx.ModelProto, domain: str, version: int) -> None:
+    for entry in model.opset_import:
+        if entry.domain == domain:
+            entry.version = version
+            return
+    model.opset_import.add(domain=domain, version=version)

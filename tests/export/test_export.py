@@ -138,6 +138,9 @@ def test_export_report_has_every_validation_figure(exported_dir: Path) -> None:
     assert validation["incremental"]["ok"] and validation["generation"]["identical"]
     assert [s["after"] for s in validation["stages"]] == ["trace"] and validation["final"] == "trace"  # no passes
     assert {"torch", "onnx", "onnxruntime", "onnxscript"} <= set(report["versions"])
+    # the loaded model (the only copy of the weights) was gone before the validation session opened
+    assert report["weights_freed_before_validation"] is True
+    assert validation["skipped_stages"] == [] and validation["prepacking"] and validation["memory_arena"]
     assert report["files"]["model.onnx"] > 0 and "trace" in report["timings_s"]
 
 

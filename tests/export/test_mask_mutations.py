@@ -14,6 +14,8 @@ nothing at ``--out``. The expected failing case says which part of the validatio
 The four run on the concat layout, whose graph builds the whole ``[B, 1, S, P+S]`` rule from ``visibility_mask``.
 The buffer layout (the default) builds its past columns from ``past_length`` instead
 (``export.graph.buffer_additive_mask``): the two past-related mistakes are made there too, and fail the same way.
+
+Each mutation builds its tensors on ``sep``'s device, as graph.py does: the exporter traces on the meta device.
 """
 
 from __future__ import annotations
@@ -42,14 +44,14 @@ def sep_ignores_past(sep: torch.Tensor, query_len: int, past_len: int) -> torch.
 
 def old_past_dropped(sep: torch.Tensor, query_len: int, past_len: int) -> torch.Tensor:
     visible = visibility_mask(sep, query_len, past_len)  # [B, 1, S, P+S]
-    keys = torch.arange(past_len + query_len) - past_len  # chunk-relative key index
-    queries = torch.arange(query_len)
+    keys = torch.arange(past_len + query_len, device=sep.device) - past_len  # chunk-relative key index
+    queries = torch.arange(query_len, device=sep.device)
     old = (keys[None, :] < 0) & (queries[:, None] - keys[None, :] > WINDOW)  # [S, P+S]
     return visible & ~old
 
 
 def prefix_lost_in_later_rows(sep: torch.Tensor, query_len: int, past_len: int) -> torch.Tensor:
-    rows = torch.arange(sep.shape[0]) >= ROWS_WITH_PREFIX
+    rows = torch.arange(sep.shape[0], device=sep.device) >= ROWS_WITH_PREFIX
     return visibility_mask(torch.where(rows, torch.zeros_like(sep), sep), query_len, past_len)
 
 
@@ -61,8 +63,10 @@ def buffer_sep_ignores_past(sep, query_len, window, past_length, dtype, rule="gl
 def buffer_old_past_dropped(sep, query_len, window, past_length, dtype, rule="glm"):
     """Buffer layout: buffer rows more than ``WINDOW`` positions before the write position not visible."""
     bias = REAL_BUFFER_MASK(sep, query_len, window, past_length, dtype, rule)
-    old = torch.arange(window) < past_length - WINDOW  # [W]
-    hidden = torch.cat([old, torch.zeros(query_len, dtype=torch.bool)])  # the chunk's own columns untouched
+    old = torch.arange(window, device=sep.device) < past_length - WINDOW  # [W]
+    hidden = torch.cat(
+        [old, torch.zeros(query_len, dtype=torch.bool, device=sep.device)]
+    )  # the chunk's own columns untouched
     return torch.where(hidden, torch.finfo(dtype).min, bias)
 
 

@@ -16,12 +16,28 @@ from onnx import numpy_helper
 from tests.export.conftest import TINY_EXPORT
 
 
-def _scale_initializer(model: onnx.ModelProto, name: str, factor: float) -> None:
-    tensor = next(t for t in model.graph.initializer if t.name == name)
-    scaled = numpy_helper.to_array(tensor) * np.asarray(
-        factor, dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    )
-    tensor.CopyFrom(numpy_helper.from_array(scaled, name))
+def _scale_output(model: onnx.ModelProto, name: str, factor: float) -> None:
+    """Multiply a graph output by ``factor`` (a pass's graph has no weights yet to corrupt: they are written from
+    the checkpoint when the model file is)."""
+    producer = next(n for n in model.graph.node if name in n.output)
+    producer.output[list(producer.output).index(name)] = f"{name}.unscaled"
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(factor, np.float32), f"{name}.factor"))
+    model.graph.node.append(onnx.helper.make_node("Mul", [f"{name}.unscaled", f"{name}.factor"], [name]))
+
+
+def _record_validations(monkeypatch) -> list[tuple[str, bool, bool]]:
+    import export.validate
+
+    validate = export.validate.validate_in_subprocess
+    calls: list[tuple[str, bool, bool]] = []  # (stage directory, reduced, passed)
+
+    def recording(model_dir, reference, report_path, device="cpu", timeout=None, reduced=False, **kwargs):
+        figures = validate(model_dir, reference, report_path, device, timeout, reduced=reduced, **kwargs)
+        calls.append((Path(model_dir).name, reduced, figures["passed"]))
+        return figures
+
+    monkeypatch.setattr(export.validate, "validate_in_subprocess", recording)
+    return calls
 
 
 def test_a_pass_that_breaks_parity_fails_the_export_naming_it(
@@ -29,27 +45,16 @@ def test_a_pass_that_breaks_parity_fails_the_export_naming_it(
 ) -> None:
     import export.onnx
     import export.passes.fp16
-    import export.validate
 
     convert = export.passes.fp16.convert_to_fp16
 
     def corrupting_fp16(model: onnx.ModelProto, device: str = "cpu"):
         converted, figures = convert(model, device)
-        _scale_initializer(converted, "lm_head", 1.5)  # every logit x1.5: far outside the fp16 gate
+        _scale_output(converted, "logits", 1.5)  # every logit x1.5: far outside the fp16 gate
         return converted, figures
 
-    validate = export.validate.validate_in_subprocess
-    calls: list[tuple[str, bool, bool]] = []  # (stage directory, reduced, passed)
-
-    def recording(model_dir, reference, report_path, device="cpu", timeout=None, reduced=False):
-        figures = validate(model_dir, reference, report_path, device, timeout, reduced=reduced)
-        calls.append((Path(model_dir).name, reduced, figures["passed"]))
-        return figures
-
     monkeypatch.setattr(export.passes.fp16, "convert_to_fp16", corrupting_fp16)
-    monkeypatch.setattr(export.validate, "validate_in_subprocess", recording)
-    # As for a model over ~1 GB: the intermediate stages get the reduced checks, the shipped model all of them.
-    monkeypatch.setattr(export.onnx, "REDUCED_CHECKS_ABOVE_BYTES", 0)
+    calls = _record_validations(monkeypatch)
     out = tmp_path / "out"
     argv = ["--ckpt", str(tiny_ckpt), "--out", str(out), "--optimize", "ort", "--dtype", "fp16"]
     assert export.onnx.main(argv) == 2
@@ -58,10 +63,40 @@ def test_a_pass_that_breaks_parity_fails_the_export_naming_it(
     assert len(err) == 1
     assert err[0].startswith("error: validation failed after the fp16 pass (--dtype fp16): grid ")
     assert "logits" in err[0] and "out of tolerance" in err[0]
-    # the traced graph and the fused graph were validated (and passed) before the fp16 pass ran
-    assert [(reduced, passed) for _, reduced, passed in calls] == [(True, True), (True, True), (False, False)]
+    # the traced graph and the fused graph were validated (and passed) before the fp16 pass's graph
+    assert [(reduced, passed) for _, reduced, passed in calls] == [(False, True), (False, True), (False, False)]
     assert [name for name, _, _ in calls[:2]] == ["trace", "fusion"]
     assert list(tmp_path.iterdir()) == []  # nothing at --out, no staging directory left beside it
+
+
+def test_large_models_validate_only_intermediate_stages_no_larger_than_the_result(
+    tiny_ckpt: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """As for a model over ~1 GB: an intermediate stage gets the reduced checks when its weights are no larger than
+    the shipped model's (the fp32 trace before fusion), and is skipped when they are (the fp32 graphs before the
+    fp16 pass: validating them would double the disk and the validation session); the shipped model gets every
+    check, in a session without pre-packed weights."""
+    import export.onnx
+
+    calls = _record_validations(monkeypatch)
+    monkeypatch.setattr(export.onnx, "REDUCED_CHECKS_ABOVE_BYTES", 0)
+    fused = tmp_path / "fused"
+    assert export.onnx.main(["--ckpt", str(tiny_ckpt), "--out", str(fused), "--optimize", "ort"]) == 0
+    assert [(name if name == "trace" else "final", reduced, ok) for name, reduced, ok in calls] == [
+        ("trace", True, True),
+        ("final", False, True),
+    ]
+    validation = json.loads((fused / "export_report.json").read_text())["validation"]
+    assert validation["skipped_stages"] == [] and validation["prepacking"] is False
+
+    calls.clear()
+    half = tmp_path / "half"
+    assert export.onnx.main(["--ckpt", str(tiny_ckpt), "--out", str(half), "--optimize", "ort", "--dtype", "fp16"]) == 0
+    assert [(reduced, ok) for _, reduced, ok in calls] == [(False, True)]
+    validation = json.loads((half / "export_report.json").read_text())["validation"]
+    assert [s["after"] for s in validation["skipped_stages"]] == ["trace", "fusion"]
+    assert [s["after"] for s in validation["stages"]] == ["fp16"] and validation["checks"] == "full"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fused", "half"]  # no staging directory left
 
 
 def test_reduced_checks_run_two_grid_cases_and_skip_generation(
