@@ -8,9 +8,18 @@ import json
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from export.validate import MIN_TOP1_ROWS, QUANT_GATES, quality_text, top1_gate_failures
+from export.validate import (
+    MIN_TOP1_ROWS,
+    QUANT_GATES,
+    SELF_CONSISTENCY,
+    TOLERANCES,
+    compare,
+    quality_text,
+    top1_gate_failures,
+)
 from glm_core.errors import ExportError
 
 
@@ -72,3 +81,23 @@ def test_quantized_glm_tiny_is_gated_on_its_own_domain(tmp_path: Path) -> None:
     assert confident["rows"] >= MIN_TOP1_ROWS and confident["agreement"] >= QUANT_GATES["int4"]["min_top1"]
     assert validation["perplexity"]["rel_delta"] <= QUANT_GATES["int4"]["max_ppl_rel_delta"]
     assert validation["decode"]["self"]["ok"] and validation["passed"]
+
+
+def test_self_consistency_atol_follows_the_logits_scale_and_still_sees_a_mask_error() -> None:
+    """fp16 rounding of a logit follows its row's scale: logits reaching 20 with a near-zero entry off by 5.8e-4
+    (normalised 2.9e-5, the size a ChatGLM-shaped fp16 graph shows) pass the fp16 self-consistency bound, which an
+    absolute 1e-4 would fail; an error of a wrong mask (normalised >= 0.02) still fails it, and the fp32 gate stays
+    absolute."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0.0, 5.0, size=(4, 3, 64))
+    ref[0, 0, 0], ref[0, 0, 1] = 20.0, 0.0
+    rounding = ref.copy()
+    rounding[0, 0, 1] += 5.8e-4
+    assert compare(ref, rounding, SELF_CONSISTENCY["fp16"])["ok"]
+    unscaled = SELF_CONSISTENCY["fp16"].__class__(1e-4, 1e-4, 1e-4)
+    assert not compare(ref, rounding, unscaled)["ok"]
+    mask_error = ref.copy()
+    mask_error[1, 2] += 0.02 * 20.0
+    for precision in ("fp16", "int4"):
+        assert not compare(ref, mask_error, SELF_CONSISTENCY[precision])["ok"], precision
+    assert not compare(ref, rounding, TOLERANCES["fp32"])["ok"]
