@@ -103,7 +103,10 @@ MIN_TOP1_ROWS = 32
 # quantize activations with scales taken over the rows of each call. Each bound is ~3x its measurement; a mask
 # error (normalised 0.02-0.4 on the fp32 graph) stays visible at fp16 and int4, int8 only catches gross ones.
 SELF_CONSISTENCY = {
-    "fp16": Tolerance(1e-4, 1e-4, 1e-4, scaled_atol=True),
+    # fp16: the tiny model's 2.3e-5 grows with width and depth (longer sums): glm-2b dims with random weights
+    # measured max|Δ| 7.0e-4, normalised 1.37e-4 (benchmarks/results/export_rss_streamed_glm-2b_fp16_validated.json,
+    # which failed the earlier 1e-4); 1e-3 is ~7x that and still 20x below a mask error's 0.02
+    "fp16": Tolerance(1e-3, 1e-4, 1e-3, scaled_atol=True),
     "int4": Tolerance(2e-2, 1e-2, 1.2e-2, scaled_atol=True),
     "int8": Tolerance(6e-2, 2e-2, 4e-2, scaled_atol=True),
 }

@@ -116,8 +116,9 @@ def test_concat_layout_export_matches_torch(chatglm_ckpt: Path, chatglm_torch, t
 def init_scale_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same config at the model's own init scale (std 0.02): logits of O(0.1), as the GLM export tests use.
 
-    The aggressive fixture weights above give logits of O(10), where fp16's own rounding (about 5e-5 of the logits'
-    range between a graph's incremental and full passes) exceeds the fp16 self-consistency gate's absolute 1e-4.
+    The passes' figures are compared at the scale GLM's export tests use; the aggressive fixture weights above
+    (logits of O(10)) are for the fp32 checks (the fp16 self-consistency bound is in units of the logits' scale,
+    tests/export/test_quality_gates.py).
     """
     import torch
 
