@@ -11,8 +11,9 @@ these from ``accelerate``; the GLM models get them here, from whichever launcher
 Both set ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``. With ``WORLD_SIZE > 1`` the process group is joined (through
 ``accelerate.PartialState`` when accelerate is installed, else ``torch.distributed.init_process_group``; NCCL on CUDA,
 gloo on CPU) and every process runs on ``cuda:{LOCAL_RANK}`` (for ONNX: the CUDA execution provider's ``device_id``).
-lm-eval's evaluator itself builds torch tensors for the padding count, so data parallelism needs torch installed,
-for ``glm-onnx`` too; a single process needs neither torch nor this module's collectives.
+torch is reached through the torch backend's module, the only one in this package that imports it. lm-eval's
+evaluator itself builds torch tensors for the padding count, so data parallelism needs torch installed, for
+``glm-onnx`` too; a single process needs neither torch nor this module's collectives.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from evaluation.backends.devices import torch_module
 from glm_core.errors import ConfigError
 
 
@@ -45,13 +47,13 @@ class ProcessGroup:
             return cls()
         local_rank = _env_int("LOCAL_RANK", 0)
         try:
-            import torch
-            import torch.distributed as dist
+            torch = torch_module()
         except ImportError:
             raise ConfigError(
                 f"WORLD_SIZE={world_size}: data-parallel lm-eval needs torch (lm-eval gathers results with "
                 "torch.distributed); install torch or run one process"
             ) from None
+        dist = torch.distributed
         nccl = on_cuda and torch.cuda.is_available()
         if not dist.is_initialized():
             if nccl:
@@ -81,8 +83,8 @@ class ProcessGroup:
         """Every rank's ``tensor`` concatenated along dim 0 (0-d tensors become one row each), as accelerate does."""
         if self.world_size <= 1:
             return tensor
-        import torch
-        import torch.distributed as dist
+        torch = torch_module()
+        dist = torch.distributed
 
         local = tensor.reshape(1) if tensor.dim() == 0 else tensor
         parts = [torch.empty_like(local) for _ in range(self.world_size)]
@@ -93,7 +95,7 @@ class ProcessGroup:
         """Every rank's ``obj`` on ``dst`` (in rank order), ``None`` elsewhere."""
         if self.world_size <= 1:
             return [obj]
-        import torch.distributed as dist
+        dist = torch_module().distributed
 
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, obj)  # works on gloo and NCCL alike
@@ -101,9 +103,7 @@ class ProcessGroup:
 
     def barrier(self) -> None:
         if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+            torch_module().distributed.barrier()
 
 
 def _env_int(name: str, default: int) -> int:

@@ -24,7 +24,7 @@ def parse_device(device: str) -> tuple[str, int]:
 def cuda_available(backend: str) -> bool:
     """Whether the ``backend`` (``"torch"`` or ``"onnx"``) of this installation can run on CUDA."""
     if backend == "torch":
-        return bool(_torch().cuda.is_available())
+        return bool(torch_module().cuda.is_available())
     import onnxruntime as ort
 
     return "CUDAExecutionProvider" in ort.get_available_providers()
@@ -36,7 +36,7 @@ def check_device(backend: str, device: str) -> str:
     if kind == "cpu":
         return "cpu"
     if backend == "torch":
-        torch = _torch()
+        torch = torch_module()
         if not torch.cuda.is_available():
             build = "has no CUDA support" if torch.version.cuda is None else "sees no GPU"
             raise ConfigError(
@@ -57,6 +57,6 @@ def check_device(backend: str, device: str) -> str:
     return str(device).strip().lower()
 
 
-def _torch() -> Any:
+def torch_module() -> Any:
     """torch, as the torch backend imports it (only that backend brings torch into the evaluation package)."""
     return importlib.import_module("evaluation.backends.torch").torch

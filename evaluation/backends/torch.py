@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed  # noqa: F401  (evaluation.lm_eval_distributed reaches it as torch.distributed)
 
 from evaluation.backends.info import backend_info, model_hash
 from glm_core.checkpoint import SHIPPED_PRESETS, load_model
