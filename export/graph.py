@@ -265,19 +265,29 @@ def buffer_attention(
     return torch.matmul(probs[..., :window], buffer_value) + torch.matmul(probs[..., window:], v)  # [B, H, S, D]
 
 
-def export_program(module: GLMExportModule, opset: int = DEFAULT_OPSET) -> torch.onnx.ONNXProgram:
-    """Trace with the dynamo exporter (spec onnx_export §0.1) and return the in-memory ONNX program."""
+def export_program(
+    module: GLMExportModule,
+    opset: int = DEFAULT_OPSET,
+    example: tuple[torch.Tensor, ...] | None = None,
+    optimize: bool = True,
+) -> torch.onnx.ONNXProgram:
+    """Trace with the dynamo exporter (spec onnx_export §0.1) and return the in-memory ONNX program.
+
+    ``example``: the traced arguments (default ``module.example_arguments()``; the weightless trace passes them on
+    the meta device). ``optimize``: the exporter's own graph optimisation (off for the weightless trace, whose
+    initializers are placeholders that must not be folded).
+    """
     names = module.names
     with torch.no_grad():
         program = torch.onnx.export(
             module,
-            module.example_arguments(),
+            module.example_arguments() if example is None else example,
             dynamo=True,
             opset_version=opset,
             input_names=names.inputs,
             output_names=names.outputs,
             dynamic_shapes=module.dynamic_shapes(),
-            optimize=True,
+            optimize=optimize,
             verbose=False,
         )
     if program is None:  # pragma: no cover - dynamo export always returns a program

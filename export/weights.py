@@ -41,6 +41,7 @@ from torch import nn
 
 from evaluation.backends.onnx import MODEL_FILE
 from evaluation.backends.onnx_device import length_field
+from export.graph import export_program
 from glm_core.errors import ExportError
 
 DATA_FILE = MODEL_FILE + ".data"
@@ -110,22 +111,8 @@ def trace_skeleton(module: Any, opset: int) -> tuple[onnx.ModelProto, Recipes]:
 
     twin = meta_twin(module)
     tensors = module_tensors(module)
-    names = twin.names
     example = tuple(a.to("meta") for a in twin.example_arguments())
-    with torch.no_grad():
-        program = torch.onnx.export(
-            twin,
-            example,
-            dynamo=True,
-            opset_version=opset,
-            input_names=names.inputs,
-            output_names=names.outputs,
-            dynamic_shapes=twin.dynamic_shapes(),
-            optimize=False,
-            verbose=False,
-        )
-    if program is None:  # pragma: no cover - dynamo export always returns a program
-        raise RuntimeError("torch.onnx.export returned no program")
+    program = export_program(twin, opset, example=example, optimize=False)
     graph = program.model.graph
     recipes: Recipes = {}
     for name, value in list(graph.initializers.items()):
