@@ -20,18 +20,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from export.graph import GLMExportModule, rule_visibility
+from export.graph import GLMExportModule, buffer_visibility, rule_visibility
 from glm_core.chatglm import CHATGLM_MASK_VALUE, RESIDUAL_ALPHA, ChatGLMModel, apply_rotary_2d, rotary_cos_sin
 from glm_core.errors import ExportError
-
-
-def buffer_visibility(sep: torch.Tensor, query_len: int, window: int, past_length: torch.Tensor) -> torch.Tensor:
-    """Boolean ``[B, 1, S, W+S]`` of the buffer layout: buffer column ``j < W`` visible iff written
-    (``j < past_length``); the chunk's own columns follow the GLM rule with ``P = 0``."""
-    B = sep.shape[0]
-    written = torch.arange(window, device=sep.device) < past_length  # [W]
-    own = rule_visibility(sep, query_len, 0)  # [B, 1, S, S]
-    return torch.cat([written.expand(B, 1, query_len, window), own], dim=-1)
 
 
 class ChatGLMExportModule(GLMExportModule):

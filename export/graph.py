@@ -99,15 +99,22 @@ def _additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(visible, zero, neg)
 
 
-def buffer_additive_mask(
-    sep: torch.Tensor, query_len: int, window: int, past_length: torch.Tensor, dtype: torch.dtype, rule: str = "glm"
+def buffer_visibility(
+    sep: torch.Tensor, query_len: int, window: int, past_length: torch.Tensor, rule: str = "glm"
 ) -> torch.Tensor:
-    """Additive bias ``[B, 1, S, W+S]`` of the buffer layout: buffer column ``j < W`` is visible iff it was written
+    """Boolean ``[B, 1, S, W+S]`` of the buffer layout: buffer column ``j < W`` is visible iff it was written
     (``j < past_length``), the chunk's own columns follow the GLM rule with ``P = 0`` (``j < sep or j <= t``)."""
     B = sep.shape[0]
     written = torch.arange(window, device=sep.device) < past_length  # [W]
     own = rule_visibility(sep, query_len, 0, rule)  # [B, 1, S, S]
-    return _additive(torch.cat([written.expand(B, 1, query_len, window), own], dim=-1), dtype)  # [B, 1, S, W+S]
+    return torch.cat([written.expand(B, 1, query_len, window), own], dim=-1)
+
+
+def buffer_additive_mask(
+    sep: torch.Tensor, query_len: int, window: int, past_length: torch.Tensor, dtype: torch.dtype, rule: str = "glm"
+) -> torch.Tensor:
+    """Additive bias ``[B, 1, S, W+S]`` of :func:`buffer_visibility`."""
+    return _additive(buffer_visibility(sep, query_len, window, past_length, rule), dtype)
 
 
 class GLMExportModule(nn.Module):
