@@ -87,6 +87,10 @@ INCREMENTAL = {"batch": 2, "seq": 12, "seps": (5, 7), "prefill": 7}
 # max_sequence_length + 1 - seq positions (the last position the table holds), prefilled by ORT itself.
 WIDE = {"batch": 8, "seq": 64}
 LONG = {"batch": 3, "seq": 4, "seps": (0, 4, 2)}
+# The runtime prefills that near-full past in chunks of this many positions, the first chunk holding the prefix's
+# bidirectional part (PREFILL_CHUNK positions, the rest causal): a chunk's logits and presents, not the whole
+# prefix's (3 x P x V floats + a second copy of the cache), are what the prefill holds beside the cache.
+PREFILL_CHUNK = 128
 # Decode: prefill 24 tokens with mixed seps, then 50 single-token steps: the last 9 steps attend over more than
 # 64 cached positions. At step REORDER_AT the cache rows are reversed with reorder_past (inputs and logits follow).
 DECODE = {"batch": 8, "prefill": 24, "steps": 50, "seps": (0, 24, 12, 1, 23, 5, 16, 24), "reorder_at": 25}
@@ -245,6 +249,7 @@ def make_reference(
             prefix = rng.integers(0, V, size=(B, P), dtype=np.int64)
             prefix_pos, prefix_sep = positions(B, 0, P), np.full(B, P // 2, dtype=np.int64)
             if case["own_past"]:
+                prefix_sep = np.full(B, min(P // 2, PREFILL_CHUNK), dtype=np.int64)
                 arrays.update({f"{key}.prefix.ids": prefix, f"{key}.prefix.pos": prefix_pos})
                 arrays[f"{key}.prefix.sep"] = prefix_sep
             else:
@@ -467,13 +472,35 @@ def incremental_logits(backend: Any, ids: np.ndarray, pos: np.ndarray, sep: np.n
     return np.concatenate(chunks, axis=1)
 
 
-def lean_session_options(prepacking: bool) -> Any:
+def chunked_prefill(backend: Any, ids: np.ndarray, pos: np.ndarray, sep: np.ndarray, chunk: int = PREFILL_CHUNK) -> Any:
+    """The cache of a long prefix, built by ``backend.step`` chunk by chunk: the first chunk holds every row's
+    bidirectional part (``sep``, at least ``chunk`` positions), the others follow with ``sep = 0`` (the past is
+    visible to every query, the chunk causal), which is exactly the attention of one call over the whole prefix.
+    Each chunk's logits go as the next chunk runs."""
+    B, P = ids.shape
+    start, end, past = 0, min(P, max(int(np.max(sep)), chunk)), None
+    while start < P:
+        chunk_sep = sep if start == 0 else np.zeros(B, dtype=np.int64)
+        _, past = backend.step(ids[:, start:end], pos[:, :, start:end], chunk_sep, past)
+        start, end = end, min(P, end + chunk)
+    return past
+
+
+def lean_session_options(prepacking: bool, half_on_cpu: bool = False) -> Any:
     """ONNX Runtime session options for validating a large model in bounded memory: the backend's defaults
     (spinning threads, every graph optimisation) without the CPU memory arena, which keeps the largest activations
     of every call (the near-full-past prefill's ``B x P x V`` logits) for the session's lifetime, and optionally
     without pre-packing, which copies each fp32/fp16 ``MatMul`` weight into MLAS's packed layout (measured: about
     half the weights' bytes again; benchmarks/export_rss.py). Quantized graphs keep pre-packing: their kernels
-    compute from the pre-packed blocks, and the packed int4 weights are small."""
+    compute from the pre-packed blocks, and the packed int4 weights are small.
+
+    ``half_on_cpu``: an fp16 graph on the CPU provider gets the basic optimisations only, run in priority order.
+    The CPU provider has no fp16 kernels for most of the graph's ops, so ONNX Runtime casts their inputs to fp32;
+    above the basic level it folds the cast of every weight into a resident fp32 copy (glm-2b dims: 7.74 of the
+    session's 7.98 GB), while at the basic level each weight is cast when its op runs: the same graph and kernels,
+    the casts at run time. The default order runs those casts (which need no activation) first, all of them alive
+    at once (an 8-token step peaked at 11.3 GB); the priority-based order runs each next to its op (4.27 GB, of
+    which 3.8 GB are the mapped fp16 weights)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -482,6 +509,9 @@ def lean_session_options(prepacking: bool) -> Any:
         options.add_session_config_entry("session.disable_prepacking", "1")
     options.enable_cpu_mem_arena = False
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if half_on_cpu:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     return options
 
 
@@ -502,9 +532,10 @@ def run_checks(
     """
     import onnx
 
-    from evaluation.backends.onnx import OnnxBackend
+    from evaluation.backends.onnx import OnnxBackend, read_model_config
 
-    options = lean_session_options(prepacking) if lean else None
+    half_on_cpu = read_model_config(model_dir).get("dtype") == "fp16" and device == "cpu"
+    options = lean_session_options(prepacking, half_on_cpu) if lean else None
     backend = OnnxBackend(model_dir, providers=device, session_options=options)  # refuses a bad model directory
     try:
         data = np.load(reference)
@@ -526,6 +557,7 @@ def run_checks(
         "checks": "reduced" if reduced else "full",
         "prepacking": prepacking,
         "memory_arena": not lean,
+        "graph_optimization": "basic" if lean and half_on_cpu else "all",
     }
     failures: list[str] = []
 
@@ -549,11 +581,13 @@ def run_checks(
         past = None
         if f"{key}.past" in data:
             past = _past_list(data[f"{key}.past"], backend.kv_dtype)
-        elif f"{key}.prefix.ids" in data:  # the runtime builds its own past
-            _, past = backend.step(
-                data[f"{key}.prefix.ids"], data[f"{key}.prefix.pos"], data[f"{key}.prefix.sep"], None
-            )
-        logits, present = backend.step(data[f"{key}.ids"], data[f"{key}.pos"], data[f"{key}.sep"], past)
+        if f"{key}.prefix.ids" in data:  # the runtime builds its own past, in one cache sized for it
+            ids = data[f"{key}.prefix.ids"]
+            with backend.reserved_cache(ids.shape[1] + case["seq"]):
+                past = chunked_prefill(backend, ids, data[f"{key}.prefix.pos"], data[f"{key}.prefix.sep"])
+                logits, present = backend.step(data[f"{key}.ids"], data[f"{key}.pos"], data[f"{key}.sep"], past)
+        else:
+            logits, present = backend.step(data[f"{key}.ids"], data[f"{key}.pos"], data[f"{key}.sep"], past)
         entry = {k: case[k] for k in ("batch", "seq", "seps", "past")}
         entry["logits"] = compare(data[f"{key}.logits"], logits, tol)
         entry["present"] = compare(data[f"{key}.present"], new_cache_rows(backend, present, case["past"]), tol)

@@ -112,8 +112,12 @@ class BufferedPast(Sequence[CacheView]):
         return CacheView(self.buffer.arrays[index], self.length)
 
 
-def allocation(needed: int, capacity: int) -> int:
-    """Positions to allocate for ``needed`` rows: whole blocks with one block of head room, at most ``capacity``."""
+def allocation(needed: int, capacity: int, reserve: int = 0) -> int:
+    """Positions to allocate for ``needed`` rows: whole blocks with one block of head room, at most ``capacity``.
+    ``reserve``: the length the caller expects the cache to reach; when more than ``needed``, room for it at once
+    (whole blocks), so a prompt prefilled chunk by chunk never grows (each growth holds the old and the new cache)."""
+    if reserve > needed:
+        return min(capacity, -(-reserve // BLOCK) * BLOCK)
     return min(capacity, -(-needed // BLOCK) * BLOCK + BLOCK)
 
 
@@ -158,11 +162,13 @@ def prepare(
     capacity: int,
     dims: tuple[int, int, int],
     dtype: Any,
+    reserve: int = 0,
 ) -> tuple[KVBuffer, int]:
     """The buffer this step writes into and its write position (``dims`` = heads, head_dim, layers).
 
     Fresh buffers for a prefill or a past given as plain tensors; the past's own buffer when it is the buffer's
-    newest state and the chunk fits; otherwise a copy (a branch) or a larger allocation (growth)."""
+    newest state and the chunk fits; otherwise a copy (a branch) or a larger allocation (growth). A new allocation
+    has room for ``reserve`` positions when that is more (:func:`allocation`)."""
     heads, head_dim, layers = dims
     length = 0 if past is None else check_past(past, batch, heads, head_dim, layers)
     if length + seq > capacity:
@@ -176,7 +182,7 @@ def prepare(
         source: Sequence[Any] = past
     else:
         source = past or ()
-    buffer = new_buffer(batch, heads, head_dim, layers, allocation(length + seq, capacity), dtype, source)
+    buffer = new_buffer(batch, heads, head_dim, layers, allocation(length + seq, capacity, reserve), dtype, source)
     buffer.written = length + seq
     return buffer, length
 

@@ -24,10 +24,11 @@ thread-safety), and the lazily built tokenizer and gather sessions are created u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -338,6 +339,7 @@ class OnnxBackend:
         self.cache_capacity = 2 * self.max_position if cache_capacity is None else int(cache_capacity)
         if self.cache_capacity < 1:
             raise ConfigError(f"cache_capacity must be >= 1, got {cache_capacity}")
+        self._reserve = 0  # positions a new buffer-layout cache gets room for at once (reserved_cache)
         self._check_session_io()
         self._lock = threading.Lock()
         self._tokenizer: Any = tokenizer
@@ -404,6 +406,22 @@ class OnnxBackend:
                 self._gather = DeviceGather(self.provider_request, self.device_type, self.device_id)
             return self._gather
 
+    @contextlib.contextmanager
+    def reserved_cache(self, positions: int) -> Iterator[None]:
+        """Inside the block, a cache the buffer layout allocates gets room for ``positions`` (at most the capacity)
+        at once: a long prompt prefilled chunk by chunk then never grows, where each growth holds the old and the
+        new cache (two caches of a near-full context at its last growth). The concat layout has nothing to
+        reserve."""
+        if positions < 1:
+            raise ConfigError(f"reserved_cache needs positions >= 1, got {positions}")
+        with self._lock:
+            previous, self._reserve = self._reserve, int(positions)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserve = previous
+
     # ------------------------------------------------------------------ the contract
     def step(
         self,
@@ -439,7 +457,7 @@ class OnnxBackend:
         ids, pos, sep_arr = check_step_inputs(self, input_ids, position_ids, sep, past)
         B, S = ids.shape
         dims = (self.num_heads, self.head_dim, self.num_layers)
-        buffer, length = kv_buffer.prepare(past, B, S, self.cache_capacity, dims, self.kv_dtype)
+        buffer, length = kv_buffer.prepare(past, B, S, self.cache_capacity, dims, self.kv_dtype, self._reserve)
         feeds = {"input_ids": _ortvalue(ids), "position_ids": _ortvalue(pos), "sep": _ortvalue(sep_arr)}
         logits, present = kv_buffer.run_step(self.session, feeds, self.past_names, self.output_names, buffer, length)
         return self._finish(logits, present, ids, last_logits_only)

@@ -17,7 +17,7 @@ import pytest
 
 from evaluation.backends import kv_buffer
 from evaluation.backends.onnx import OnnxBackend
-from glm_core.errors import InputError
+from glm_core.errors import ConfigError, InputError
 from tests.export.conftest import TINY_EXPORT
 
 V = TINY_EXPORT["vocab_size"]
@@ -203,6 +203,54 @@ def test_buffer_grows_past_its_allocation(exported_dir: Path, concat_dir: Path, 
     want, _ = run(OnnxBackend(concat_dir), [prefill, *steps])
     for g, w in zip(got, want[1:], strict=True):
         assert_close(g, w)
+
+
+def test_a_reserved_cache_is_allocated_once_and_a_chunked_prefill_equals_one_call(
+    exported_dir: Path, concat_dir: Path, monkeypatch
+) -> None:
+    """Inside ``reserved_cache(N)`` the first chunk allocates room for N positions and the later chunks write into
+    that one buffer (no growth: the validator's near-full-past prefill holds one cache, not two). The chunked
+    prefill (bidirectional part in the first chunk, causal chunks after it) gives the cache and next-step logits of
+    one call over the whole prefix with mixed seps at batch 3, on the buffer and on the concat layout."""
+    from export.validate import chunked_prefill
+
+    monkeypatch.setattr(kv_buffer, "BLOCK", 8)
+    rng = np.random.default_rng(5)
+    B, P = 3, 45
+    ids, pos, sep = rng.integers(0, V, (B, P)), positions(B, 0, P), np.array([7, 3, 0])
+    chunk = (rng.integers(0, V, (B, 4)), positions(B, P, 4), np.array([0, 4, 2]))
+    whole = OnnxBackend(concat_dir)
+    _, want_past = whole.step(ids, pos, sep, None)
+    want, _ = whole.step(*chunk, want_past)
+
+    backend = OnnxBackend(exported_dir)
+    buffers = []
+    real_step = backend.step
+
+    def recording_step(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        buffers.append(out[1].buffer)
+        return out
+
+    monkeypatch.setattr(backend, "step", recording_step)
+    with backend.reserved_cache(P + 4):
+        past = chunked_prefill(backend, ids, pos, sep, chunk=10)
+        got, _ = backend.step(*chunk, past)
+    assert len(buffers) == 6 and all(b is buffers[0] for b in buffers)  # chunks 10+10+10+10+5, then the step
+    assert buffers[0].allocated == 56  # 49 positions in whole 8-position blocks
+    assert backend._reserve == 0  # the reservation ends with the block
+    for g, w in zip(host(past), host(want_past), strict=True):
+        assert_close(g, w)
+    assert_close(got, want)
+    concat_got, _ = whole.step(*chunk, chunked_prefill(whole, ids, pos, sep, chunk=10))
+    assert_close(concat_got, want)
+
+    # without the reservation the same prefill grows its cache (a copy at each growth)
+    buffers.clear()
+    chunked_prefill(backend, ids, pos, sep, chunk=10)
+    assert len({id(b) for b in buffers}) > 1
+    with pytest.raises(ConfigError, match="positions >= 1"), backend.reserved_cache(0):
+        pass
 
 
 def test_capacity_overflow_is_a_clear_error(exported_dir: Path) -> None:

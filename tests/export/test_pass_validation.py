@@ -75,7 +75,7 @@ def test_large_models_validate_only_intermediate_stages_no_larger_than_the_resul
     """As for a model over ~1 GB: an intermediate stage gets the reduced checks when its weights are no larger than
     the shipped model's (the fp32 trace before fusion), and is skipped when they are (the fp32 graphs before the
     fp16 pass: validating them would double the disk and the validation session); the shipped model gets every
-    check, in a session without pre-packed weights."""
+    check, in a session without pre-packed weights (and, for fp16 on the CPU, with the basic optimisations)."""
     import export.onnx
 
     calls = _record_validations(monkeypatch)
@@ -88,6 +88,7 @@ def test_large_models_validate_only_intermediate_stages_no_larger_than_the_resul
     ]
     validation = json.loads((fused / "export_report.json").read_text())["validation"]
     assert validation["skipped_stages"] == [] and validation["prepacking"] is False
+    assert validation["graph_optimization"] == "all"
 
     calls.clear()
     half = tmp_path / "half"
@@ -96,6 +97,8 @@ def test_large_models_validate_only_intermediate_stages_no_larger_than_the_resul
     validation = json.loads((half / "export_report.json").read_text())["validation"]
     assert [s["after"] for s in validation["skipped_stages"]] == ["trace", "fusion"]
     assert [s["after"] for s in validation["stages"]] == ["fp16"] and validation["checks"] == "full"
+    # an fp16 graph on the CPU: basic optimisations, so no resident fp32 copy of the weights (lean_session_options)
+    assert validation["graph_optimization"] == "basic" and validation["passed"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fused", "half"]  # no staging directory left
 
 
