@@ -34,11 +34,12 @@ torch down when both share the cores (spec §1.1, §4.2 #10).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,9 +112,22 @@ SELF_CONSISTENCY = {
     # measured max|Δ| 7.0e-4, normalised 1.37e-4 (benchmarks/results/export_rss_streamed_glm-2b_fp16_validated.json,
     # which failed the earlier 1e-4); 1e-3 is ~7x that and still 20x below a mask error's 0.02
     "fp16": Tolerance(1e-3, 1e-4, 1e-3, scaled_atol=True),
-    "int4": Tolerance(2e-2, 1e-2, 1.2e-2, scaled_atol=True),
+    # int4: the noise of the activations' int8 rounding (accuracy_level 4), which grows with depth: glm-2b dims with
+    # random weights measured normalised 0.0138 (incremental) and 0.0154 (decode), max|Δ| 0.080 at max|ref| 5.2
+    # (benchmarks/results/export_rss_streamed_glm-2b_int4.json, which failed the earlier 1.2e-2). Offset errors are
+    # judged on the fp32-compute twin instead (CACHE_CHECK), where that noise is absent.
+    "int4": Tolerance(4e-2, 1e-2, 4e-2, scaled_atol=True),
     "int8": Tolerance(6e-2, 2e-2, 4e-2, scaled_atol=True),
 }
+# The cache and mask logic of an int4 graph is judged on its twin computing in fp32: the same file with every
+# MatMulNBits at accuracy_level 0 (the same int4 weights, dequantized; activations not rounded to int8), whose
+# incremental decode must match its own full pass within the fp16 self-consistency bound. At accuracy_level 4 an
+# upstream last-bit difference moves an int8 rounding step, and over many layers that noise is as large as an offset
+# error: a cache mask hiding past rows older than 64 positions measured normalised 0.018 on the tiny int4 graph,
+# glm-2b dims' noise 0.0154. The twin is written beside the model (its external data references the same file) and
+# removed after the check.
+CACHE_TWIN_FILE = "model.fp32-compute.onnx"
+CACHE_CHECK = Tolerance(1e-3, 1e-4, 1e-3, scaled_atol=True)
 # A text in the model's domain for the perplexity gate: --calibration-text FILE, else this file in the checkpoint
 # (tokenizer) directory. Without one, quantized quality is not gated (the report says so).
 CALIBRATION_FILE = "calibration.txt"
@@ -608,18 +622,11 @@ def run_checks(
 
     # 2. incremental: prefill k tokens (with sep), then one token per step with sep = 0; the short case and the
     # production-shape decode (batch 8, 50 steps, the cache reordered half-way)
-    for name, label, spec in (
-        ("incr", "incremental", meta["incremental"]),
-        ("decode", "decode", meta.get("decode")),
-    ):
-        if spec is None:
-            continue
+    for name, label, spec, what in _incremental_cases(data, meta):
         got = incremental_logits(backend, data[f"{name}.ids"], data[f"{name}.pos"], data[f"{name}.sep"], spec)
         figures = compare(data[f"{name}.logits"], got, tol)
         figures["top1"] = top1_agreement(data[f"{name}.logits"], got)
         report[label] = figures
-        B, T = data[f"{name}.ids"].shape
-        what = f"{label} B={B} prefill {spec['prefill']} + {T - spec['prefill']} steps"
         if tol is not None and not figures["ok"]:
             failures.append(
                 f"{what} vs one full pass: max|Δ| {figures.get('max_abs', float('nan')):.3g} out of tolerance "
@@ -645,9 +652,86 @@ def run_checks(
     # 5. perplexity; for int8/int4 the behaviour gates
     _check_perplexity(backend, data, meta, all_ref, all_got, quant, report, failures)
 
+    # 6. an int4 graph's cache and mask logic, on its fp32-compute twin (one session at a time)
+    del backend
+    _check_cache_twin(Path(model_dir), cfg["model_file"], device, options, data, meta, report, failures)
+
     report["failures"] = failures
     report["passed"] = not failures
     return report
+
+
+def _incremental_cases(data: Any, meta: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], str]]:
+    """(reference key, report label, spec, description) of each incremental case the reference holds."""
+    cases = []
+    for name, label in (("incr", "incremental"), ("decode", "decode")):
+        spec = meta.get(label)
+        if spec is not None:
+            B, T = data[f"{name}.ids"].shape
+            cases.append((name, label, spec, f"{label} B={B} prefill {spec['prefill']} + {T - spec['prefill']} steps"))
+    return cases
+
+
+@contextlib.contextmanager
+def fp32_compute_twin(model_path: Path) -> Iterator[Path | None]:
+    """The graph file again with every ``MatMulNBits`` at ``accuracy_level`` 0 (:data:`CACHE_TWIN_FILE`, beside
+    it, referencing the same external data); None when no node computes at a lower accuracy. Removed on exit."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            for attribute in node.attribute:
+                if attribute.name == "accuracy_level" and attribute.i != 0:
+                    attribute.i = 0
+                    changed += 1
+    if not changed:
+        yield None
+        return
+    twin = model_path.parent / CACHE_TWIN_FILE
+    try:
+        twin.write_bytes(model.SerializeToString())
+        del model
+        yield twin
+    finally:
+        twin.unlink(missing_ok=True)
+
+
+def _check_cache_twin(
+    model_dir: Path,
+    model_file: str,
+    device: str,
+    options: Any,
+    data: Any,
+    meta: dict[str, Any],
+    report: dict[str, Any],
+    failures: list[str],
+) -> None:
+    """The incremental cases on the fp32-compute twin (:data:`CACHE_CHECK`); nothing for graphs without one."""
+    from evaluation.backends.onnx import OnnxBackend
+
+    with fp32_compute_twin(model_dir / model_file) as twin:
+        if twin is None:
+            return
+        backend = OnnxBackend(model_dir, providers=device, session_options=options, model_file=twin.name)
+        check: dict[str, Any] = {
+            "graph": f"{model_file} with MatMulNBits accuracy_level 0",
+            "bound": CACHE_CHECK.__dict__,
+        }
+        for name, label, spec, what in _incremental_cases(data, meta):
+            ids, pos, sep = data[f"{name}.ids"], data[f"{name}.pos"], data[f"{name}.sep"]
+            got = incremental_logits(backend, ids, pos, sep, spec)
+            own, _ = backend.step(ids, pos, sep, None)
+            figures = check[label] = compare(own, got, CACHE_CHECK)
+            if not figures["ok"]:
+                failures.append(
+                    f"{what} on the fp32-compute twin (MatMulNBits accuracy_level 0) vs its own full pass: max|Δ| "
+                    f"{figures.get('max_abs', float('nan')):.3g} (normalised {figures.get('normalised', float('nan')):.3g}) "
+                    "out of the cache-check bound (cache / mask offset)"
+                )
+        report["cache_check"] = check
+        del backend
 
 
 def _check_generation(

@@ -261,6 +261,8 @@ class OnnxBackend:
     ``provider_options`` (one dict per provider name in ``providers``) pairs up with those names.
     ``dtype``: a check, not a cast: the graph's own precision or ``auto`` (:mod:`evaluation.backends.onnx_graph`).
     ``tokenizer``: a :class:`~glm_core.tokenizer.GLMTokenizer` to use instead of the model directory's.
+    ``model_file``: another graph file of the directory to run instead of ``glm_config.json``'s (the same inputs,
+    outputs and weights: the exporter's validation runs a variant of a quantized graph this way).
     ``cache_capacity``: positions a cache may hold with a ``--kv-cache buffer`` model (default twice
     ``max_sequence_length``: a full-length context and as long a generation); more is an ``InputError``.
     The cache layout is ``glm_config.json``'s ``kv_cache`` (``concat`` when absent); callers see the same contract.
@@ -281,11 +283,14 @@ class OnnxBackend:
         dtype: str | None = None,
         tokenizer: Any = None,
         cache_capacity: int | None = None,
+        model_file: str | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.config = read_model_config(self.model_dir)
         self.dtype = check_requested_dtype(self.config, dtype, str(self.model_dir))
-        self.model_path = self.model_dir / self.config["model_file"]
+        if model_file is not None and _escapes(self.model_dir.resolve(), model_file):
+            raise ConfigError(f"model_file {model_file!r} must name a file inside {self.model_dir}")
+        self.model_path = self.model_dir / (self.config["model_file"] if model_file is None else model_file)
         self.external_data = check_external_data(self.model_path)  # before any session touches the file
         if provider_options is not None:
             names = [providers] if isinstance(providers, str) else list(providers or ())

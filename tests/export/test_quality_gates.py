@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from export.validate import (
+    CACHE_CHECK,
+    CACHE_TWIN_FILE,
     MIN_TOP1_ROWS,
     QUANT_GATES,
     SELF_CONSISTENCY,
@@ -81,6 +83,11 @@ def test_quantized_glm_tiny_is_gated_on_its_own_domain(tmp_path: Path) -> None:
     assert confident["rows"] >= MIN_TOP1_ROWS and confident["agreement"] >= QUANT_GATES["int4"]["min_top1"]
     assert validation["perplexity"]["rel_delta"] <= QUANT_GATES["int4"]["max_ppl_rel_delta"]
     assert validation["decode"]["self"]["ok"] and validation["passed"]
+    # the cache and mask logic, judged on the twin computing in fp32; the twin is not part of the output
+    twin = validation["cache_check"]
+    assert twin["decode"]["ok"] and twin["incremental"]["ok"] and twin["bound"] == CACHE_CHECK.__dict__
+    assert twin["decode"]["normalised"] < 1e-5  # fp32 arithmetic, no int8 rounding
+    assert not (out / CACHE_TWIN_FILE).exists()
 
 
 def test_self_consistency_atol_follows_the_logits_scale_and_still_sees_a_mask_error() -> None:
@@ -98,6 +105,20 @@ def test_self_consistency_atol_follows_the_logits_scale_and_still_sees_a_mask_er
     assert not compare(ref, rounding, unscaled)["ok"]
     mask_error = ref.copy()
     mask_error[1, 2] += 0.02 * 20.0
-    for precision in ("fp16", "int4"):
-        assert not compare(ref, mask_error, SELF_CONSISTENCY[precision])["ok"], precision
+    for bound in (SELF_CONSISTENCY["fp16"], CACHE_CHECK):  # int4: judged on its fp32-compute twin (CACHE_CHECK)
+        assert not compare(ref, mask_error, bound)["ok"]
     assert not compare(ref, rounding, TOLERANCES["fp32"])["ok"]
+
+
+def test_int4_self_consistency_admits_the_measured_rounding_noise() -> None:
+    """The shipped int4 graph's own incremental decode vs its full pass: glm-2b dims measured max|Δ| 0.080 at
+    max|ref| 5.2 (normalised 0.0154), the int8 activation rounding's noise, which the bound admits; a difference of
+    a quarter of the logits' scale does not pass."""
+    rng = np.random.default_rng(1)
+    ref = rng.normal(0.0, 1.0, size=(8, 74, 64))
+    ref[0, 0, 0] = 5.2
+    noisy = ref + rng.uniform(-0.080, 0.080, size=ref.shape)
+    assert compare(ref, noisy, SELF_CONSISTENCY["int4"])["ok"]
+    broken = ref.copy()
+    broken[3, 60] += 0.25 * 5.2
+    assert not compare(ref, broken, SELF_CONSISTENCY["int4"])["ok"]
