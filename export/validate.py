@@ -39,6 +39,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,25 +234,35 @@ def make_reference(
 
     ``calibration`` / ``directory`` / ``random_weights``: see :func:`quality_text`.
     """
+    from glm_core.step import TorchStep
+
+    rng = np.random.default_rng(seed)
+    step = TorchStep(model)
+    meta: dict[str, Any] = {"cases": [], "num_layers": model.config.num_layers}
+    text, meta["quality"] = quality_text(tokenizer, calibration, directory, random_weights)
+    with _NpzWriter(path) as arrays:
+        _write_reference(model, step, arrays, meta, rng, special, tokenizer, text)
+    return meta
+
+
+def _write_reference(
+    model: Any, step: Any, arrays: _NpzWriter, meta: dict[str, Any], rng: Any, special: Any, tokenizer: Any, text: Any
+) -> None:
+    """The reference's cases, each written to ``arrays`` as soon as it is computed (see :func:`make_reference`)."""
     from glm_core.generation import GenerationConfig, generate
     from glm_core.layout import build_generation_prompt
-    from glm_core.step import TorchStep
 
     config = model.config
     V, max_pos = config.vocab_size, config.max_sequence_length
-    rng = np.random.default_rng(seed)
-    step = TorchStep(model)
-    arrays: dict[str, np.ndarray] = {}
-    meta: dict[str, Any] = {"cases": [], "num_layers": config.num_layers}
-    text, meta["quality"] = quality_text(tokenizer, calibration, directory, random_weights)
 
     def positions(batch: int, start: int, length: int) -> np.ndarray:
         pos = np.arange(start, start + length) % (max_pos + 1)
         row = np.stack([pos, np.zeros_like(pos)])  # [2, S]
         return np.repeat(row[None], batch, axis=0).astype(np.int64)  # [B, 2, S]
 
-    def to_numpy(past: Any) -> list[np.ndarray]:
-        return [t.detach().float().cpu().numpy() for layer in past for t in layer]
+    def to_numpy(past: Any, start: int = 0) -> list[np.ndarray]:
+        """The cache's positions from ``start`` on, as fp32 arrays (sliced first: a copy of only those rows)."""
+        return [t[:, :, start:].detach().float().cpu().numpy() for layer in past for t in layer]
 
     # 1. the grid, then the production shapes
     cases = [{"batch": B, "seq": S, "seps": list(seps), "past": P, "own_past": False} for B, S, seps, P in GRID]
@@ -279,13 +290,14 @@ def make_reference(
             for b in range(B):
                 row_past = _prefill(model, step, prefix[b : b + 1], prefix_pos[b : b + 1], prefix_sep[b : b + 1])
                 row_logits, row_present = step.step(ids[b : b + 1], pos[b : b + 1], sep[b : b + 1], row_past)
-                rows.append((row_logits, np.stack(to_numpy(row_present))[:, :, :, P:]))
-                del row_past, row_present
+                del row_past
+                rows.append((row_logits, np.stack(to_numpy(row_present, P))))
+                del row_present
             logits = np.concatenate([r[0] for r in rows])
             new_rows = np.concatenate([r[1] for r in rows], axis=1)
         else:
             logits, present = step.step(ids, pos, sep, past)
-            new_rows = np.stack(to_numpy(present))[:, :, :, P:]  # the rows this call computed
+            new_rows = np.stack(to_numpy(present, P))  # the rows this call computed
             del past, present
         arrays.update({f"{key}.ids": ids, f"{key}.pos": pos, f"{key}.sep": sep, f"{key}.logits": logits})
         arrays[f"{key}.present"] = new_rows
@@ -334,8 +346,33 @@ def make_reference(
     meta["ppl_tokens"] = T
 
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    np.savez(path, **arrays)
-    return meta
+
+
+class _NpzWriter:
+    """``np.savez``'s format (``np.load`` reads it), written array by array as the reference computes them, so the
+    reference phase does not hold every output until the end (the batch-8 cases' logits and cache rows: ~0.6 GB
+    at glm-2b dims)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._zip = zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self._keys: set[str] = set()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in self._keys:
+            raise ValueError(f"reference array {key!r} written twice")
+        self._keys.add(key)
+        with self._zip.open(f"{key}.npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
+
+    def update(self, items: dict[str, Any]) -> None:
+        for key, value in items.items():
+            self[key] = value
+
+    def __enter__(self) -> _NpzWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._zip.close()
 
 
 def _prefill(model: Any, step: Any, ids: np.ndarray, pos: np.ndarray, sep: np.ndarray) -> Any:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
 
 from tests.export.conftest import TINY_EXPORT
@@ -138,3 +139,23 @@ def test_no_validate_runs_the_passes_without_stage_files(tiny_ckpt: Path, tmp_pa
     assert not [k for k in report["timings_s"] if k.startswith("validate")]
     graph = onnx.load(str(out / "model.onnx")).graph
     assert sum(n.op_type == "MatMulNBits" for n in graph.node) == 4 * TINY_EXPORT["num_layers"] + 1
+
+
+def test_the_reference_file_is_written_array_by_array_in_npz_format(tmp_path: Path) -> None:
+    """The reference's writer streams each array into the archive as it is computed; ``np.load`` reads back exactly
+    what ``np.savez`` would hold, and a key written twice is refused."""
+    from export.validate import _NpzWriter
+
+    rng = np.random.default_rng(0)
+    arrays = {"a.logits": rng.normal(size=(2, 3, 5)).astype(np.float32), "a.ids": np.arange(6).reshape(2, 3)}
+    with _NpzWriter(tmp_path / "ref.npz") as writer:
+        writer.update(arrays)
+        writer["meta"] = np.frombuffer(b'{"x": 1}', dtype=np.uint8)
+        with pytest.raises(ValueError, match="written twice"):
+            writer["a.ids"] = np.zeros(1)
+    data = np.load(tmp_path / "ref.npz")
+    assert sorted(data.files) == ["a.ids", "a.logits", "meta"]
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(data[key], value)
+        assert data[key].dtype == value.dtype
+    assert bytes(data["meta"]) == b'{"x": 1}'
