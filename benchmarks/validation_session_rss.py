@@ -8,7 +8,7 @@ after the session is made and at the peak of one 8-token step. With ``--long``, 
 validation uses for that precision also runs the validation's near-full-past case: 3 rows, a prefix of
 ``max_sequence_length + 1 - 4`` positions prefilled in chunks into one reserved cache, then the 4-token chunk.
 
-    python -m benchmarks.validation_session_rss MODEL_DIR [MODEL_DIR ...] [--long]
+    python -m benchmarks.validation_session_rss MODEL_DIR [MODEL_DIR ...] [--long] [--settings a,b]
 
 Prints one JSON object.
 """
@@ -99,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dirs", nargs="+")
     parser.add_argument("--long", action="store_true", help="also the near-full-past case, validator setting only")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="which settings to run (default: all)")
     parser.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -118,7 +119,7 @@ def main() -> None:
             "validator_setting": validator_setting(dtype, quantize),
             "settings": {},
         }
-        for setting in SETTINGS:
+        for setting in [s for s in SETTINGS if s in args.settings.split(",")]:
             if setting == "basic_priority" and dtype != "fp16":
                 continue
             long = args.long and setting == entry["validator_setting"]
