@@ -122,3 +122,22 @@ def test_int4_self_consistency_admits_the_measured_rounding_noise() -> None:
     broken = ref.copy()
     broken[3, 60] += 0.25 * 5.2
     assert not compare(ref, broken, SELF_CONSISTENCY["int4"])["ok"]
+
+
+def test_compare_block_by_block_gives_the_whole_array_figures() -> None:
+    """The figures computed block by block (export.validate.COMPARE_ROWS rows at a time, to bound the float64
+    temporaries) equal the direct float64 computation over the whole array, the error placed in a late block."""
+    from export.validate import COMPARE_ROWS
+
+    rng = np.random.default_rng(3)
+    ref = rng.normal(0.0, 4.0, size=(8, 3 * COMPARE_ROWS // 8 + 5, 40)).astype(np.float32)
+    got = (ref + rng.normal(0.0, 1e-6, size=ref.shape)).astype(np.float32)
+    got[7, -1, 3] += 0.5
+    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+    diff = np.abs(ref64 - got64)
+    figures = compare(ref, got, SELF_CONSISTENCY["fp16"])
+    assert figures["max_abs"] == diff.max() and figures["max_ref"] == np.abs(ref64).max()
+    assert figures["max_rel"] == (diff / np.maximum(np.abs(ref64), 1e-12)).max()
+    assert figures["normalised"] == diff.max() / np.abs(ref64).max() and not figures["ok"]
+    got[7, -1, 3] -= 0.5
+    assert compare(ref, got, SELF_CONSISTENCY["fp16"])["ok"]
