@@ -2,7 +2,8 @@
 
 For each model directory (an export of any precision) and each setting -- ``prepacking`` / ``no_prepacking`` at
 every graph optimisation, and for fp16 graphs ``basic_priority`` (basic optimisations, priority-based order, no
-pre-packing) -- a fresh process opens the backend's session without the CPU memory arena (as the exporter's
+pre-packing) and ``basic_default`` (the same in the default order) -- a fresh process opens the backend's session
+without the CPU memory arena (as the exporter's
 validation does) and reports its RSS, split into anonymous and file-backed pages (the memory-mapped external data),
 after the session is made and at the peak of one 8-token step. With ``--long``, the setting the exporter's
 validation uses for that precision also runs the validation's near-full-past case: 3 rows, a prefix of
@@ -27,7 +28,7 @@ from typing import Any
 from benchmarks.common import run_conditions
 
 GB = 1e9
-SETTINGS = ("prepacking", "no_prepacking", "basic_priority")
+SETTINGS = ("prepacking", "no_prepacking", "basic_priority", "basic_default")
 
 
 def status() -> dict[str, float]:
@@ -61,9 +62,11 @@ def child(model_dir: str, setting: str, long: bool) -> dict[str, Any]:
     from evaluation.backends.onnx import OnnxBackend
     from export.validate import LONG, PREFILL_CHUNK, chunked_prefill, lean_session_options
 
-    options = lean_session_options(prepacking=setting == "prepacking", half_on_cpu=setting == "basic_priority")
-    if setting != "basic_priority":
+    options = lean_session_options(prepacking=setting == "prepacking", half_on_cpu=setting.startswith("basic"))
+    if not setting.startswith("basic"):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if setting == "basic_default":
+        options.execution_order = ort.ExecutionOrder.DEFAULT
     row: dict[str, Any] = {"before_session": status()}
     reset_peak()
     start = time.perf_counter()
@@ -120,7 +123,7 @@ def main() -> None:
             "settings": {},
         }
         for setting in [s for s in SETTINGS if s in args.settings.split(",")]:
-            if setting == "basic_priority" and dtype != "fp16":
+            if setting.startswith("basic") and dtype != "fp16":
                 continue
             long = args.long and setting == entry["validator_setting"]
             cmd = [sys.executable, "-m", "benchmarks.validation_session_rss", model_dir, "--child", setting]
