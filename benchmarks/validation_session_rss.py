@@ -3,9 +3,8 @@
 For each model directory (an export of any precision) and each setting -- ``prepacking`` / ``no_prepacking`` at
 every graph optimisation, and for fp16 graphs ``basic_priority`` (basic optimisations, priority-based order, no
 pre-packing) and ``basic_default`` (the same in the default order) -- a fresh process opens the backend's session
-without the CPU memory arena (as the exporter's
-validation does) and reports its RSS, split into anonymous and file-backed pages (the memory-mapped external data),
-after the session is made and at the peak of one 8-token step. With ``--long``, the setting the exporter's
+without the CPU memory arena (as the exporter's validation does) and reports its RSS, split into anonymous and
+file-backed pages (the memory-mapped external data), after the session is made and at the peak of one 8-token step. With ``--long``, the setting the exporter's
 validation uses for that precision also runs the validation's near-full-past case: 3 rows, a prefix of
 ``max_sequence_length + 1 - 4`` positions prefilled in chunks into one reserved cache, then the 4-token chunk.
 
