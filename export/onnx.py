@@ -567,6 +567,23 @@ def versions() -> dict[str, str]:
     }
 
 
+def resident_bytes() -> dict[str, int] | None:
+    """This process's resident memory now (Linux ``/proc/self/status``: ``rss`` and its ``anonymous`` part, the rest
+    being mapped files); None elsewhere. The report records it as the validation process starts: what the exporter
+    keeps beside that process."""
+    fields = {"VmRSS:": "rss", "RssAnon:": "anonymous"}
+    try:
+        with open("/proc/self/status", encoding="utf-8") as fh:
+            found = {
+                fields[line.split()[0]]: int(line.split()[1]) * 1024
+                for line in fh
+                if line.split()[:1] and line.split()[0] in fields
+            }
+    except OSError:
+        return None
+    return found or None
+
+
 def peak_rss_bytes() -> int:
     # ru_maxrss is KiB on Linux, bytes on macOS
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -658,6 +675,7 @@ def export(options: ExportOptions) -> dict[str, Any]:
                 release_exporter_caches()
                 report["weights_freed_before_validation"] = weights_alive() is None
                 return_freed_memory()
+                report["resident_bytes_at_validation"] = resident_bytes()
                 has_tokenizer = tokenizer is not None
                 glm_config = write_glm_config(
                     staging.path, config, options, final.precision, special, has_tokenizer, data_files

@@ -475,15 +475,23 @@ CONFIDENT_MARGIN = 0.1  # top-1 minus runner-up probability
 
 
 def confident_top1(ref: np.ndarray, got: np.ndarray, margin: float = CONFIDENT_MARGIN) -> tuple[float, int]:
-    """Top-1 agreement over the rows where the reference's top-1 probability leads the runner-up by ``margin``."""
-    x = np.asarray(ref, np.float64)
-    p = np.exp(x - x.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    top2 = np.sort(p, axis=-1)[:, -2:]
-    rows = (top2[:, 1] - top2[:, 0]) >= margin
-    if not rows.any():
+    """Top-1 agreement over the rows where the reference's top-1 probability leads the runner-up by ``margin``.
+
+    Computed :data:`COMPARE_ROWS` rows at a time with the two largest probabilities found by partition, not by
+    sorting every row in float64 (the grid and perplexity rows of a 50k vocabulary: ~1.3 GB of temporaries)."""
+    ref2, got2 = ref.reshape(-1, ref.shape[-1]), got.reshape(-1, got.shape[-1])
+    agree, count = 0, 0
+    for i in range(0, ref2.shape[0], COMPARE_ROWS):
+        x = ref2[i : i + COMPARE_ROWS].astype(np.float64)
+        p = np.exp(x - x.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        top2 = np.partition(p, p.shape[-1] - 2, axis=-1)[:, -2:] if p.shape[-1] > 1 else np.concatenate([p * 0, p], -1)
+        rows = (top2[:, 1] - top2[:, 0]) >= margin
+        agree += int((x[rows].argmax(-1) == got2[i : i + COMPARE_ROWS][rows].argmax(-1)).sum())
+        count += int(rows.sum())
+    if count == 0:
         return 1.0, 0
-    return float((x[rows].argmax(-1) == got[rows].argmax(-1)).mean()), int(rows.sum())
+    return agree / count, count
 
 
 def perplexity(logits: np.ndarray, ids: np.ndarray) -> float:

@@ -140,6 +140,8 @@ def test_export_report_has_every_validation_figure(exported_dir: Path) -> None:
     assert {"torch", "onnx", "onnxruntime", "onnxscript"} <= set(report["versions"])
     # the loaded model (the only copy of the weights) was gone before the validation session opened
     assert report["weights_freed_before_validation"] is True
+    resident = report["resident_bytes_at_validation"]  # what the exporter keeps beside the validation process
+    assert 0 < resident["anonymous"] < resident["rss"]
     assert validation["skipped_stages"] == [] and validation["prepacking"] and validation["memory_arena"]
     assert report["files"]["model.onnx"] > 0 and "trace" in report["timings_s"]
 
