@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import subprocess
@@ -719,8 +720,10 @@ def run_checks(
     # 5. perplexity; for int8/int4 the behaviour gates
     _check_perplexity(backend, data, meta, all_ref, all_got, quant, report, failures)
 
-    # 6. an int4 graph's cache and mask logic, on its fp32-compute twin (one session at a time)
+    # 6. an int4 graph's cache and mask logic, on its fp32-compute twin (one session at a time: the first one is
+    # collected before the twin's opens, cycles included)
     del backend
+    gc.collect()
     _check_cache_twin(Path(model_dir), cfg["model_file"], device, options, data, meta, report, failures)
 
     report["failures"] = failures
