@@ -578,8 +578,8 @@ def lean_session_options(prepacking: bool, half_on_cpu: bool = False) -> Any:
     above the basic level it folds the cast of every weight into a resident fp32 copy (glm-2b dims: 7.74 of the
     session's 7.98 GB), while at the basic level each weight is cast when its op runs: the same graph and kernels,
     the casts at run time. The default order runs those casts (which need no activation) first, all of them alive
-    at once (an 8-token step peaked at 11.3 GB); the priority-based order runs each next to its op (4.27 GB, of
-    which 3.8 GB are the mapped fp16 weights)."""
+    at once (an 8-token step at glm-2b dims peaked at 11.6 GB); the priority-based order runs each next to its op
+    (4.4 GB, of which 3.9 GB are the mapped fp16 weights; benchmarks/validation_session_rss.py)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
