@@ -651,6 +651,8 @@ def run_checks(
     inputs = {i.name: i for i in backend.session.get_inputs()}
     report["inputs"] = {name: [str(d) for d in i.shape] for name, i in inputs.items()}
 
+    memory = _PhasePeaks(report)
+    memory.end("session and checker")
     # 1. grid
     grid = []
     all_ref, all_got = [], []
@@ -688,6 +690,7 @@ def run_checks(
     report["grid"] = grid
     report["top1_agreement"] = top1_agreement(np.concatenate(all_ref), np.concatenate(all_got))
 
+    memory.end("grid")
     # 2. incremental: prefill k tokens (with sep), then one token per step with sep = 0; the short case and the
     # production-shape decode (batch 8, 50 steps, the cache reordered half-way)
     for name, label, spec, what in _incremental_cases(data, meta):
@@ -711,24 +714,47 @@ def run_checks(
                     "self-consistency bound"
                 )
 
+    memory.end("incremental")
     # 3. greedy generation + replay of the PyTorch step calls
     if reduced:
         report["generation"] = {"skipped": "reduced checks"}
     else:
         _check_generation(backend, data, meta, tol, quant, report, failures)
 
+    memory.end("generation")
     # 5. perplexity; for int8/int4 the behaviour gates
     _check_perplexity(backend, data, meta, all_ref, all_got, quant, report, failures)
 
+    memory.end("perplexity")
     # 6. an int4 graph's cache and mask logic, on its fp32-compute twin (one session at a time: the first one is
     # collected before the twin's opens, cycles included)
     del backend
     gc.collect()
     _check_cache_twin(Path(model_dir), cfg["model_file"], device, options, data, meta, report, failures)
 
+    memory.end("cache check")
     report["failures"] = failures
     report["passed"] = not failures
     return report
+
+
+class _PhasePeaks:
+    """Peak resident memory of this process per part of the checks, in ``report["memory_peaks_bytes"]`` (Linux:
+    ``VmHWM`` of /proc/self/status, restarted after each part through /proc/self/clear_refs; nothing elsewhere)."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        self.peaks: dict[str, int] = {}
+        report["memory_peaks_bytes"] = self.peaks
+
+    def end(self, part: str) -> None:
+        try:
+            with open("/proc/self/status", encoding="utf-8") as fh:
+                peak = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+            with open("/proc/self/clear_refs", "w", encoding="utf-8") as fh:
+                fh.write("5")
+        except (OSError, StopIteration, ValueError):
+            return
+        self.peaks[part] = peak
 
 
 def _incremental_cases(data: Any, meta: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], str]]:

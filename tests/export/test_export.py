@@ -142,6 +142,10 @@ def test_export_report_has_every_validation_figure(exported_dir: Path) -> None:
     assert report["weights_freed_before_validation"] is True
     resident = report["resident_bytes_at_validation"]  # what the exporter keeps beside the validation process
     assert 0 < resident["anonymous"] < resident["rss"]
+    # the validation process's peak per part of the checks (Linux /proc)
+    peaks = validation["memory_peaks_bytes"]
+    assert list(peaks) == ["session and checker", "grid", "incremental", "generation", "perplexity", "cache check"]
+    assert all(peak > 0 for peak in peaks.values())
     assert validation["skipped_stages"] == [] and validation["prepacking"] and validation["memory_arena"]
     assert report["files"]["model.onnx"] > 0 and "trace" in report["timings_s"]
 
