@@ -127,7 +127,7 @@ def test_int4_self_consistency_admits_the_measured_rounding_noise() -> None:
 def test_compare_block_by_block_gives_the_whole_array_figures() -> None:
     """The figures computed block by block (export.validate.COMPARE_ROWS rows at a time, to bound the float64
     temporaries) equal the direct float64 computation over the whole array, the error placed in a late block."""
-    from export.validate import COMPARE_ROWS
+    from export.figures import COMPARE_ROWS
 
     rng = np.random.default_rng(3)
     ref = rng.normal(0.0, 4.0, size=(8, 3 * COMPARE_ROWS // 8 + 5, 40)).astype(np.float32)
