@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from export.memory import resident_bytes, return_freed_memory
 from glm_core.errors import ExportError, GLMError, print_warnings_on_one_line
 from glm_core.outputs import interrupt_exit_code, terminate_as_interrupt
 
@@ -537,18 +538,6 @@ def validate_intermediate_stages(
         shutil.rmtree(target)
 
 
-def return_freed_memory() -> None:
-    """Give freed heap memory back to the system (glibc ``malloc_trim``): a checkpoint's tensors of a few MB each
-    come from the heap once glibc raised its mmap threshold, and stay resident after they are freed otherwise."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import ctypes.util
-
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-
-
 def versions() -> dict[str, str]:
     import numpy
     import onnx
@@ -565,23 +554,6 @@ def versions() -> dict[str, str]:
         "numpy": numpy.__version__,
         "platform": platform.platform(),
     }
-
-
-def resident_bytes() -> dict[str, int] | None:
-    """This process's resident memory now (Linux ``/proc/self/status``: ``rss`` and its ``anonymous`` part, the rest
-    being mapped files); None elsewhere. The report records it as the validation process starts: what the exporter
-    keeps beside that process."""
-    fields = {"VmRSS:": "rss", "RssAnon:": "anonymous"}
-    try:
-        with open("/proc/self/status", encoding="utf-8") as fh:
-            found = {
-                fields[line.split()[0]]: int(line.split()[1]) * 1024
-                for line in fh
-                if line.split()[:1] and line.split()[0] in fields
-            }
-    except OSError:
-        return None
-    return found or None
 
 
 def peak_rss_bytes() -> int:

@@ -24,7 +24,7 @@ and writes them with its outputs to one ``.npz``. The ORT side (:func:`run_check
 ships) runs only the :data:`REDUCED_GRID` cases of 1. and skips 3.; 2., 4. and 5. always run.
 
 The ORT side drives the model only through the backend's ``step`` / ``reorder_past`` / ``past_length`` (and reads
-cache rows through ``cache_arrays`` when the backend has one), so it checks whatever cache layout the backend runs.
+cache rows one tensor at a time, :func:`new_cache_rows`), so it checks whatever cache layout the backend runs.
 
 Tolerances (spec onnx_export §4.1, §6): ``|Δ| <= atol + rtol·|ref|`` everywhere and ``max|Δ| / max|ref| <= norm``.
 ONNX Runtime runs in its own process because it does not give memory back and its spinning thread pool slows
@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from export.figures import CONFIDENT_MARGIN, Tolerance, compare, confident_top1, perplexity, top1_agreement
+from export.memory import PhasePeaks, return_freed_memory
 from glm_core.errors import ExportError, GLMError
 from glm_core.special_tokens import SpecialTokens, sentencepiece_tokens
 
@@ -422,15 +423,27 @@ def _seps_text(seps: Sequence[int]) -> str:
     return str(seps) if len(seps) <= 4 else f"[{', '.join(map(str, seps[:4]))}, ... ({len(seps)} rows)]"
 
 
-def new_cache_rows(backend: Any, present: Any, past_len: int) -> np.ndarray:
-    """``[2L, B, H, S, D]`` float32: the cache rows one step computed, read through the backend.
+def new_cache_rows(present: Any, past_len: int) -> np.ndarray:
+    """``[2L, B, H, S, D]`` float32: the cache rows one step computed (positions ``past_len`` onwards).
 
-    A backend with another cache layout says how to read its cache as ``[B, H, P, D]`` arrays (``cache_arrays``);
-    otherwise ``present`` is a list of OrtValues/arrays of that shape.
+    ``present`` holds 2L tensors ``[B, H, P + S, D]`` (OrtValues, arrays, or views that read their rows through
+    ``rows(start)``, as the buffer layout's do); one tensor is read at a time, so only the new rows are ever held
+    together (reading every layer whole first held a second copy of a near-full cache: 1.8 GB at glm-2b dims).
     """
-    reader = getattr(backend, "cache_arrays", None)
-    arrays = reader(present) if reader is not None else [v.numpy() if hasattr(v, "numpy") else v for v in present]
-    return np.stack([np.asarray(a)[:, :, past_len:] for a in arrays]).astype(np.float32)
+    out: np.ndarray | None = None
+    for index, value in enumerate(present):
+        reader = getattr(value, "rows", None)
+        if reader is not None:
+            rows = reader(past_len)
+        else:
+            rows = np.asarray(value.numpy() if hasattr(value, "numpy") else value)[:, :, past_len:]
+        if out is None:
+            out = np.empty((len(present), *rows.shape), dtype=np.float32)
+        out[index] = rows
+        del rows
+    if out is None:
+        raise ExportError("the step returned no cache tensors")
+    return out
 
 
 def incremental_logits(backend: Any, ids: np.ndarray, pos: np.ndarray, sep: np.ndarray, spec: dict[str, Any]) -> Any:
@@ -559,7 +572,7 @@ def run_checks(
     inputs = {i.name: i for i in backend.session.get_inputs()}
     report["inputs"] = {name: [str(d) for d in i.shape] for name, i in inputs.items()}
 
-    memory = _PhasePeaks(report)
+    memory = PhasePeaks(report)
     memory.end("session and checker")
     # 1. grid
     grid = []
@@ -579,7 +592,7 @@ def run_checks(
             logits, present = backend.step(data[f"{key}.ids"], data[f"{key}.pos"], data[f"{key}.sep"], past)
         entry = {k: case[k] for k in ("batch", "seq", "seps", "past")}
         entry["logits"] = compare(data[f"{key}.logits"], logits, tol)
-        entry["present"] = compare(data[f"{key}.present"], new_cache_rows(backend, present, case["past"]), tol)
+        entry["present"] = compare(data[f"{key}.present"], new_cache_rows(present, case["past"]), tol)
         entry["top1"] = top1_agreement(data[f"{key}.logits"], logits)
         all_ref.append(data[f"{key}.logits"].reshape(-1, logits.shape[-1]))
         all_got.append(logits.reshape(-1, logits.shape[-1]))
@@ -638,31 +651,13 @@ def run_checks(
     # collected before the twin's opens, cycles included)
     del backend
     gc.collect()
+    return_freed_memory()
     _check_cache_twin(Path(model_dir), cfg["model_file"], device, options, data, meta, report, failures)
 
     memory.end("cache check")
     report["failures"] = failures
     report["passed"] = not failures
     return report
-
-
-class _PhasePeaks:
-    """Peak resident memory of this process per part of the checks, in ``report["memory_peaks_bytes"]`` (Linux:
-    ``VmHWM`` of /proc/self/status, restarted after each part through /proc/self/clear_refs; nothing elsewhere)."""
-
-    def __init__(self, report: dict[str, Any]) -> None:
-        self.peaks: dict[str, int] = {}
-        report["memory_peaks_bytes"] = self.peaks
-
-    def end(self, part: str) -> None:
-        try:
-            with open("/proc/self/status", encoding="utf-8") as fh:
-                peak = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
-            with open("/proc/self/clear_refs", "w", encoding="utf-8") as fh:
-                fh.write("5")
-        except (OSError, StopIteration, ValueError):
-            return
-        self.peaks[part] = peak
 
 
 def _incremental_cases(data: Any, meta: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], str]]:

@@ -89,6 +89,10 @@ class CacheView:
     def numpy(self) -> np.ndarray:
         return np.ascontiguousarray(self.array[:, :, : self.length])
 
+    def rows(self, start: int) -> np.ndarray:
+        """Rows ``[start:length]``, a view (no copy of the rows before ``start``)."""
+        return self.array[:, :, start : self.length]
+
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self.numpy()
         return out if dtype is None else out.astype(dtype)

@@ -253,6 +253,28 @@ def test_a_reserved_cache_is_allocated_once_and_a_chunked_prefill_equals_one_cal
         pass
 
 
+def test_the_validator_reads_new_cache_rows_one_tensor_at_a_time(exported_dir: Path, concat_dir: Path) -> None:
+    """``export.validate.new_cache_rows`` gives rows ``[P:]`` of every cache tensor, the same on both layouts and
+    the same as slicing the whole cache; on the buffer layout each tensor's rows are a view of its buffer (no copy
+    of the past rows: the near-full-past case would otherwise hold its cache twice)."""
+    from export.validate import new_cache_rows
+
+    rng = np.random.default_rng(11)
+    sequence = calls(3, rng)[:2]  # a 9-token prefill, then a 3-token chunk with mixed seps
+    rows = {}
+    for name, directory in (("buffer", exported_dir), ("concat", concat_dir)):
+        _, past = run(OnnxBackend(directory), sequence)
+        whole = host(past)
+        got = new_cache_rows(past, 9)
+        assert got.shape == (2 * L, 3, whole[0].shape[1], 3, whole[0].shape[3]) and got.dtype == np.float32
+        np.testing.assert_array_equal(got, np.stack([w[:, :, 9:] for w in whole]))
+        rows[name] = got
+        if name == "buffer":
+            view = past[0].rows(9)
+            assert np.shares_memory(view, past.buffer.arrays[0]) and view.shape[2] == 3
+    assert_close(rows["buffer"], rows["concat"])
+
+
 def test_capacity_overflow_is_a_clear_error(exported_dir: Path) -> None:
     backend = OnnxBackend(exported_dir, cache_capacity=12)
     _, past = backend.step(np.ones((2, 10), np.int64), positions(2, 0, 10), np.array([5, 0]), None)
