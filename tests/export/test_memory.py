@@ -49,3 +49,45 @@ def test_each_part_peak_is_its_own() -> None:
     assert got["big"] - base > 200 * MB
     assert got["big"] - got["small"] > 100 * MB
     assert len(kept) and len(small)
+
+
+def test_the_first_session_is_gone_before_the_twin_opens(
+    tiny_ckpt, tiny_torch_model, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An int4 graph is validated in two ONNX Runtime sessions, one after the other: when the fp32-compute twin's
+    opens, the first one (its pre-packed weights, its threads' buffers) must be gone. An onnxruntime ``NodeArg``
+    (``session.get_inputs()``) keeps its whole session alive: one kept in a local held glm-2b's 1.7 GB beside the
+    twin."""
+    import gc
+    import weakref
+
+    import export.validate
+    from evaluation.backends.onnx import OnnxBackend
+    from export.onnx import main
+    from export.validate import make_reference, run_checks
+
+    out = tmp_path / "int4"
+    assert main(["--ckpt", str(tiny_ckpt), "--out", str(out), "--quantize", "int4", "--no-validate"]) == 0
+    reference = tmp_path / "reference.npz"
+    make_reference(tiny_torch_model, reference)
+
+    sessions: list[weakref.ref] = []
+    opened = OnnxBackend.__init__
+
+    def recording(self, *args, **kwargs):
+        opened(self, *args, **kwargs)
+        sessions.append(weakref.ref(self.session._sess))  # the native session, not its Python wrapper
+
+    alive_at_twin: list[bool] = []
+    twin = export.validate._check_cache_twin
+
+    def checking(*args, **kwargs):
+        gc.collect()
+        alive_at_twin.append(sessions[0]() is not None)
+        return twin(*args, **kwargs)
+
+    monkeypatch.setattr(OnnxBackend, "__init__", recording)
+    monkeypatch.setattr(export.validate, "_check_cache_twin", checking)
+    report = run_checks(out, reference, lean=True)
+    assert report["passed"] and "cache_check" in report  # the twin ran its checks
+    assert len(sessions) == 2 and alive_at_twin == [False]
