@@ -40,7 +40,6 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ import numpy as np
 
 from export.figures import CONFIDENT_MARGIN, Tolerance, compare, confident_top1, perplexity, top1_agreement
 from export.memory import PhasePeaks, return_freed_memory
+from export.reference_steps import NpzWriter, chunk_after_past, prefill_cache
 from glm_core.errors import ExportError, GLMError
 from glm_core.special_tokens import SpecialTokens, sentencepiece_tokens
 
@@ -229,13 +229,13 @@ def make_reference(
     step = TorchStep(model)
     meta: dict[str, Any] = {"cases": [], "num_layers": model.config.num_layers}
     text, meta["quality"] = quality_text(tokenizer, calibration, directory, random_weights)
-    with _NpzWriter(path) as arrays:
+    with NpzWriter(path) as arrays:
         _write_reference(model, step, arrays, meta, rng, special, tokenizer, text)
     return meta
 
 
 def _write_reference(
-    model: Any, step: Any, arrays: _NpzWriter, meta: dict[str, Any], rng: Any, special: Any, tokenizer: Any, text: Any
+    model: Any, step: Any, arrays: NpzWriter, meta: dict[str, Any], rng: Any, special: Any, tokenizer: Any, text: Any
 ) -> None:
     """The reference's cases, each written to ``arrays`` as soon as it is computed (see :func:`make_reference`)."""
     from glm_core.generation import GenerationConfig, generate
@@ -267,21 +267,18 @@ def _write_reference(
                 arrays.update({f"{key}.prefix.ids": prefix, f"{key}.prefix.pos": prefix_pos})
                 arrays[f"{key}.prefix.sep"] = prefix_sep
             else:
-                past = _prefill(model, step, prefix, prefix_pos, prefix_sep)
+                past = prefill_cache(model, step, prefix, prefix_pos, prefix_sep)
                 arrays[f"{key}.past"] = np.stack(to_numpy(past))  # [2L, B, H, P, D]
         ids = rng.integers(0, V, size=(B, S), dtype=np.int64)
         pos = positions(B, P, S)
         sep = np.asarray(case["seps"], dtype=np.int64)
         if case["own_past"]:
-            # One row at a time: the cache of a past that nearly fills the position table is the largest thing the
-            # reference holds (2 x layers x P x hidden floats per row); rows of a step are independent.
+            # One row at a time (rows of a step are independent), each in one pass over prefix + chunk
             rows = []
             for b in range(B):
-                row_past = _prefill(model, step, prefix[b : b + 1], prefix_pos[b : b + 1], prefix_sep[b : b + 1])
-                row_logits, row_present = step.step(ids[b : b + 1], pos[b : b + 1], sep[b : b + 1], row_past)
-                del row_past
-                rows.append((row_logits, np.stack(to_numpy(row_present, P))))
-                del row_present
+                whole_ids = np.concatenate([prefix[b : b + 1], ids[b : b + 1]], axis=1)
+                whole_pos = np.concatenate([prefix_pos[b : b + 1], pos[b : b + 1]], axis=2)
+                rows.append(chunk_after_past(model, step, whole_ids, whole_pos, int(prefix_sep[b]), int(sep[b]), P))
             logits = np.concatenate([r[0] for r in rows])
             new_rows = np.concatenate([r[1] for r in rows], axis=1)
         else:
@@ -335,55 +332,6 @@ def _write_reference(
     meta["ppl_tokens"] = T
 
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-
-
-class _NpzWriter:
-    """``np.savez``'s format (``np.load`` reads it), written array by array as the reference computes them, so the
-    reference phase does not hold every output until the end (the batch-8 cases' logits and cache rows: ~0.6 GB
-    at glm-2b dims)."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._zip = zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self._keys: set[str] = set()
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key in self._keys:
-            raise ValueError(f"reference array {key!r} written twice")
-        self._keys.add(key)
-        with self._zip.open(f"{key}.npy", "w", force_zip64=True) as fh:
-            np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
-
-    def update(self, items: dict[str, Any]) -> None:
-        for key, value in items.items():
-            self[key] = value
-
-    def __enter__(self) -> _NpzWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._zip.close()
-
-
-def _prefill(model: Any, step: Any, ids: np.ndarray, pos: np.ndarray, sep: np.ndarray) -> Any:
-    """The cache of a prefix. Its logits are not needed: a model that can skip them (``return_logits=False``) does,
-    which keeps the reference's peak memory off ``B x P x V`` floats (0.6 GB for the near-full past of a
-    50k-vocabulary model)."""
-    import inspect
-
-    import torch
-
-    if "return_logits" not in inspect.signature(model.forward).parameters:
-        return step.step(ids, pos, sep, None)[1]
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        out = model(
-            torch.as_tensor(ids, device=device),
-            torch.as_tensor(pos, device=device),
-            sep=torch.as_tensor(sep, device=device),
-            use_cache=True,
-            return_logits=False,
-        )
-    return out.past_key_values
 
 
 class _Recorder:

@@ -144,11 +144,11 @@ def test_no_validate_runs_the_passes_without_stage_files(tiny_ckpt: Path, tmp_pa
 def test_the_reference_file_is_written_array_by_array_in_npz_format(tmp_path: Path) -> None:
     """The reference's writer streams each array into the archive as it is computed; ``np.load`` reads back exactly
     what ``np.savez`` would hold, and a key written twice is refused."""
-    from export.validate import _NpzWriter
+    from export.reference_steps import NpzWriter
 
     rng = np.random.default_rng(0)
     arrays = {"a.logits": rng.normal(size=(2, 3, 5)).astype(np.float32), "a.ids": np.arange(6).reshape(2, 3)}
-    with _NpzWriter(tmp_path / "ref.npz") as writer:
+    with NpzWriter(tmp_path / "ref.npz") as writer:
         writer.update(arrays)
         writer["meta"] = np.frombuffer(b'{"x": 1}', dtype=np.uint8)
         with pytest.raises(ValueError, match="written twice"):
