@@ -171,6 +171,7 @@ def main() -> None:
                     data = json.loads(report.read_text(encoding="utf-8"))
                     row["timings_s"] = data.get("timings_s")
                     row["exporter_resident_bytes_at_validation"] = data.get("resident_bytes_at_validation")
+                    row["exporter_peak_rss_bytes"] = data.get("peak_rss_bytes")  # its load, reference, trace, write
                     row["validation_memory_peaks_bytes"] = (data.get("validation") or {}).get("memory_peaks_bytes")
                     validation = data.get("validation") or {}
                     row["validated"] = [s["after"] for s in validation.get("stages", [])]

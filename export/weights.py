@@ -371,9 +371,10 @@ def computed_in_fp32(model: nn.Module) -> Iterator[nn.Module]:
 
 
 class _Upcast(nn.Module):
-    """``tensor.float()``, reusing the last upcast copy while anything still holds it: GLM's forward keeps the word
-    embeddings it read first (for their device and dtype) until it returns, and reads them again for the lookup and
-    the tied LM head; without the reuse that is three fp32 copies of the largest matrix at once."""
+    """``tensor.float()``, reusing the last upcast copy while anything still holds it: a weight read again while an
+    earlier read is alive (the tied word embeddings: the lookup, then the LM head, inside one call that holds them)
+    is one fp32 copy, not one per read. GLM's forward itself does not hold them through the layers, so the largest
+    matrix's copy exists only while the lookup or the LM head runs."""
 
     def __init__(self) -> None:
         super().__init__()

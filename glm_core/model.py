@@ -345,6 +345,8 @@ class GLMModel(nn.Module):
         B, S = input_ids.shape
         param = self.word_embeddings.weight
         device, dtype = param.device, param.dtype
+        # a parametrized weight (an upcast copy: export.weights.computed_in_fp32) is not held through the layers
+        del param
 
         # The attention backend (glm_core.attention_backends): the fused kernel covers the training layout only.
         plain_layout = attention_mask is None and past_len == 0

@@ -201,3 +201,30 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _attributes(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def test_no_fp32_copy_of_the_word_embeddings_lives_through_the_layers(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """The reference's peak memory: under computed_in_fp32 the largest matrix's fp32 copy exists while the lookup
+    and the LM head run, not while the layers do (glm-2b: 0.41 GB beside the near-full past's attention)."""
+    from export.weights import computed_in_fp32
+    from glm_core.checkpoint import load_model, save_model
+
+    half_dir = tmp_path / "half"
+    save_model(load_model(tiny_ckpt, dtype="fp32").half(), half_dir, dtype=torch.float16)
+    half = load_model(half_dir, dtype="auto")
+    ids = torch.randint(0, TINY_EXPORT["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(1))
+    pos = torch.stack([torch.arange(9).expand(2, 9), torch.zeros(2, 9, dtype=torch.long)], 1)
+    alive: list[bool] = []
+    with torch.no_grad(), computed_in_fp32(half):
+        upcast = half.word_embeddings.parametrizations.weight[0]
+        hooks = [
+            layer.register_forward_pre_hook(
+                lambda *_: alive.append(upcast._last is not None and upcast._last() is not None)
+            )
+            for layer in half.transformer.layers
+        ]
+        logits = half(ids, pos, torch.tensor([4, 0])).logits
+        for hook in hooks:
+            hook.remove()
+    assert alive == [False] * len(half.transformer.layers)
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
