@@ -288,6 +288,8 @@ def _write_reference(
         arrays.update({f"{key}.ids": ids, f"{key}.pos": pos, f"{key}.sep": sep, f"{key}.logits": logits})
         arrays[f"{key}.present"] = new_rows
         meta["cases"].append({"key": key, **case})
+        del logits, new_rows
+        return_freed_memory()  # the case's activations and cache, before the next (larger) case runs
 
     # 2. incremental decoding references: one full pass each
     for name, spec in (("incr", INCREMENTAL), ("decode", DECODE)):
@@ -298,6 +300,8 @@ def _write_reference(
         sep = np.asarray(spec["seps"], dtype=np.int64)
         logits, _ = step.step(ids, pos, sep, None)
         arrays.update({f"{name}.ids": ids, f"{name}.pos": pos, f"{name}.sep": sep, f"{name}.logits": logits})
+    del logits
+    return_freed_memory()
     meta["incremental"] = dict(INCREMENTAL, seps=list(INCREMENTAL["seps"]))
     meta["decode"] = dict(DECODE, seps=list(DECODE["seps"]))
 
