@@ -268,6 +268,8 @@ def test_the_validator_reads_new_cache_rows_one_tensor_at_a_time(exported_dir: P
         got = new_cache_rows(past, 9)
         assert got.shape == (2 * L, 3, whole[0].shape[1], 3, whole[0].shape[3]) and got.dtype == np.float32
         np.testing.assert_array_equal(got, np.stack([w[:, :, 9:] for w in whole]))
+        last = new_cache_rows(past, 9, layers=[L - 1])  # one layer's key and value only
+        np.testing.assert_array_equal(last, np.stack([whole[2 * L - 2][:, :, 9:], whole[2 * L - 1][:, :, 9:]]))
         rows[name] = got
         if name == "buffer":
             view = past[0].rows(9)

@@ -29,6 +29,7 @@ import torch
 
 import export.graph
 from glm_core.model import visibility_mask
+from tests.export.conftest import TINY_EXPORT
 
 WINDOW = 64  # the sliding-window mutation: past columns older than this are dropped
 ROWS_WITH_PREFIX = 4  # the row mutation: rows with this index or more lose their prefix
@@ -151,4 +152,8 @@ def test_the_real_rule_passes_the_same_checks(exported_dir: Path) -> None:
     assert validation["device"] == "cpu" and validation["providers"][0] == "CPUExecutionProvider"  # from the session
     shapes = {(c["batch"], c["seq"], c["past"]) for c in validation["grid"]}
     assert (8, 64, 0) in shapes and (3, 4, 125) in shapes  # the production shapes ran
+    wide = next(c for c in validation["grid"] if c["batch"] == 8)
+    layers = TINY_EXPORT["num_layers"]
+    assert wide["present_layers"] == sorted({0, layers // 2, layers - 1})  # first, middle and last layer's rows
+    assert wide["present"]["ok"] and all("present_layers" not in c for c in validation["grid"] if c is not wide)
     assert validation["decode"]["ok"] and validation["decode"]["max_abs"] < 1e-4
