@@ -38,9 +38,8 @@ class NpzWriter:
 
 
 def prefill_cache(model: Any, step: Any, ids: np.ndarray, pos: np.ndarray, sep: np.ndarray) -> Any:
-    """The cache of a prefix. Its logits are not needed: a model that can skip them (``return_logits=False``) does,
-    which keeps the reference's peak memory off ``B x P x V`` floats (0.6 GB for the near-full past of a
-    50k-vocabulary model)."""
+    """The cache of a prefix (the grid's short pasts). Its logits are not needed: a model that can skip them
+    (``return_logits=False``) does, which keeps the reference off ``B x P x V`` floats."""
     import inspect
 
     import torch
@@ -60,7 +59,7 @@ def prefill_cache(model: Any, step: Any, ids: np.ndarray, pos: np.ndarray, sep: 
 
 
 def chunk_after_past(
-    model: Any, step: Any, ids: np.ndarray, pos: np.ndarray, past_sep: int, chunk_sep: int, past: int
+    model: Any, ids: np.ndarray, pos: np.ndarray, past_sep: int, chunk_sep: int, past: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logits ``[1, S, V]`` and new cache rows ``[2L, 1, H, S, D]`` of a chunk (``chunk_sep``) stepped after a past
     of ``past`` positions prefilled with ``past_sep``, for one row (``ids [1, past + S]``, ``pos [1, 2, past + S]``).
@@ -70,19 +69,10 @@ def chunk_after_past(
     chunk's by ``sep``), each layer's cache cut to the chunk's rows as the layer returns it (a forward hook on every
     layer) and the LM head run on the chunk's rows only: the past's cache (2 x layers x P x hidden floats: 0.6 GB
     for glm-2b's near-full past), a second copy of it (the step's concatenated present) and ``P x V`` logits are
-    never held. A model without an explicit mask, ``return_logits`` or ``lm_logits`` gets the two calls."""
-    import inspect
-
+    never held (GLM and ChatGLM both take an explicit mask and ``return_logits`` and have ``lm_logits``)."""
     import torch
 
     total = ids.shape[1]
-    params = inspect.signature(model.forward).parameters
-    if not {"attention_mask", "return_logits"} <= set(params) or not hasattr(model, "lm_logits"):
-        sep = np.array([past_sep], dtype=np.int64)
-        row_past = prefill_cache(model, step, ids[:, :past], pos[:, :, :past], sep)
-        logits, present = step.step(ids[:, past:], pos[:, :, past:], np.array([chunk_sep], dtype=np.int64), row_past)
-        del row_past
-        return logits, np.stack([t[:, :, past:].detach().float().cpu().numpy() for layer in present for t in layer])
     i, j = np.arange(total)[:, None], np.arange(total)[None, :]
     limit = np.where(i < past, past_sep, past + chunk_sep)
     visible = ((j <= i) | (j < limit)).astype(np.float32)[None, None]  # [1, 1, T, T]

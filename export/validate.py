@@ -291,7 +291,7 @@ def _write_reference(
             for b in range(B):
                 whole_ids = np.concatenate([prefix[b : b + 1], ids[b : b + 1]], axis=1)
                 whole_pos = np.concatenate([prefix_pos[b : b + 1], pos[b : b + 1]], axis=2)
-                rows.append(chunk_after_past(model, step, whole_ids, whole_pos, int(prefix_sep[b]), int(sep[b]), P))
+                rows.append(chunk_after_past(model, whole_ids, whole_pos, int(prefix_sep[b]), int(sep[b]), P))
             logits = np.concatenate([r[0] for r in rows])
             new_rows = np.concatenate([r[1] for r in rows], axis=1)
         else:

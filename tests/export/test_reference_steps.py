@@ -40,7 +40,7 @@ def test_one_pass_equals_prefill_then_step(
     ids = rng.integers(0, model.config.vocab_size, (1, past + S))
     pos = np.stack([np.arange(past + S), np.zeros(past + S, dtype=np.int64)])[None].astype(np.int64)
     want_logits, want_rows = _two_calls(model, ids, pos, past_sep, chunk_sep, past)
-    logits, rows = chunk_after_past(model, TorchStep(model), ids, pos, past_sep, chunk_sep, past)
+    logits, rows = chunk_after_past(model, ids, pos, past_sep, chunk_sep, past)
     assert logits.shape == want_logits.shape == (1, S, model.config.vocab_size)
     assert rows.shape == want_rows.shape and rows.shape[3] == S  # [2L, 1, H, S, D]: only the chunk's rows
     # fp32 both ways; the same products in another grouping (one pass vs two calls)
@@ -57,7 +57,7 @@ def test_a_wrong_mask_is_seen(tiny_torch_model) -> None:
     ids = rng.integers(0, model.config.vocab_size, (1, past + S))
     pos = np.stack([np.arange(past + S), np.zeros(past + S, dtype=np.int64)])[None].astype(np.int64)
     want, _ = _two_calls(model, ids, pos, 16, 5, past)
-    got, _ = chunk_after_past(model, TorchStep(model), ids, pos, 16, 2, past)
+    got, _ = chunk_after_past(model, ids, pos, 16, 2, past)
     assert np.abs(got - want).max() > 1e-3
-    got, _ = chunk_after_past(model, TorchStep(model), ids, pos, 30, 5, past)  # the past's own sep matters too
+    got, _ = chunk_after_past(model, ids, pos, 30, 5, past)  # the past's own sep matters too
     assert np.abs(got - want).max() > 1e-3
