@@ -1,8 +1,8 @@
 """Peak memory, disk high-water mark and wall time of ``python -m export.onnx`` from an fp16 hub checkpoint.
 
 Random weights of a preset's dimensions (seed 0) are first saved as an fp16 hub checkpoint (config.json +
-safetensors), so the export reads a real file as it would a downloaded one. Each configuration (output fp32, fp16
-or int4; with or without validation) then runs the export CLI in a fresh child process while this process samples
+safetensors), so the export reads a real file as it would a downloaded one. Each configuration (output fp32, fp16,
+int4 or int8; with or without validation) then runs the export CLI in a fresh child process while this process samples
 every 0.2 s the summed resident set size of the child's whole process tree (the export and the validation process
 it starts) and the bytes on disk under the output's parent directory (the staging directory and the result);
 ``ru_maxrss`` of the children (the largest single process) is reported beside it. Ratios are to the fp16
@@ -34,7 +34,12 @@ from typing import Any
 from benchmarks.common import run_conditions
 
 BASELINE = "import torch, onnx, onnxruntime, onnxscript, numpy; import export.onnx"
-OUTPUT_FLAGS = {"fp32": [], "fp16": ["--dtype", "fp16"], "int4": ["--quantize", "int4"]}
+OUTPUT_FLAGS = {
+    "fp32": [],
+    "fp16": ["--dtype", "fp16"],
+    "int4": ["--quantize", "int4"],
+    "int8": ["--quantize", "int8"],
+}
 MODE_FLAGS = {"no_validate": ["--no-validate"], "validate": []}
 SAMPLE_S = 0.2
 SAVE_CHECKPOINT = """\

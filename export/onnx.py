@@ -340,7 +340,7 @@ def plan_passes(options: ExportOptions) -> list[GraphPass]:
 
 
 def apply_pass(
-    graph_pass: GraphPass, model: Any, recipes: Any, maker: Any, options: ExportOptions, num_layers: int, work: Path
+    graph_pass: GraphPass, model: Any, recipes: Any, options: ExportOptions, num_layers: int
 ) -> tuple[Any, dict[str, Any]]:
     """Run one pass on a weightless graph (export/weights.py: its large initializers are written later, from the
     export module); returns the new graph and the pass's figures. ``recipes`` is updated for new initializers."""
@@ -355,26 +355,12 @@ def apply_pass(
     if graph_pass.name == "int8":
         from export.passes.quantize import quantize_int8
 
-        return quantize_int8(materialise(model, maker, work / "int8-input"), work)
+        return quantize_int8(model, recipes)
     if graph_pass.name == "int4":
         from export.passes.quantize import quantize_int4
 
         return quantize_int4(model, recipes)
     raise ExportError(f"unknown graph pass {graph_pass.name!r}")
-
-
-def materialise(skeleton: Any, maker: Any, directory: Path) -> Any:
-    """The graph with every weight loaded (for onnxruntime's dynamic int8 quantizer, which needs them all): written
-    to ``directory``, read back, the files removed."""
-    import onnx
-
-    from export.weights import write_model
-
-    directory.mkdir(exist_ok=True)
-    write_model(skeleton, maker, directory, external=True)
-    model = onnx.load(str(directory / "model.onnx"))
-    shutil.rmtree(directory)
-    return model
 
 
 def write_glm_config(
@@ -477,7 +463,7 @@ class Stage:
 
 
 def build_stages(
-    skeleton: Any, recipes: Any, maker: Any, plan: list[GraphPass], options: ExportOptions, config: Any, work: Path
+    skeleton: Any, recipes: Any, plan: list[GraphPass], options: ExportOptions, config: Any
 ) -> tuple[list[Stage], dict[str, Any]]:
     """The traced graph and the graph after each pass, in order; each pass works on a copy of the previous graph.
     Graphs without their weights are small, so every stage is kept until it is validated and written."""
@@ -488,9 +474,7 @@ def build_stages(
     for graph_pass in plan:
         model = onnx.ModelProto()
         model.CopyFrom(stages[-1].skeleton)
-        model, figures[graph_pass.name] = apply_pass(
-            graph_pass, model, recipes, maker, options, config.num_layers, work
-        )
+        model, figures[graph_pass.name] = apply_pass(graph_pass, model, recipes, options, config.num_layers)
         stages.append(Stage(graph_pass.name, graph_pass.label, graph_pass.after, model))
     return stages, figures
 
@@ -626,7 +610,7 @@ def export(options: ExportOptions) -> dict[str, Any]:
                 maker = TensorMaker(module_tensors(module), recipes)
                 weights_alive = weakref.ref(next(model.parameters()))
             with clock.stage("passes"), exporter_quiet(options.verbose):
-                stages, passes = build_stages(skeleton, recipes, maker, plan, options, config, staging.work)
+                stages, passes = build_stages(skeleton, recipes, plan, options, config)
                 if plan:
                     report["passes"] = passes
             validator = None

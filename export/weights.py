@@ -16,7 +16,7 @@ then loads that whole graph again. For a model of several GB that is several tim
    whose large initializers are pending, plus a :class:`Recipe` per pending name saying how to make it from the
    module's tensors.
 2. Passes rewrite that skeleton without reading weights (export/passes/: fusion rewrites nodes, fp16 changes
-   initializer types, int4 replaces each ``MatMul`` weight by two pending initializers with a quantization
+   initializer types, int4 and int8 replace each ``MatMul`` weight by pending initializers with a quantization
    recipe).
 3. :func:`write_model` writes the model file once: each pending initializer is made from its source tensor (read
    from the module in the checkpoint's own dtype, upcast to fp32, transposed / quantized, converted to the
@@ -60,6 +60,8 @@ ALIGNMENT = 64 * 1024
 _ALIGN_ABOVE = 1024 * 1024
 # MatMulNBits block size of --quantize int4 (export/passes/quantize.py writes the nodes, this module the data).
 INT4_BLOCK_SIZE = 32
+# --quantize int8 rounds a weight this many elements at a time (the result is the same; the temporaries are small).
+INT8_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -183,8 +185,8 @@ def skeleton_bytes(model: onnx.ModelProto) -> int:
 class TensorMaker:
     """Makes each pending initializer's array from the module's tensors, one at a time.
 
-    The two outputs of one quantization (``int4.weight``, ``int4.scales``) are made together and the second kept
-    until it is asked for (the writer asks for them one after the other).
+    The outputs of one weight's quantization (:func:`quantized_parts`) are made together and the others kept until
+    they are asked for (the writer asks for them one after the other).
     """
 
     def __init__(self, tensors: dict[str, torch.Tensor], recipes: Recipes) -> None:
@@ -208,11 +210,14 @@ class TensorMaker:
             raise ExportError(f"initializer {tensor.name!r} has no recipe: a pass dropped its source")
         if recipe.part is None:
             return as_initializer_dtype(self.fp32(recipe), tensor.data_type)
-        key = f"{recipe.source}|{recipe.transpose}"
+        kind = recipe.part.split(".")[0]
+        key = f"{kind}|{recipe.source}|{recipe.transpose}"
         if self._kept is None or self._kept[0] != key:
-            packed, scales = int4_blocks(self.fp32(Recipe(recipe.source, recipe.transpose)))
-            self._kept = (key, {"int4.weight": packed, "int4.scales": scales})
+            self._kept = None
+            self._kept = (key, quantized_parts(kind, self.fp32(Recipe(recipe.source, recipe.transpose))))
         parts = self._kept[1]
+        if recipe.part not in parts:
+            raise ExportError(f"initializer {tensor.name!r}: its quantization gave no part {recipe.part!r}")
         array = parts.pop(recipe.part)
         if not parts:
             self._kept = None
@@ -229,6 +234,37 @@ def as_initializer_dtype(array: np.ndarray, data_type: int) -> np.ndarray:
 
         return convert_np_to_float16(array)
     return array.astype(onnx.helper.tensor_dtype_to_np_dtype(data_type))
+
+
+def quantized_parts(kind: str, weight: np.ndarray) -> dict[str, np.ndarray]:
+    """Every initializer one ``[K, N]`` fp32 weight becomes under ``--quantize kind``, by part name."""
+    if kind == "int4":
+        packed, scales = int4_blocks(weight)
+        return {"int4.weight": packed, "int4.scales": scales}
+    if kind == "int8":
+        return int8_per_tensor(weight)
+    raise ExportError(f"unknown quantization {kind!r} in a weight recipe")
+
+
+def int8_per_tensor(weight: np.ndarray) -> dict[str, np.ndarray]:
+    """``--quantize int8`` data of one fp32 weight as ``quantize_dynamic`` makes it (int8, per tensor, symmetric, no
+    reduced range): onnxruntime's ``compute_data_quant_params`` over the whole weight, then its ``quantize_nparray``
+    on :data:`INT8_CHUNK_ELEMENTS` at a time (element-wise, so equal to one call on the whole)."""
+    from onnxruntime.quantization.quant_utils import compute_data_quant_params, quantize_nparray
+
+    flat = weight.reshape(-1)
+    zero_point, scale = compute_data_quant_params(flat, onnx.TensorProto.INT8, symmetric=True)
+    quantized = np.empty(flat.shape, dtype=np.int8)
+    for start in range(0, flat.size, INT8_CHUNK_ELEMENTS):
+        chunk = flat[start : start + INT8_CHUNK_ELEMENTS]
+        quantized[start : start + INT8_CHUNK_ELEMENTS] = quantize_nparray(
+            onnx.TensorProto.INT8, chunk, scale, zero_point
+        )
+    return {
+        "int8.weight": quantized.reshape(weight.shape),
+        "int8.scale": np.asarray(scale, dtype=weight.dtype).reshape(()),
+        "int8.zero_point": np.asarray(zero_point, dtype=np.int8).reshape(()),
+    }
 
 
 def int4_blocks(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -284,6 +320,9 @@ def write_model(
                     continue
                 data = _checked(tensor, array)
                 del array
+                if len(data) <= EXTERNAL_MIN_BYTES:  # a small made tensor (a quantization's scale) stays inline
+                    _inline(tensor, data)
+                    continue
                 offset = data_file.tell()
                 if len(data) > _ALIGN_ABOVE and offset % ALIGNMENT:
                     data_file.write(b"\0" * (ALIGNMENT - offset % ALIGNMENT))
@@ -304,6 +343,13 @@ def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int)
     tensor.data_location = onnx.TensorProto.EXTERNAL
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
         tensor.external_data.add(key=key, value=value)
+
+
+def _inline(tensor: onnx.TensorProto, data: bytes) -> None:
+    for field in ("raw_data", "external_data"):
+        tensor.ClearField(field)
+    tensor.data_location = onnx.TensorProto.DEFAULT
+    tensor.raw_data = data
 
 
 # Field numbers of onnx.proto3: ModelProto.graph, GraphProto.initializer, TensorProto.raw_data.

@@ -1,18 +1,25 @@
 """``--quantize int8|int4``: weight quantization of every MatMul with a constant weight, the LM head included.
 
-- int8: ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, activations quantized at run time:
-  ``DynamicQuantizeLinear`` + ``MatMulInteger``). spec onnx_export §5.2: slower than fp32 on CPUs without VNNI.
+Neither pass holds the model's weights: each rewrites the weightless graph (export/weights.py), and each weight is
+quantized when it is written, one at a time.
+
+- int8: dynamic quantization (int8 weights per tensor, symmetric; activations quantized to uint8 at run time:
+  ``DynamicQuantizeLinear`` + ``MatMulInteger``), the graph of ``onnxruntime.quantization.quantize_dynamic``
+  (``op_types_to_quantize=["MatMul"]``, ``MatMulConstBOnly``): onnxruntime's own ``ONNXQuantizer`` rewrites the
+  graph, with its per-weight step replaced by pending initializers, and the writer computes each weight's scale and
+  int8 data with onnxruntime's ``compute_data_quant_params`` / ``quantize_nparray``. spec onnx_export §5.2: slower
+  than fp32 on CPUs without VNNI.
 - int4: weight-only ``MatMulNBits`` (block 32, symmetric, ``accuracy_level=4`` = int8 compute), the variant that
   makes CPU decode faster (spec §5.2). The nodes and the quantized data are those of onnxruntime's
-  ``MatMulNBitsQuantizer`` (its kernel ``quantize_matmul_4bits`` computes the blocks), but the pass never holds
-  the model's weights: it rewrites the weightless graph, and each weight is quantized when it is written. The LM head is untied at export (graph.py), so it
-  is a plain MatMul with an initializer weight and gets quantized too (spec §6 pitfall 7).
+  ``MatMulNBitsQuantizer`` (its kernel ``quantize_matmul_4bits`` computes the blocks).
+
+The LM head is untied at export (graph.py), so it is a plain MatMul with an initializer weight and gets quantized
+too (spec §6 pitfall 7).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +27,7 @@ import onnx
 from onnx import numpy_helper
 
 from export.weights import INT4_BLOCK_SIZE, Recipes, int4_blocks
+from glm_core.errors import ExportError
 
 __all__ = ["INT4_ACCURACY_LEVEL", "INT4_BLOCK_SIZE", "int4_blocks", "quantize_int4", "quantize_int8"]
 INT4_ACCURACY_LEVEL = 4
@@ -30,20 +38,77 @@ def _matmul_count(model: onnx.ModelProto) -> int:
     return sum(1 for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in constants)
 
 
-def quantize_int8(model: onnx.ModelProto, work_dir: Path) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_int8(model: onnx.ModelProto, recipes: Recipes) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The graph ``quantize_dynamic(model, weight_type=QInt8, op_types_to_quantize=["MatMul"],
+    extra_options={"MatMulConstBOnly": True})`` writes, made from the weightless graph: onnxruntime's quantizer does
+    the rewrite (shape inference, one ``DynamicQuantizeLinear`` per activation, ``MatMulInteger`` + ``Cast`` + the
+    two scale ``Mul`` nodes per MatMul, its names, its topological order), but each pending weight becomes three
+    pending initializers (``<B>_quantized`` int8, ``<B>_scale``, ``<B>_zero_point``) whose data the writer makes
+    from the weight's source. ``recipes`` gets the new names."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+    from onnxruntime.quantization.quant_utils import (
+        QuantizationMode,
+        save_and_reload_model_with_shape_infer,
+        update_opset_version,
+    )
+
+    from export.weights import Recipe, is_pending, pending_tensor
+
+    if not hasattr(ONNXQuantizer, "quantize_initializer_impl"):
+        raise ExportError(
+            "--quantize int8 needs an onnxruntime whose quantizer has ONNXQuantizer.quantize_initializer_impl "
+            "(onnxruntime >= 1.18)"
+        )
+
+    # onnxruntime's quantizer saves and reloads the graph for shape inference, which would read pending data: it gets
+    # the pending weights hollow (type and shape, no data) and they become pending again after
+    pending = {t.name for t in model.graph.initializer if is_pending(t)}
+    for tensor in model.graph.initializer:
+        if tensor.name in pending:
+            tensor.ClearField("external_data")
+            tensor.data_location = onnx.TensorProto.DEFAULT
+
+    class _PendingWeights(ONNXQuantizer):
+        def quantize_initializer_impl(self, weight, qType, reduce_range=False, keep_float_weight=False):  # noqa: N803
+            if weight.name not in pending or keep_float_weight or qType != onnx.TensorProto.INT8:
+                return super().quantize_initializer_impl(weight, qType, reduce_range, keep_float_weight)
+            names = (f"{weight.name}_quantized", f"{weight.name}_zero_point", f"{weight.name}_scale")
+            source = recipes[weight.name]
+            new = [
+                pending_tensor(names[2], weight.data_type, []),
+                pending_tensor(names[1], qType, []),
+                pending_tensor(names[0], qType, list(weight.dims)),
+            ]
+            for tensor, part in zip(new, ("int8.scale", "int8.zero_point", "int8.weight"), strict=True):
+                recipes[tensor.name] = Recipe(source.source, source.transpose, part)
+            self.model.initializer_extend(new)
+            return names
 
     before = _matmul_count(model)
-    out = work_dir / "int8.onnx"
-    quantize_dynamic(
-        model,
-        out,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul"],
-        extra_options={"MatMulConstBOnly": True},
-        use_external_data_format=True,
+    # the steps of quantize_dynamic before its quantizer: shape inference (a save and reload), the opset it needs
+    inferred = save_and_reload_model_with_shape_infer(model)
+    inferred = update_opset_version(inferred, QuantType.QInt8)
+    quantizer = _PendingWeights(
+        inferred,
+        False,  # per_channel
+        False,  # reduce_range
+        QuantizationMode.IntegerOps,
+        False,  # static
+        QuantType.QInt8,
+        QuantType.QUInt8,  # dynamic activations are uint8
+        None,
+        [],
+        [],
+        ["MatMul"],
+        {"MatMulConstBOnly": True},
     )
-    quantized = onnx.load(str(out))
+    quantizer.quantize_model()
+    quantizer.model.topological_sort()  # as ONNXModel.save_model_to_file does
+    quantized = quantizer.model.model
+    for tensor in quantized.graph.initializer:
+        if tensor.name in pending:  # a weight no MatMul reads (the word embeddings' lookup): pending again
+            tensor.CopyFrom(pending_tensor(tensor.name, tensor.data_type, list(tensor.dims)))
     counts = Counter(n.op_type for n in quantized.graph.node)
     return quantized, {"matmuls_with_weights": before, "MatMulInteger": counts.get("MatMulInteger", 0)}
 

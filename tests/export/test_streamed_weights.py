@@ -1,8 +1,8 @@
 """The weightless trace and the one-tensor-at-a-time writer (export/weights.py) against the real exporter.
 
 Reference: ``torch.onnx.export(dynamo=True)`` of the same module with its weights (graph.export_program, the
-exporter's own optimiser, onnx's save), and onnxruntime's own fp16 converter / MatMulNBitsQuantizer run on that
-whole model. The streamed path must give the same nodes, the same inputs and outputs and bit-identical outputs.
+exporter's own optimiser, onnx's save), and onnxruntime's own fp16 converter / MatMulNBitsQuantizer /
+quantize_dynamic run on that whole model. The streamed path must give the same nodes, the same inputs and outputs and bit-identical outputs.
 """
 
 from __future__ import annotations
@@ -169,6 +169,81 @@ def test_streamed_int4_pass_equals_onnxruntime_quantizer(traced, tmp_path: Path)
     got, want = _run(tmp_path / "streamed/model.onnx"), _run(tmp_path / "whole.onnx")
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "optimize-ort"])
+def test_streamed_int8_pass_equals_quantize_dynamic(traced, fused: bool, tmp_path: Path) -> None:
+    """``--quantize int8`` from the weightless graph is ``quantize_dynamic`` of the same graph with every weight
+    loaded (written out and read back: the way this pass ran before it streamed), byte for byte: the same nodes in
+    the same order, the same value_info, the same initializers (names, types, values) and so the same outputs; on
+    the plain graph and on the fused one (``--optimize ort --quantize int8``)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from export.passes.fusion import fuse_for_ort
+    from export.passes.quantize import quantize_int8
+    from export.weights import TensorMaker, write_model
+
+    _, _, skeleton, recipes, maker = traced
+    skeleton = _copy(skeleton)
+    if fused:
+        skeleton, _ = fuse_for_ort(skeleton, L)
+    (tmp_path / "loaded").mkdir()
+    write_model(skeleton, maker, tmp_path / "loaded", external=False)
+    quantize_dynamic(
+        onnx.load(str(tmp_path / "loaded/model.onnx")),
+        tmp_path / "whole.onnx",
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul"],
+        extra_options={"MatMulConstBOnly": True},
+    )
+    whole = onnx.load(str(tmp_path / "whole.onnx"))
+    int8_recipes = dict(recipes)
+    streamed, figures = quantize_int8(skeleton, int8_recipes)
+    assert figures == {"matmuls_with_weights": 4 * L + 1, "MatMulInteger": 4 * L + 1}
+    assert sum(r.part == "int8.weight" for r in int8_recipes.values()) == 4 * L + 1
+    (tmp_path / "streamed").mkdir()
+    write_model(streamed, TensorMaker(maker.tensors, int8_recipes), tmp_path / "streamed", external=True)
+    written = onnx.load(str(tmp_path / "streamed/model.onnx"))
+    assert [n.SerializeToString() for n in written.graph.node] == [n.SerializeToString() for n in whole.graph.node]
+    assert written.graph.value_info == whole.graph.value_info
+    assert (written.graph.input, written.graph.output) == (whole.graph.input, whole.graph.output)
+    assert (written.opset_import, written.producer_name) == (whole.opset_import, whole.producer_name)
+    ours = {t.name: onnx.numpy_helper.to_array(t) for t in written.graph.initializer}
+    theirs = {t.name: onnx.numpy_helper.to_array(t) for t in whole.graph.initializer}
+    assert [t.name for t in written.graph.initializer] == [t.name for t in whole.graph.initializer]
+    for name, want in theirs.items():
+        assert ours[name].dtype == want.dtype and ours[name].shape == want.shape, name
+        np.testing.assert_array_equal(ours[name], want, err_msg=name)
+    # each weight's scale and zero point are written in the model file, not the data file (as quantize_dynamic does)
+    scalars = [t for t in written.graph.initializer if t.name.endswith(("_scale", "_zero_point"))]
+    assert scalars and all(t.data_location == onnx.TensorProto.DEFAULT for t in scalars)
+    got, want = _run(tmp_path / "streamed/model.onnx"), _run(tmp_path / "whole.onnx")
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_int8_weight_data_is_onnxruntimes_in_chunks_and_within_half_a_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int8 weight data made :data:`INT8_CHUNK_ELEMENTS` at a time equals onnxruntime's ``quantize_data`` on
+    the whole weight (chunk edges inside the array and a short last chunk); against float64 math, the scale is
+    max|w| / 127 (symmetric int8) and every weight is within half a step of its dequantized value."""
+    from onnxruntime.quantization.quant_utils import quantize_data
+
+    from export import weights
+
+    rng = np.random.default_rng(3)
+    weight = (rng.standard_normal((37, 11)) * 0.05).astype(np.float32)
+    weight[5, 3] = -0.4  # the extreme is negative: symmetric around 0 either way
+    monkeypatch.setattr(weights, "INT8_CHUNK_ELEMENTS", 50)
+    parts = weights.int8_per_tensor(weight)
+    zero_point, scale, quantized = quantize_data(weight.flatten(), onnx.TensorProto.INT8, True)
+    np.testing.assert_array_equal(parts["int8.weight"], quantized.reshape(weight.shape))
+    assert parts["int8.weight"].dtype == np.int8 and parts["int8.zero_point"] == zero_point == 0
+    assert parts["int8.scale"].dtype == np.float32 and parts["int8.scale"] == scale
+    np.testing.assert_allclose(float(parts["int8.scale"]), 0.4 / 127, rtol=1e-6)
+    step = float(parts["int8.scale"])
+    error = np.abs(weight.astype(np.float64) - step * parts["int8.weight"].astype(np.float64))
+    assert error.max() <= step / 2 * (1 + 1e-6)
+    assert parts["int8.weight"].min() == -127 and parts["int8.weight"].max() <= 127
 
 
 def test_half_checkpoint_reference_computes_what_the_fp32_load_computes(tiny_ckpt: Path, tmp_path: Path) -> None:
