@@ -71,8 +71,13 @@ def quantize_int8(model: onnx.ModelProto, recipes: Recipes) -> tuple[onnx.ModelP
 
     class _PendingWeights(ONNXQuantizer):
         def quantize_initializer_impl(self, weight, qType, reduce_range=False, keep_float_weight=False):  # noqa: N803
-            if weight.name not in pending or keep_float_weight or qType != onnx.TensorProto.INT8:
+            if weight.name not in pending:  # a small weight with its values in the graph
                 return super().quantize_initializer_impl(weight, qType, reduce_range, keep_float_weight)
+            if keep_float_weight or qType != onnx.TensorProto.INT8:
+                raise ExportError(
+                    f"--quantize int8: onnxruntime's quantizer asked for weight {weight.name!r} as type {qType}"
+                    f"{' kept in float' if keep_float_weight else ''}; only int8 weights can be made as they are written"
+                )
             names = (f"{weight.name}_quantized", f"{weight.name}_zero_point", f"{weight.name}_scale")
             source = recipes[weight.name]
             new = [

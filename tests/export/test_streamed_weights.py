@@ -15,6 +15,7 @@ import onnx
 import pytest
 import torch
 
+from glm_core.errors import ExportError
 from tests.export.conftest import TINY_EXPORT
 
 L, H = TINY_EXPORT["num_layers"], TINY_EXPORT["num_attention_heads"]
@@ -220,6 +221,27 @@ def test_streamed_int8_pass_equals_quantize_dynamic(traced, fused: bool, tmp_pat
     got, want = _run(tmp_path / "streamed/model.onnx"), _run(tmp_path / "whole.onnx")
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_int8_pass_refuses_a_pending_weight_it_cannot_make_as_written() -> None:
+    """A MatMul whose *activation* is a pending initializer would have onnxruntime's quantizer ask for it as uint8
+    (what only the whole-model quantizer computes): one clear error naming the tensor, not a read of absent data."""
+    from export.passes.quantize import quantize_int8
+    from export.weights import Recipe, pending_tensor
+
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["A", "B"], ["Y"], name="mm")],
+        "g",
+        [],
+        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [2, 3])],
+        [
+            pending_tensor("A", onnx.TensorProto.FLOAT, [2, 1100]),
+            pending_tensor("B", onnx.TensorProto.FLOAT, [1100, 3]),
+        ],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 20)])
+    with pytest.raises(ExportError, match="asked for weight 'A' as type 2"):
+        quantize_int8(model, {"A": Recipe("a"), "B": Recipe("b")})
 
 
 def test_int8_weight_data_is_onnxruntimes_in_chunks_and_within_half_a_step(monkeypatch: pytest.MonkeyPatch) -> None:
