@@ -10,7 +10,7 @@ these from ``accelerate``; the GLM models get them here, from whichever launcher
 
 Both set ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``. With ``WORLD_SIZE > 1`` the process group is joined (through
 ``accelerate.PartialState`` when accelerate is installed, else ``torch.distributed.init_process_group``; NCCL on CUDA,
-gloo on CPU) and every process runs on ``cuda:{LOCAL_RANK}`` (for ONNX: the CUDA execution provider's ``device_id``).
+gloo on CPU; left again at exit) and every process runs on ``cuda:{LOCAL_RANK}`` (for ONNX: the CUDA execution provider's ``device_id``).
 torch is reached through the torch backend's module, the only one in this package that imports it. lm-eval's
 evaluator itself builds torch tensors for the padding count, so data parallelism needs torch installed, for
 ``glm-onnx`` too; a single process needs neither torch nor this module's collectives.
@@ -18,6 +18,7 @@ evaluator itself builds torch tensors for the padding count, so data parallelism
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,7 @@ class ProcessGroup:
                 dist.init_process_group(backend="nccl" if nccl else "gloo")
             else:
                 PartialState(cpu=not nccl)
+            atexit.register(_leave_process_group)
         nccl = dist.get_backend() == "nccl"
         return cls(
             rank=dist.get_rank(),
@@ -104,6 +106,14 @@ class ProcessGroup:
     def barrier(self) -> None:
         if self.world_size > 1:
             torch_module().distributed.barrier()
+
+
+def _leave_process_group() -> None:
+    """At exit, leave the process group this module joined: a gloo group left to the interpreter's teardown can
+    abort the process ("terminate called without an active exception") after every result is written."""
+    dist = torch_module().distributed
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _env_int(name: str, default: int) -> int:

@@ -37,7 +37,7 @@ def run(out: Path, processes: int) -> dict:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
-    return {"ranks": ranks, **json.loads((out / "results.json").read_text())}
+    return {"ranks": ranks, "out": str(out), **json.loads((out / "results.json").read_text())}
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,14 @@ def test_each_request_is_scored_by_one_process_once(runs) -> None:
     for kind, count in single["scored"].items():
         shares = [r["scored"].get(kind, 0) for r in two["ranks"]]
         assert sum(shares) == count and all(shares), (kind, shares)  # split, none twice, the pad not rescored
+
+
+def test_each_process_leaves_its_process_group_at_exit(runs) -> None:
+    """A gloo group left to the interpreter's teardown can abort a rank after its results are written."""
+    _, two = runs
+    out = Path(two["out"])
+    for rank in range(2):
+        assert json.loads((out / f"rank{rank}.exit.json").read_text()) == {"group_initialized": False}
 
 
 def test_each_process_takes_the_gpu_of_its_local_rank(monkeypatch) -> None:
