@@ -61,7 +61,7 @@ def child(model_dir: str, setting: str, long: bool) -> dict[str, Any]:
     from evaluation.backends.onnx import OnnxBackend
     from export.validate import LONG, PREFILL_CHUNK, chunked_prefill, lean_session_options
 
-    options = lean_session_options(prepacking=setting == "prepacking", half_on_cpu=setting.startswith("basic"))
+    options = lean_session_options(prepacking=setting == "prepacking", basic_level=setting.startswith("basic"))
     if not setting.startswith("basic"):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if setting == "basic_default":

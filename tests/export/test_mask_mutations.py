@@ -118,22 +118,25 @@ def test_a_wrong_mask_rule_fails_validation(
     _assert_caught(capsys, caught_by, tmp_path)
 
 
-def test_an_int4_graph_validated_alone_is_checked_on_its_fp32_compute_twin(
-    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("quantize", ["int4", "int8"])
+def test_a_quantized_graph_validated_alone_is_checked_on_its_fp32_compute_twin(
+    quantize: str, tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As for a large model, whose fp32 graph is not validated before the int4 pass, so only the int4 graph's checks
-    can see a cache mask that hides old past rows. The int4 graph's own incremental decode differs from its full
-    pass by int8 rounding noise as large as that error (export.validate.CACHE_TWIN_FILE); its twin computing in
-    fp32 (MatMulNBits accuracy_level 0) must reject it, and nothing is left at --out."""
+    """As for a large model, whose fp32 graph is not validated before the quantization pass, so only the quantized
+    graph's checks can see a cache mask that hides old past rows. Its own incremental decode differs from its full
+    pass by int8 rounding noise as large as that error (export/compute_twin.py); its twin computing in fp32
+    (MatMulNBits accuracy_level 0; int8 MatMuls on the dequantized weights) must reject it, and nothing is left at
+    --out."""
     import export.onnx
     from export.onnx import main
 
     monkeypatch.setattr(export.onnx, "REDUCED_CHECKS_ABOVE_BYTES", 0)  # "large": the fp32 stage is not validated
     monkeypatch.setattr(export.graph, "buffer_additive_mask", buffer_old_past_dropped)
-    assert main(["--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--quantize", "int4"]) == 2
+    assert main(["--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--quantize", quantize]) == 2
     errors = _error_lines(capsys)
     assert len(errors) == 1, errors
-    assert errors[0].startswith("error: validation failed after the int4 pass (--quantize int4): "), errors[0]
+    prefix = f"error: validation failed after the {quantize} pass (--quantize {quantize}): "
+    assert errors[0].startswith(prefix), errors[0]
     assert "decode B=8 prefill 24 + 50 steps on the fp32-compute twin" in errors[0], errors[0]
     assert list(tmp_path.iterdir()) == []
 
