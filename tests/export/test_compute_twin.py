@@ -69,6 +69,12 @@ def test_the_int8_twin_computes_the_int8_weights_in_fp32(tmp_path: Path) -> None
     with fp32_compute_twin(path) as twin:
         assert twin is not None and twin.path == tmp_path / TWIN_FILE and twin.basic_level
         assert twin.changes == "2 MatMulInteger as MatMul of the dequantized int8 weight"
+        # no second copy of the weights: the twin points at their bytes inside the single-file model
+        bare = onnx.load(str(twin.path), load_external_data=False)
+        moved = {t.name: {e.key: e.value for e in t.external_data} for t in bare.graph.initializer if t.external_data}
+        assert set(moved) == {"w0_quantized", "w1_quantized"}
+        assert {m["location"] for m in moved.values()} == {"model.onnx"}
+        assert twin.path.stat().st_size < path.stat().st_size - 2 * K * N
         model = onnx.load(str(twin.path))
         ops = Counter(n.op_type for n in model.graph.node)
         assert ops == {"DequantizeLinear": 2, "MatMul": 2}  # no activation rounding left
@@ -104,3 +110,16 @@ def test_a_graph_computing_in_fp32_has_no_twin(tmp_path: Path) -> None:
     _int8_model(tmp_path)
     with fp32_compute_twin(tmp_path / "fp32.onnx") as twin:
         assert twin is None
+
+
+def test_raw_data_offsets_point_at_each_initializers_bytes(tmp_path: Path) -> None:
+    from export.compute_twin import raw_data_offsets
+
+    path = _int8_model(tmp_path)
+    data = path.read_bytes()
+    tensors = {t.name: t for t in onnx.load(str(path)).graph.initializer if t.raw_data}
+    offsets = raw_data_offsets(path)
+    assert set(tensors) <= set(offsets) and tensors
+    for name, tensor in tensors.items():
+        offset, length = offsets[name]
+        assert data[offset : offset + length] == tensor.raw_data, name
