@@ -19,13 +19,13 @@ Without the rounding its incremental decode matches its full pass to fp32 precis
 
 The twin costs no second copy of the weights on disk: a model with external data is referenced as it is, and a
 single-file model's initializers are referenced where their bytes lie inside ``model.onnx`` (external data whose
-location is the model file itself, at each tensor's ``raw_data`` offset).
+location is the model file itself, at each tensor's ``raw_data`` offset:
+``evaluation.backends.onnx.raw_data_offsets``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import mmap
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,14 +73,14 @@ def fp32_compute_twin(model_path: Path) -> Iterator[Twin | None]:
 
 # Initializers of at least this many bytes are referenced in the model file rather than copied into the twin.
 IN_PLACE_MIN_BYTES = 1024
-# Field numbers of onnx.proto3: ModelProto.graph, GraphProto.initializer, TensorProto.name / raw_data.
-_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_NAME, _TENSOR_RAW_DATA = 7, 5, 8, 9
 
 
 def _weights_in_place(model: Any, model_path: Path) -> None:
     """Point every large inline initializer of ``model`` (loaded from the single file ``model_path``) at its
     ``raw_data`` bytes inside that file, as external data: the twin then holds the graph only."""
     import onnx
+
+    from evaluation.backends.onnx import raw_data_offsets
 
     inline = [
         t
@@ -98,59 +98,6 @@ def _weights_in_place(model: Any, model_path: Path) -> None:
         tensor.data_location = onnx.TensorProto.EXTERNAL
         for key, value in (("location", model_path.name), ("offset", str(offset)), ("length", str(length))):
             tensor.external_data.add(key=key, value=value)
-
-
-def raw_data_offsets(model_path: Path) -> dict[str, tuple[int, int]]:
-    """``{initializer name: (offset, length)}`` of each top-level initializer's ``raw_data`` bytes in a serialized
-    ``ModelProto`` file, read by walking the protobuf's fields (the file is memory-mapped, not loaded)."""
-    out: dict[str, tuple[int, int]] = {}
-    with open(model_path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        for number, start, end in _fields(buf, 0, len(buf)):
-            if number != _MODEL_GRAPH:
-                continue
-            for g_number, g_start, g_end in _fields(buf, start, end):
-                if g_number != _GRAPH_INITIALIZER:
-                    continue
-                name, raw = None, None
-                for t_number, t_start, t_end in _fields(buf, g_start, g_end):
-                    if t_number == _TENSOR_NAME:
-                        name = bytes(buf[t_start:t_end]).decode("utf-8")
-                    elif t_number == _TENSOR_RAW_DATA:
-                        raw = (t_start, t_end - t_start)
-                if name is not None and raw is not None:
-                    out[name] = raw
-    return out
-
-
-def _varint(buf: Any, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(buf: Any, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """``(field number, payload start, payload end)`` of each length-delimited field in ``buf[pos:end]``; other
-    wire types are skipped."""
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        wire = key & 7
-        if wire == 0:
-            _, pos = _varint(buf, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            yield key >> 3, pos, pos + length
-            pos += length
-        else:
-            raise ExportError(f"fp32-compute twin: unexpected protobuf wire type {wire} in the model file")
 
 
 def _nbits_at_full_accuracy(graph: Any) -> int:

@@ -213,7 +213,7 @@ class TensorMaker:
         kind = recipe.part.split(".")[0]
         key = f"{kind}|{recipe.source}|{recipe.transpose}"
         if self._kept is None or self._kept[0] != key:
-            self._kept = None
+            self._kept = None  # the previous weight's leftover parts go before the next weight is made
             self._kept = (key, quantized_parts(kind, self.fp32(Recipe(recipe.source, recipe.transpose))))
         parts = self._kept[1]
         if recipe.part not in parts:

@@ -124,7 +124,7 @@ _FUNCTION_NODE = 7
 _NODE_ATTRIBUTE = 5
 _ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE_TENSOR, _ATTR_SPARSE_TENSORS = 5, 6, 10, 11, 22, 23
 _SPARSE_VALUES, _SPARSE_INDICES = 1, 2
-_TENSOR_NAME, _TENSOR_EXTERNAL_DATA = 8, 13
+_TENSOR_NAME, _TENSOR_RAW_DATA, _TENSOR_EXTERNAL_DATA = 8, 9, 13
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 
 
@@ -212,6 +212,33 @@ def _external_locations(wire: _Wire, start: int, end: int, kind: str, found: lis
                 entries[entry.get(_ENTRY_KEY, "")] = entry.get(_ENTRY_VALUE, "")
         if entries:
             found.append((name, entries.get("location", "")))
+
+
+def raw_data_offsets(model_path: str | os.PathLike[str]) -> dict[str, tuple[int, int]]:
+    """``{initializer name: (offset, length)}`` of each graph initializer's ``raw_data`` bytes inside the model
+    file (memory-mapped and walked in wire format, as :func:`check_external_data` does): where a single-file model's
+    weights lie, for another graph file to reference them as external data instead of copying them."""
+    import mmap
+
+    path = Path(model_path)
+    out: dict[str, tuple[int, int]] = {}
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        wire = _Wire(buf, path)
+        for number, a, b in wire.fields(0, len(buf)):
+            if number != _MODEL_GRAPH:
+                continue
+            for field, start, end in wire.fields(a, b):
+                if field != _GRAPH_INITIALIZER:
+                    continue
+                name, raw = None, None
+                for t_field, t_start, t_end in wire.fields(start, end):
+                    if t_field == _TENSOR_NAME:
+                        name = wire.text(t_start, t_end)
+                    elif t_field == _TENSOR_RAW_DATA:
+                        raw = (t_start, t_end - t_start)
+                if name is not None and raw is not None:
+                    out[name] = raw
+    return out
 
 
 def check_external_data(model_path: str | os.PathLike[str]) -> list[str]:

@@ -113,7 +113,7 @@ def test_a_graph_computing_in_fp32_has_no_twin(tmp_path: Path) -> None:
 
 
 def test_raw_data_offsets_point_at_each_initializers_bytes(tmp_path: Path) -> None:
-    from export.compute_twin import raw_data_offsets
+    from evaluation.backends.onnx import raw_data_offsets
 
     path = _int8_model(tmp_path)
     data = path.read_bytes()
