@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from export.compute_twin import TWIN_FILE, fp32_compute_twin
+from export.compute_twin import fp32_compute_twin
 from export.figures import CONFIDENT_MARGIN, Tolerance, compare, confident_top1, perplexity, top1_agreement
 from export.memory import PhasePeaks, return_freed_memory
 from export.reference_steps import NpzWriter, chunk_after_past, prefill_cache
@@ -121,7 +121,6 @@ SELF_CONSISTENCY = {
 # is as large as an offset error (a cache mask hiding past rows older than 64 positions measured normalised 0.018 on
 # the tiny int4 graph; glm-2b dims' int4 noise 0.0154, glm-large dims' int8 noise 0.0415). The twin is written beside
 # the model (its external data references the same file) and removed after the check.
-CACHE_TWIN_FILE = TWIN_FILE
 CACHE_CHECK = Tolerance(1e-3, 1e-4, 1e-3, scaled_atol=True)
 # A text in the model's domain for the perplexity gate: --calibration-text FILE, else this file in the checkpoint
 # (tokenizer) directory. Without one, quantized quality is not gated (the report says so).

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from export.compute_twin import TWIN_FILE
 from export.validate import (
     CACHE_CHECK,
-    CACHE_TWIN_FILE,
     MIN_TOP1_ROWS,
     QUANT_GATES,
     SELF_CONSISTENCY,
@@ -87,7 +87,7 @@ def test_quantized_glm_tiny_is_gated_on_its_own_domain(tmp_path: Path) -> None:
     twin = validation["cache_check"]
     assert twin["decode"]["ok"] and twin["incremental"]["ok"] and twin["bound"] == CACHE_CHECK.__dict__
     assert twin["decode"]["normalised"] < 1e-5  # fp32 arithmetic, no int8 rounding
-    assert not (out / CACHE_TWIN_FILE).exists()
+    assert not (out / TWIN_FILE).exists()
 
 
 def test_self_consistency_atol_follows_the_logits_scale_and_still_sees_a_mask_error() -> None:
